@@ -1,0 +1,44 @@
+# Helpers for kvcrush's own targets (tests, benchmarks, examples). Nothing in
+# here touches the exported kvcrush::kvcrush target.
+
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+  set(KVCRUSH_X86 ON)
+else()
+  set(KVCRUSH_X86 OFF)
+endif()
+
+# Flags per ISA level. The scalar build also turns off auto-vectorisation so
+# that it really exercises (and measures) the scalar kernels.
+set(KVCRUSH_ISA_FLAGS_scalar -march=x86-64 -fno-tree-vectorize)
+set(KVCRUSH_ISA_FLAGS_avx2 -mavx2 -mfma -mbmi2 -mpopcnt)
+set(KVCRUSH_ISA_FLAGS_avx512
+  -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq ${KVCRUSH_ISA_FLAGS_avx2})
+
+if(KVCRUSH_X86)
+  set(KVCRUSH_DEFAULT_TEST_ISAS scalar avx2 avx512)
+  set(KVCRUSH_BEST_ISA avx512)
+else()
+  set(KVCRUSH_DEFAULT_TEST_ISAS scalar)
+  set(KVCRUSH_BEST_ISA scalar)
+  set(KVCRUSH_ISA_FLAGS_scalar "")
+endif()
+set(KVCRUSH_TEST_ISAS "${KVCRUSH_DEFAULT_TEST_ISAS}" CACHE STRING
+  "ISA levels the test suite is built and run for (scalar;avx2;avx512)")
+
+# Warnings (as errors when KVCRUSH_WERROR) and optional sanitizers.
+function(kvcrush_own_target target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic
+    $<$<BOOL:${KVCRUSH_WERROR}>:-Werror>)
+  if(KVCRUSH_SANITIZE)
+    target_compile_options(${target} PRIVATE
+      -fsanitize=${KVCRUSH_SANITIZE} -fno-sanitize-recover=all -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE -fsanitize=${KVCRUSH_SANITIZE})
+  endif()
+endfunction()
+
+# Compile a target for one ISA level and record which level it expects, so
+# that the code can assert at compile time that the right kernels are in use.
+function(kvcrush_target_isa target isa)
+  target_compile_options(${target} PRIVATE ${KVCRUSH_ISA_FLAGS_${isa}})
+  target_compile_definitions(${target} PRIVATE KVCRUSH_EXPECTED_ISA=${isa})
+endfunction()
