@@ -4,13 +4,16 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "kvcrush/config.hpp"
 #include "kvcrush/simd/isa.hpp"
 
 #define KVCRUSH_TEST_STR_(x) #x
@@ -36,6 +39,53 @@ inline std::filesystem::path shared_dir() {
 inline bool running_in_ci() {
   const char* ci = std::getenv("CI");
   return ci && std::string_view(ci) == "true";
+}
+
+// Calls f(tag) for every SIMD ISA compiled into this binary that the CPU
+// runs; returns how many there were (0 in the scalar build).
+template <class F>
+int for_each_simd_isa(F&& f) {
+  int count = 0;
+#if KVCRUSH_HAS_AVX2
+  if (kvcrush::isa::cpu_supports<kvcrush::isa::avx2>()) {
+    f(kvcrush::isa::avx2{});
+    ++count;
+  }
+#endif
+#if KVCRUSH_HAS_AVX512
+  if (kvcrush::isa::cpu_supports<kvcrush::isa::avx512>()) {
+    f(kvcrush::isa::avx512{});
+    ++count;
+  }
+#endif
+  (void)f;
+  return count;
+}
+
+// Scores with the hard cases mixed in: many exact ties (values on a coarse
+// grid), +inf and -inf, negative zeros.
+inline std::vector<float> tricky_floats(std::size_t n, std::uint32_t seed, int levels = 7,
+                                        double inf_rate = 0.02) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> level(0, levels - 1);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<float> out(n);
+  for (auto& v : out) {
+    const double x = u(rng);
+    if (x < inf_rate / 2) v = std::numeric_limits<float>::infinity();
+    else if (x < inf_rate) v = -std::numeric_limits<float>::infinity();
+    else if (x < inf_rate + 0.01) v = -0.0f;
+    else v = static_cast<float>(level(rng)) * 0.25f - 0.5f;
+  }
+  return out;
+}
+
+// Sizes that hit every SIMD tail (DESIGN.md).
+inline std::vector<long> tail_sizes() {
+  std::vector<long> sizes;
+  for (long n = 0; n <= 17; ++n) sizes.push_back(n);
+  for (long n : {31L, 32L, 33L, 63L, 64L, 65L, 127L, 128L, 129L, 4097L}) sizes.push_back(n);
+  return sizes;
 }
 
 inline std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float lo = -1.0f,

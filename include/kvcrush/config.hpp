@@ -50,6 +50,30 @@
 #define KVCRUSH_HAS_AVX2 (KVCRUSH_COMPILER_ISA_LEVEL >= KVCRUSH_ISA_LEVEL_avx2)
 #define KVCRUSH_HAS_AVX512 (KVCRUSH_COMPILER_ISA_LEVEL >= KVCRUSH_ISA_LEVEL_avx512)
 
+// Every function that loops over data lives in an inline namespace named
+// after the instruction sets the compiler may use in this translation unit.
+// Two translation units built with different flags therefore never share a
+// symbol for such a function (not even for the scalar kernel, which the
+// compiler may auto-vectorise), so the linker can never hand AVX-512 code to
+// the baseline path. Callers never spell the namespace: it is inline.
+#if defined(__AVX512F__)
+#if KVCRUSH_COMPILER_ISA_LEVEL == KVCRUSH_ISA_LEVEL_avx512
+#define KVCRUSH_TARGET_NS target_avx512
+#else
+#define KVCRUSH_TARGET_NS target_avx512_partial
+#endif
+#elif defined(__AVX2__)
+#if KVCRUSH_COMPILER_ISA_LEVEL == KVCRUSH_ISA_LEVEL_avx2
+#define KVCRUSH_TARGET_NS target_avx2
+#else
+#define KVCRUSH_TARGET_NS target_avx2_partial
+#endif
+#elif defined(__AVX__)
+#define KVCRUSH_TARGET_NS target_avx
+#else
+#define KVCRUSH_TARGET_NS target_baseline
+#endif
+
 #if !defined(KVCRUSH_ENABLE_BOUNDS_CHECKS)
 #if defined(NDEBUG)
 #define KVCRUSH_ENABLE_BOUNDS_CHECKS 0

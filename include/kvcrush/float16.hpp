@@ -127,10 +127,14 @@ inline constexpr bool is_storage_type_v = std::is_same_v<std::remove_cv_t<T>, fl
                                           std::is_same_v<std::remove_cv_t<T>, float16> ||
                                           std::is_same_v<std::remove_cv_t<T>, bfloat16>;
 
+inline namespace KVCRUSH_TARGET_NS {
+
 // Bulk conversions over n elements; src and dst may not overlap.
 template <class From, class To, class Isa = isa::active>
 void convert(const From* src, To* dst, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) dst[i] = from_float<To>(to_float(src[i]));
 }
+
+}  // namespace KVCRUSH_TARGET_NS
 
 }  // namespace kvcrush

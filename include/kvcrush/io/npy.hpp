@@ -95,7 +95,7 @@ struct npy_array {
   template <class T>
   std::vector<T> values() const {
     if (dtype_of<T>() != dtype) {
-      throw npy_error(detail::concat("kvcrush: .npy array holds ", to_string(dtype),
+      throw npy_error(kvcrush::detail::concat("kvcrush: .npy array holds ", to_string(dtype),
                                      ", not ", to_string(dtype_of<T>())));
     }
     std::vector<T> out(size());
@@ -104,7 +104,8 @@ struct npy_array {
   }
 };
 
-namespace detail {
+inline namespace KVCRUSH_TARGET_NS {
+namespace impl {
 
 [[noreturn]] inline void npy_fail(std::string_view source, std::string_view what) {
   throw npy_error(kvcrush::detail::concat("kvcrush: ", source, ": ", what));
@@ -217,12 +218,12 @@ inline std::uint32_t read_le(const unsigned char* p, std::size_t n) noexcept {
   return v;
 }
 
-}  // namespace detail
+}  // namespace impl
 
 // Parses a whole .npy file held in memory. source names it in errors.
 inline npy_array parse_npy(const unsigned char* data, std::size_t size,
                            std::string_view source = "<memory>") {
-  using detail::npy_fail;
+  using impl::npy_fail;
   static constexpr unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size < 10) npy_fail(source, "truncated: too short for a .npy header");
   if (std::memcmp(data, magic, 6) != 0) npy_fail(source, "not a .npy file (bad magic string)");
@@ -234,12 +235,12 @@ inline npy_array parse_npy(const unsigned char* data, std::size_t size,
   }
   const std::size_t length_bytes = major == 1 ? 2 : 4;
   if (size < 8 + length_bytes) npy_fail(source, "truncated: header length missing");
-  const std::size_t header_len = detail::read_le(data + 8, length_bytes);
+  const std::size_t header_len = impl::read_le(data + 8, length_bytes);
   const std::size_t data_offset = 8 + length_bytes + header_len;
   if (data_offset > size) npy_fail(source, "truncated: header runs past the end of the file");
   const std::string_view header(reinterpret_cast<const char*>(data + 8 + length_bytes), header_len);
 
-  detail::header_parser parser(header, source);
+  impl::header_parser parser(header, source);
   std::string descr;
   bool fortran = false;
   std::vector<std::int64_t> shape;
@@ -270,7 +271,7 @@ inline npy_array parse_npy(const unsigned char* data, std::size_t size,
     parser.fail("missing one of 'descr', 'fortran_order', 'shape'");
   }
   npy_array out;
-  out.dtype = detail::parse_descr(descr, source);
+  out.dtype = impl::parse_descr(descr, source);
   if (fortran) {
     npy_fail(source, "Fortran-order arrays are not supported; save a C-contiguous array "
                      "(numpy.ascontiguousarray)");
@@ -299,10 +300,10 @@ inline npy_array parse_npy(const unsigned char* data, std::size_t size,
 
 inline npy_array read_npy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) detail::npy_fail(path, "cannot open file for reading");
+  if (!in) impl::npy_fail(path, "cannot open file for reading");
   std::vector<unsigned char> content((std::istreambuf_iterator<char>(in)),
                                      std::istreambuf_iterator<char>());
-  if (in.bad()) detail::npy_fail(path, "read error");
+  if (in.bad()) impl::npy_fail(path, "read error");
   return parse_npy(content.data(), content.size(), path);
 }
 
@@ -350,11 +351,11 @@ inline void write_npy(const std::string& path, npy_dtype dtype,
                       const std::vector<std::int64_t>& shape, const void* data) {
   const auto content = serialize_npy(dtype, shape, data);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) detail::npy_fail(path, "cannot open file for writing");
+  if (!out) impl::npy_fail(path, "cannot open file for writing");
   out.write(reinterpret_cast<const char*>(content.data()),
             static_cast<std::streamsize>(content.size()));
   out.flush();
-  if (!out) detail::npy_fail(path, "write error");
+  if (!out) impl::npy_fail(path, "write error");
 }
 
 template <class T>
@@ -362,4 +363,5 @@ void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, 
   write_npy(path, dtype_of<T>(), shape, data);
 }
 
+}  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush::io

@@ -1,0 +1,338 @@
+// The keep set (SPEC sections 1, 3 and 4): protected sink and recent tokens,
+// the importance selection, and the KVCrush representatives of what the
+// importance policy would evict, at token or block granularity, shared by all
+// KV heads or per head.
+//
+// Inputs are per-KV-head scores S (heads, tokens) from any score source and,
+// optionally, separate signature scores (e.g. the Hq pooled query-head
+// scores, SPEC 4.1 "signature heads"). Output positions are sorted ascending.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kvcrush/error.hpp"
+#include "kvcrush/select/anchor.hpp"
+#include "kvcrush/select/buckets.hpp"
+#include "kvcrush/select/options.hpp"
+#include "kvcrush/select/order_statistics.hpp"
+#include "kvcrush/select/signatures.hpp"
+#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/tensor_view.hpp"
+
+namespace kvcrush {
+
+struct keep_config {
+  index_t budget = 0;  // B: tokens kept per KV head, protected ones included
+  index_t sink = 0;    // s: first tokens always kept
+  index_t recent = 0;  // r: last tokens always kept
+  // Share of the unprotected budget given to KVCrush representatives.
+  double crush_fraction = 0.0;
+  anchor_mode anchor = anchor_mode::mean;
+  representative_rule representative = representative_rule::bucket_center;
+  threshold_mode threshold = threshold_mode::median;
+  std::uint64_t seed = 0;  // random anchor
+  bool per_head = false;   // one keep set per KV head (SPEC 3, per-head mode)
+  index_t block_size = 1;  // > 1: select whole blocks of this many tokens (SPEC 4.4)
+  // false for StreamingLLM: nothing is ranked by importance, so the budget
+  // must be sink + recent unless crush_fraction = 1 fills the middle.
+  bool rank_importance = true;
+};
+
+// The budget split of SPEC 1 for the unprotected part, in selection units
+// (tokens, or blocks in block mode).
+struct budget_split {
+  index_t rest = 0;        // B_rest
+  index_t crush = 0;       // B_crush
+  index_t importance = 0;  // B_imp
+};
+
+constexpr budget_split split_budget(index_t rest, double crush_fraction) noexcept {
+  const auto crush = static_cast<index_t>(std::floor(crush_fraction * static_cast<double>(rest)));
+  return {rest, crush, rest - crush};
+}
+
+// Number of positions (token mode) or block indices (block mode) each keep
+// set holds for a sequence of `tokens` tokens.
+inline index_t keep_count(const keep_config& cfg, index_t tokens) noexcept {
+  if (cfg.block_size <= 1) return tokens <= cfg.budget ? tokens : cfg.budget;
+  const index_t b = cfg.block_size;
+  const index_t full = tokens / b;
+  const index_t all = (tokens + b - 1) / b;
+  if (full <= cfg.budget / b) return all;
+  return cfg.budget / b + (tokens % b != 0 ? 1 : 0);
+}
+
+// Throws std::invalid_argument when the configuration is unusable.
+inline void validate(const keep_config& cfg) {
+  using kvcrush::detail::require;
+  require(cfg.budget >= 0 && cfg.sink >= 0 && cfg.recent >= 0, "budget, sink and recent must be >= 0 (got budget ",
+          cfg.budget, ", sink ", cfg.sink, ", recent ", cfg.recent, ")");
+  require(cfg.budget >= cfg.sink + cfg.recent, "budget ", cfg.budget, " is below sink + recent = ",
+          cfg.sink + cfg.recent);
+  require(cfg.crush_fraction >= 0.0 && cfg.crush_fraction <= 1.0, "crush_fraction must be in [0, 1] (got ",
+          cfg.crush_fraction, ")");
+  require(cfg.block_size >= 1, "block_size must be >= 1 (got ", cfg.block_size, ")");
+  if (cfg.block_size > 1) {
+    const index_t b = cfg.block_size;
+    require(cfg.sink % b == 0 && cfg.recent % b == 0 && cfg.budget % b == 0, "block mode: sink (", cfg.sink,
+            "), recent (", cfg.recent, ") and budget (", cfg.budget, ") must be multiples of the block size ", b);
+  }
+  if (!cfg.rank_importance) {
+    const index_t b = cfg.block_size;
+    const auto split = split_budget((cfg.budget - cfg.sink - cfg.recent) / b, cfg.crush_fraction);
+    require(split.importance == 0, "StreamingLLM ranks no tokens: budget (", cfg.budget,
+            ") must equal sink + recent (", cfg.sink + cfg.recent, ") unless crush_fraction is 1");
+  }
+}
+
+inline namespace KVCRUSH_TARGET_NS {
+namespace impl {
+
+enum : std::uint8_t { flag_evict = 0, flag_important = 1, flag_representative = 2 };
+
+enum class selection_status { ok, nan_in_scores, nan_in_signature_scores };
+
+// Concatenates the token signatures (token_words words each, `bits` bits
+// used) of each block of b tokens into block signatures of
+// signature_words(bits * b) words: token i of a block owns bits
+// [i * bits, (i + 1) * bits).
+inline void concatenate_block_signatures(const std::uint64_t* token_sig, index_t token_words, index_t bits,
+                                         index_t blocks, index_t b, std::uint64_t* block_sig) noexcept {
+  const index_t block_words = signature_words(bits * b);
+  for (index_t j = 0; j < blocks; ++j) {
+    std::uint64_t* out = block_sig + j * block_words;
+    for (index_t w = 0; w < block_words; ++w) out[w] = 0;
+    for (index_t i = 0; i < b; ++i) {
+      const std::uint64_t* in = token_sig + (j * b + i) * token_words;
+      for (index_t bit = 0; bit < bits; ++bit) {
+        if ((in[bit / 64] >> (bit % 64)) & 1u) {
+          const index_t target = i * bits + bit;
+          out[target / 64] |= std::uint64_t{1} << (target % 64);
+        }
+      }
+    }
+  }
+}
+
+// sums[j] = float32 sum of v[j*b .. j*b+b) in position order.
+inline void block_sums(const float* v, index_t blocks, index_t b, float* sums) noexcept {
+  for (index_t j = 0; j < blocks; ++j) {
+    float acc = v[j * b];
+    for (index_t i = 1; i < b; ++i) acc += v[j * b + i];
+    sums[j] = acc;
+  }
+}
+
+// The selection itself, behind validated input. Units are tokens (b = 1) or
+// blocks. Writes flags for the evictable units of every head row (one row in
+// shared mode) into `flags` ([rows][evictable units]) and returns the status.
+template <class Isa>
+selection_status run_selection(const score_rows& s, const score_rows& sig_rows, bool separate_signature_rows,
+                               const keep_config& cfg, workspace& ws, std::uint8_t* flags) noexcept {
+  const index_t b = cfg.block_size;
+  const index_t tokens = s.tokens;
+  const index_t units = tokens / b;  // full blocks (tokens when b = 1)
+  const index_t first = cfg.sink / b;
+  const index_t last = units - cfg.recent / b;  // evictable units [first, last)
+  const index_t n = last - first;
+  const index_t token_begin = first * b;
+  const index_t token_end = last * b;
+  const index_t n_tokens = token_end - token_begin;
+  const budget_split split = split_budget(cfg.budget / b - first - cfg.recent / b, cfg.crush_fraction);
+  const index_t rows = cfg.per_head ? s.rows : 1;
+  const bool need_signatures = split.crush > 0;
+  const bool ranks = cfg.rank_importance && split.importance > 0;
+  const bool shared_importance = !cfg.per_head && ranks;
+
+  for (index_t i = 0; i < rows * n; ++i) flags[i] = flag_evict;
+
+  // 1. Signatures (and, when they come from S itself, the shared importance
+  //    sums in the same pass) over the evictable tokens.
+  const index_t sig_bits = sig_rows.rows;
+  const index_t token_words = signature_words(sig_bits);
+  std::uint64_t* token_sig = nullptr;
+  index_t* bit_counts = nullptr;
+  float* token_importance = nullptr;
+  if (shared_importance) token_importance = ws.importance(static_cast<std::size_t>(n_tokens) + 1);
+  bool s_checked = false;
+  if (need_signatures) {
+    token_sig = ws.signatures(static_cast<std::size_t>(n_tokens * token_words) + 1);
+    bit_counts = ws.bit_counts(static_cast<std::size_t>(sig_bits));
+    float* fused_sums = separate_signature_rows ? nullptr : token_importance;
+    if (!build_signatures<Isa>(sig_rows, token_begin, token_end, cfg.threshold, token_sig, bit_counts, fused_sums, ws)) {
+      return separate_signature_rows ? selection_status::nan_in_signature_scores : selection_status::nan_in_scores;
+    }
+    s_checked = !separate_signature_rows;
+  }
+  if (shared_importance && !(need_signatures && !separate_signature_rows)) {
+    if (!sum_rows<Isa>(s, token_begin, token_end, token_importance)) return selection_status::nan_in_scores;
+    s_checked = true;
+  }
+
+  // 2. Importance selection per row.
+  float* buf_a = ws.floats_a(static_cast<std::size_t>(n_tokens) + 64);
+  float* buf_b = ws.floats_b(static_cast<std::size_t>(n_tokens) + 64);
+  if (ranks) {
+    if (!cfg.per_head) {
+      const float* importance = token_importance;
+      if (b > 1) {
+        float* sums = ws.unit_importance(static_cast<std::size_t>(n) + 1);
+        block_sums(token_importance, n, b, sums);
+        importance = sums;
+      }
+      if (!mark_top_k<Isa>(importance, n, split.importance, flags, flag_important, buf_a, buf_b)) {
+        return selection_status::nan_in_scores;
+      }
+    } else {
+      float* sums = ws.importance(static_cast<std::size_t>(n) + 1);
+      for (index_t h = 0; h < rows; ++h) {
+        const float* importance = s.row(h) + token_begin;
+        if (b > 1) {
+          block_sums(importance, n, b, sums);
+          importance = sums;
+        }
+        if (!mark_top_k<Isa>(importance, n, split.importance, flags + h * n, flag_important, buf_a, buf_b)) {
+          return selection_status::nan_in_scores;
+        }
+      }
+      s_checked = true;
+    }
+  }
+
+  // 3. KVCrush representatives among each row's candidates.
+  if (need_signatures) {
+    const std::uint64_t* unit_sig = token_sig;
+    index_t unit_bits = sig_bits;
+    index_t unit_words = token_words;
+    index_t* counts = bit_counts;
+    if (b > 1) {
+      unit_bits = sig_bits * b;
+      unit_words = signature_words(unit_bits);
+      std::uint64_t* block_sig = ws.block_signatures(static_cast<std::size_t>(n * unit_words) + 1);
+      concatenate_block_signatures(token_sig, token_words, sig_bits, n, b, block_sig);
+      unit_sig = block_sig;
+      counts = ws.unit_counts(static_cast<std::size_t>(unit_bits) + 1);
+      if (cfg.anchor == anchor_mode::mean || cfg.anchor == anchor_mode::inv_mean) {
+        for (index_t i = 0; i < unit_bits; ++i) counts[i] = 0;
+        count_signature_bits(block_sig, n, unit_words, counts);
+      }
+    }
+    std::uint64_t* anchor = ws.anchor(static_cast<std::size_t>(unit_words));
+    make_anchor(cfg.anchor, unit_bits, counts, n, cfg.seed, anchor);
+    std::uint32_t* dist = ws.distances(static_cast<std::size_t>(n) + 1);
+    simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
+    index_t* histogram = ws.histogram(static_cast<std::size_t>(unit_bits) + 2);
+    index_t* order = ws.order(static_cast<std::size_t>(n) + 1);
+    for (index_t h = 0; h < rows; ++h) {
+      mark_representatives(dist, flags + h * n, n, flag_evict, flag_representative, split.crush,
+                           cfg.representative, unit_bits, histogram, order);
+    }
+  }
+
+  // 4. Every score the policy was given is checked for NaN, also where the
+  //    steps above did not look (protected regions, unused scores).
+  if (!s_checked ? has_nan(s, 0, tokens) : (has_nan(s, 0, token_begin) || has_nan(s, token_end, tokens))) {
+    return selection_status::nan_in_scores;
+  }
+  if (separate_signature_rows) {
+    const bool checked = need_signatures;
+    if (!checked ? has_nan(sig_rows, 0, tokens)
+                 : (has_nan(sig_rows, 0, token_begin) || has_nan(sig_rows, token_end, tokens))) {
+      return selection_status::nan_in_signature_scores;
+    }
+  }
+  return selection_status::ok;
+}
+
+}  // namespace impl
+
+// Selects the keep set(s) of one layer.
+//
+// importance: per-KV-head scores S, (heads, tokens). signature_scores: the
+// rows the signatures come from, (signature heads, tokens); leave empty to
+// use S. out: (per_head ? heads : 1, >= keep_count(cfg, tokens)); row h gets
+// the sorted positions (token mode) or block indices (block mode) kept for
+// head h. Returns keep_count(cfg, tokens).
+//
+// Throws std::invalid_argument on bad shapes, configuration or NaN, before
+// writing anything to out.
+template <class Isa = isa::active>
+index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, matrix_view<index_t> out,
+                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+  using kvcrush::detail::require;
+  validate(cfg);
+  const index_t heads = importance.extent(0);
+  const index_t tokens = importance.extent(1);
+  require(heads >= 1, "select_keep: scores need at least one head (got ", heads, ")");
+  const bool separate = signature_scores.data() != nullptr || signature_scores.extent(0) != 0;
+  if (separate) {
+    require(signature_scores.extent(0) >= 1, "select_keep: signature scores need at least one row");
+    require(signature_scores.extent(1) == tokens, "select_keep: signature scores cover ", signature_scores.extent(1),
+            " tokens, importance scores ", tokens);
+  }
+  const index_t rows = cfg.per_head ? heads : 1;
+  const index_t count = keep_count(cfg, tokens);
+  require(out.extent(0) == rows, "select_keep: output needs ", rows, " row(s), has ", out.extent(0));
+  require(out.extent(1) >= count, "select_keep: output rows hold ", out.extent(1), " entries, ", count, " needed");
+
+  const index_t b = cfg.block_size;
+  const index_t units = tokens / b;
+  const index_t all_units = (tokens + b - 1) / b;
+  const auto s = impl::as_rows(importance, impl::needs_copy(importance)
+                                                 ? ws.row_copy(static_cast<std::size_t>(heads * tokens))
+                                                 : nullptr);
+  impl::score_rows sig_rows = s;
+  if (separate) {
+    sig_rows = impl::as_rows(signature_scores,
+                               impl::needs_copy(signature_scores)
+                                   ? ws.signature_copy(static_cast<std::size_t>(signature_scores.extent(0) * tokens))
+                                   : nullptr);
+  }
+
+  const bool evicts = b == 1 ? tokens > cfg.budget : units > cfg.budget / b;
+  if (!evicts) {
+    require(!impl::has_nan(s, 0, tokens), "select_keep: scores contain NaN");
+    require(!separate || !impl::has_nan(sig_rows, 0, tokens), "select_keep: signature scores contain NaN");
+    for (index_t h = 0; h < rows; ++h)
+      for (index_t i = 0; i < all_units; ++i) out(h, i) = i;
+    return count;
+  }
+
+  const index_t first = cfg.sink / b;
+  const index_t last = units - cfg.recent / b;
+  const index_t n = last - first;
+  std::uint8_t* flags = ws.flags(static_cast<std::size_t>(rows * n) + 1);
+  const auto status = impl::run_selection<Isa>(s, sig_rows, separate, cfg, ws, flags);
+  if (status == impl::selection_status::nan_in_scores) {
+    kvcrush::detail::throw_invalid("select_keep: scores contain NaN (or a token's summed importance is NaN: +inf "
+                                   "and -inf in different heads)");
+  }
+  if (status == impl::selection_status::nan_in_signature_scores) {
+    kvcrush::detail::throw_invalid("select_keep: signature scores contain NaN");
+  }
+  for (index_t h = 0; h < rows; ++h) {
+    const std::uint8_t* row_flags = flags + h * n;
+    index_t j = 0;
+    for (index_t i = 0; i < first; ++i) out(h, j++) = i;
+    for (index_t i = 0; i < n; ++i) {
+      if (row_flags[i] != impl::flag_evict) out(h, j++) = first + i;
+    }
+    for (index_t i = last; i < all_units; ++i) out(h, j++) = i;
+  }
+  return count;
+}
+
+// Shared-mode convenience: one keep set into a vector.
+template <class Isa = isa::active>
+index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, vector_view<index_t> out,
+                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+  kvcrush::detail::require(!cfg.per_head, "select_keep: per-head mode needs a (heads, budget) output");
+  return select_keep<Isa>(importance, cfg, matrix_view<index_t>(out.data(), {1, out.extent(0)}, {0, out.stride(0)}),
+                          ws, signature_scores);
+}
+
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush

@@ -1,0 +1,183 @@
+// Head-behaviour signatures (SPEC 4.1): one bit per head and token, set when
+// the token is in the head's top half (median mode) or above the head's mean
+// (mean mode). Token-major: token i of the range owns words
+// [i * words, (i + 1) * words), bit h in word h / 64 at bit h % 64.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kvcrush/error.hpp"
+#include "kvcrush/select/options.hpp"
+#include "kvcrush/select/order_statistics.hpp"
+#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/simd/signature.hpp"
+#include "kvcrush/tensor_view.hpp"
+
+namespace kvcrush {
+
+constexpr index_t signature_words(index_t bits) noexcept { return (bits + 63) / 64; }
+
+inline namespace KVCRUSH_TARGET_NS {
+namespace impl {
+
+// Rows of a score matrix as the kernels want them: contiguous along tokens.
+struct score_rows {
+  const float* data = nullptr;
+  index_t row_stride = 0;
+  index_t rows = 0;
+  index_t tokens = 0;
+  const float* row(index_t r) const noexcept { return data + r * row_stride; }
+};
+
+// Views with unit token stride are used in place; others (and negative row
+// strides) are gathered into `copy`, which must hold rows * tokens floats.
+inline score_rows as_rows(matrix_view<const float> m, float* copy) noexcept {
+  const index_t rows = m.extent(0);
+  const index_t tokens = m.extent(1);
+  if (m.stride(1) == 1 || tokens <= 1) {
+    return {m.data(), rows > 1 ? m.stride(0) : tokens, rows, tokens};
+  }
+  for (index_t r = 0; r < rows; ++r) {
+    const float* src = m.data() + r * m.stride(0);
+    for (index_t t = 0; t < tokens; ++t) copy[r * tokens + t] = src[t * m.stride(1)];
+  }
+  return {copy, tokens, rows, tokens};
+}
+
+inline bool needs_copy(matrix_view<const float> m) noexcept {
+  return m.stride(1) != 1 && m.extent(1) > 1;
+}
+
+// Largest float not above x, so that (float v > result) <=> (v > x) for every
+// float v: the mean threshold compared in float but decided as in double.
+inline float float_at_or_below(double x) noexcept {
+  auto f = static_cast<float>(x);
+  if (static_cast<double>(f) > x) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// Mean of v[0, n) in double, summed in eight interleaved lanes combined as a
+// fixed tree: one well-defined order, so every build computes the same bits.
+inline double canonical_mean(const float* v, index_t n) noexcept {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (index_t i = 0; i < n; ++i) lane[i & 7] += static_cast<double>(v[i]);
+  const double total = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  return total / static_cast<double>(n);
+}
+
+// Per-row threshold and tie quota over tokens [begin, end). Returns false on
+// NaN (median mode; mean mode leaves NaN to the signature pass).
+template <class Isa>
+bool compute_thresholds(const score_rows& s, index_t begin, index_t end, threshold_mode mode,
+                        float* thresholds, index_t* ties, float* buf_a, float* buf_b) noexcept {
+  const index_t n = end - begin;
+  const index_t k = n / 2;
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  for (index_t h = 0; h < s.rows; ++h) {
+    const float* row = s.row(h) + begin;
+    ties[h] = 0;
+    if (mode == threshold_mode::median) {
+      if (k == 0) {
+        thresholds[h] = inf;  // nothing is above +inf and no tie slot: all bits 0
+        continue;
+      }
+      const kth_result kth = kth_largest<Isa>(row, n, k, buf_a, buf_b);
+      if (kth.has_nan) return false;
+      thresholds[h] = kth.value;
+      ties[h] = k - kth.above;
+    } else {
+      thresholds[h] = n > 0 ? float_at_or_below(canonical_mean(row, n)) : inf;
+    }
+  }
+  return true;
+}
+
+inline bool has_nan(const score_rows& s, index_t begin, index_t end) noexcept {
+  bool nan = false;
+  for (index_t h = 0; h < s.rows; ++h) {
+    const float* row = s.row(h);
+    for (index_t t = begin; t < end; ++t) nan |= row[t] != row[t];
+  }
+  return nan;
+}
+
+// Thresholds + the fused pass. signatures: [(end - begin) * words]; sums and
+// bit_counts optional. Returns false on NaN.
+template <class Isa>
+bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold_mode mode,
+                      std::uint64_t* signatures, index_t* bit_counts, float* sums, workspace& ws) noexcept {
+  float* thresholds = ws.thresholds(static_cast<std::size_t>(s.rows));
+  index_t* ties = ws.ties(static_cast<std::size_t>(s.rows));
+  const auto n = static_cast<std::size_t>(end - begin);
+  if (!compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64))) {
+    return false;
+  }
+  if (bit_counts) {
+    for (index_t h = 0; h < s.rows; ++h) bit_counts[h] = 0;
+  }
+  simd::signature_job job;
+  job.scores = s.data;
+  job.row_stride = s.row_stride;
+  job.heads = s.rows;
+  job.begin = begin;
+  job.end = end;
+  job.thresholds = thresholds;
+  job.ties_left = ties;
+  job.signatures = signatures;
+  job.words = signature_words(s.rows);
+  job.bit_counts = bit_counts;
+  job.sums = sums;
+  return !simd::signature_kernel<Isa>::run(job);
+}
+
+// Sums over rows in row order for tokens [begin, end). Returns false on NaN.
+template <class Isa>
+bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noexcept {
+  simd::signature_job job;
+  job.scores = s.data;
+  job.row_stride = s.row_stride;
+  job.heads = s.rows;
+  job.begin = begin;
+  job.end = end;
+  job.sums = sums;
+  return !simd::signature_kernel<Isa>::run(job);
+}
+
+}  // namespace impl
+
+// Signatures of the tokens [begin, end) of a (heads, tokens) score matrix.
+// out is (end - begin, signature_words(heads)), row-major and contiguous.
+// bit_counts, when given, receives per head the number of tokens whose bit
+// is set (what the mean/inv_mean anchors need).
+template <class Isa = isa::active>
+void compute_signatures(matrix_view<const float> scores, index_t begin, index_t end, threshold_mode mode,
+                        matrix_view<std::uint64_t> out, workspace& ws,
+                        vector_view<index_t> bit_counts = {}) {
+  const index_t heads = scores.extent(0);
+  const index_t tokens = scores.extent(1);
+  const index_t words = signature_words(heads);
+  kvcrush::detail::require(heads >= 1, "compute_signatures: scores need at least one head (got ", heads, ")");
+  kvcrush::detail::require(0 <= begin && begin <= end && end <= tokens, "compute_signatures: token range [", begin,
+                           ", ", end, ") outside [0, ", tokens, ")");
+  kvcrush::detail::require(out.extent(0) == end - begin && out.extent(1) == words,
+                           "compute_signatures: output must be (", end - begin, ", ", words, "), got (",
+                           out.extent(0), ", ", out.extent(1), ")");
+  kvcrush::detail::require(out.extent(0) == 0 || (out.stride(1) == 1 && (out.extent(0) <= 1 || out.stride(0) == words)),
+                           "compute_signatures: output must be row-major contiguous");
+  kvcrush::detail::require(bit_counts.extent(0) == 0 || bit_counts.extent(0) == heads,
+                           "compute_signatures: bit_counts must have one entry per head");
+  const auto s = impl::as_rows(scores, impl::needs_copy(scores)
+                                             ? ws.row_copy(static_cast<std::size_t>(heads * tokens))
+                                             : nullptr);
+  index_t* counts = nullptr;
+  if (bit_counts.extent(0) > 0) counts = ws.bit_counts(static_cast<std::size_t>(heads));
+  if (!impl::build_signatures<Isa>(s, begin, end, mode, out.data(), counts, nullptr, ws)) {
+    kvcrush::detail::throw_invalid("compute_signatures: scores contain NaN");
+  }
+  for (index_t h = 0; h < bit_counts.extent(0); ++h) bit_counts[h] = counts[h];
+}
+
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush

@@ -1,0 +1,50 @@
+// Partition kernel: one streaming pass over a float array that counts the
+// values above hi and below lo and copies the values inside [lo, hi] (in
+// order) to dst. It is the workhorse of the exact O(N) order statistics
+// (median thresholds, top-k): each pass shrinks the candidate set ~5x.
+//
+// dst must hold n floats; it may not alias src. NaN counts in no class, so
+// above + below + inside < n reveals a NaN for free.
+#pragma once
+
+#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/tensor_view.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
+
+struct partition_counts {
+  index_t above = 0;
+  index_t below = 0;
+  index_t inside = 0;
+};
+
+template <class Isa>
+struct partition_kernel {
+  static_assert(isa::compiled_v<Isa>,
+                "partition kernel requested for an ISA this translation unit is not compiled for");
+};
+
+template <>
+struct partition_kernel<isa::scalar> {
+  static partition_counts run(const float* KVCRUSH_RESTRICT src, index_t n, float lo, float hi,
+                              float* KVCRUSH_RESTRICT dst) noexcept {
+    partition_counts c;
+    for (index_t i = 0; i < n; ++i) {
+      const float v = src[i];
+      c.above += v > hi;
+      c.below += v < lo;
+      dst[c.inside] = v;  // branch-free: the slot is overwritten unless v is inside
+      c.inside += (v >= lo) & (v <= hi);
+    }
+    return c;
+  }
+};
+
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush
+
+#include "kvcrush/simd/partition_avx2.hpp"
+#include "kvcrush/simd/partition_avx512.hpp"

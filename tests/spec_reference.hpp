@@ -1,0 +1,167 @@
+// SPEC.md written plainly: full sorts, one bool per bit, no cleverness. The
+// library's O(N) and SIMD paths are checked against this.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "kvcrush/select/anchor.hpp"
+#include "kvcrush/select/keep.hpp"
+#include "kvcrush/select/options.hpp"
+
+namespace spec {
+
+using Rows = std::vector<std::vector<float>>;  // rows[h][t]
+using Bits = std::vector<int>;                  // one 0/1 per bit
+
+// "Top k of X by v": v descending, ties by smaller position, first k;
+// returned sorted ascending.
+template <class Value>
+std::vector<long> top_k(std::vector<long> items, Value value, long k) {
+  std::sort(items.begin(), items.end(), [&](long a, long b) {
+    if (value(a) != value(b)) return value(a) > value(b);
+    return a < b;
+  });
+  items.resize(static_cast<std::size_t>(std::max<long>(0, std::min<long>(k, static_cast<long>(items.size())))));
+  std::sort(items.begin(), items.end());
+  return items;
+}
+
+inline std::vector<long> range(long begin, long end) {
+  std::vector<long> out;
+  for (long t = begin; t < end; ++t) out.push_back(t);
+  return out;
+}
+
+// SPEC 4.1: signature bits (one vector of rows.size() bits per token of E).
+inline std::vector<Bits> signatures(const Rows& rows, long begin, long end, kvcrush::threshold_mode mode) {
+  const long n = end - begin;
+  std::vector<Bits> sig(static_cast<std::size_t>(n), Bits(rows.size(), 0));
+  for (std::size_t h = 0; h < rows.size(); ++h) {
+    if (mode == kvcrush::threshold_mode::median) {
+      for (long t : top_k(range(begin, end), [&](long x) { return rows[h][x]; }, n / 2)) sig[t - begin][h] = 1;
+    } else {
+      double sum = 0;
+      for (long t = begin; t < end; ++t) sum += rows[h][t];
+      const double mean = sum / static_cast<double>(n);
+      for (long t = begin; t < end; ++t) sig[t - begin][h] = rows[h][t] > mean ? 1 : 0;
+    }
+  }
+  return sig;
+}
+
+// SPEC 4.2.
+inline Bits anchor(kvcrush::anchor_mode mode, const std::vector<Bits>& sigs, std::size_t bits, std::uint64_t seed) {
+  Bits a(bits, 0);
+  for (std::size_t b = 0; b < bits; ++b) {
+    long count = 0;
+    for (const auto& s : sigs) count += s[b];
+    const long total = static_cast<long>(sigs.size());
+    switch (mode) {
+      case kvcrush::anchor_mode::zeros: a[b] = 0; break;
+      case kvcrush::anchor_mode::ones: a[b] = 1; break;
+      case kvcrush::anchor_mode::alternating: a[b] = static_cast<int>(b % 2); break;
+      case kvcrush::anchor_mode::mean: a[b] = 2 * count > total; break;
+      case kvcrush::anchor_mode::inv_mean: a[b] = 2 * count < total; break;
+      case kvcrush::anchor_mode::random:
+        // Implementation-defined values: the documented generator.
+        a[b] = static_cast<int>((kvcrush::splitmix64_at(seed, b / 64) >> (b % 64)) & 1u);
+        break;
+    }
+  }
+  return a;
+}
+
+inline long hamming(const Bits& x, const Bits& y) {
+  long d = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) d += x[i] != y[i];
+  return d;
+}
+
+// SPEC 4.3: representative index by rule.
+inline long representative(kvcrush::representative_rule rule, long i, long n, long k) {
+  auto lo = [&](long j) { return static_cast<long>(std::floor(static_cast<double>(j) * n / k)); };
+  switch (rule) {
+    case kvcrush::representative_rule::bucket_start: return lo(i);
+    case kvcrush::representative_rule::bucket_center: return lo(i) + (lo(i + 1) - lo(i) - 1) / 2;
+    case kvcrush::representative_rule::linspace:
+      return k == 1 ? 0 : static_cast<long>(std::floor(static_cast<double>(i) * (n - 1) / (k - 1)));
+    case kvcrush::representative_rule::stride: return i * (n / k);
+  }
+  return -1;
+}
+
+// SPEC 1-4 (4.4 when block_size > 1): keep sets, one per row (one row in
+// shared mode). S: per-KV-head scores; sig_rows: the rows signatures come
+// from (S itself unless signature heads are separate).
+inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, const kvcrush::keep_config& cfg) {
+  const long H = static_cast<long>(S.size());
+  const long N = static_cast<long>(S[0].size());
+  const long b = cfg.block_size;
+  const long units = N / b;
+  const long all_units = (N + b - 1) / b;
+  const long s = cfg.sink / b, r = cfg.recent / b, B = cfg.budget / b;
+  const long rows = cfg.per_head ? H : 1;
+  std::vector<std::vector<long>> result(static_cast<std::size_t>(rows));
+  if (units <= B) {
+    for (auto& row : result) row = range(0, all_units);
+    return result;
+  }
+  const long first = s, last = units - r;  // E in units
+  const long rest = B - s - r;
+  const long crush = static_cast<long>(std::floor(cfg.crush_fraction * static_cast<double>(rest)));
+  const long imp_budget = rest - crush;
+
+  // Token-level signatures over the evictable tokens, concatenated per block.
+  const auto token_sigs = signatures(sig_rows, first * b, last * b, cfg.threshold);
+  const std::size_t tbits = sig_rows.size();
+  std::vector<Bits> unit_sigs;
+  for (long j = 0; j < last - first; ++j) {
+    Bits bits;
+    for (long i = 0; i < b; ++i) {
+      const auto& t = token_sigs[static_cast<std::size_t>(j * b + i)];
+      bits.insert(bits.end(), t.begin(), t.end());
+    }
+    unit_sigs.push_back(bits);
+  }
+  const Bits a = anchor(cfg.anchor, unit_sigs, tbits * static_cast<std::size_t>(b), cfg.seed);
+
+  // Token importance (shared: float32 sum over heads in head order), then
+  // unit importance (float32 sum over the block's tokens in order).
+  auto token_importance = [&](long row, long t) {
+    if (cfg.per_head) return S[row][t];
+    float sum = S[0][t];
+    for (long h = 1; h < H; ++h) sum += S[h][t];
+    return sum;
+  };
+  for (long row = 0; row < rows; ++row) {
+    auto unit_importance = [&](long u) {
+      float sum = token_importance(row, u * b);
+      for (long i = 1; i < b; ++i) sum += token_importance(row, u * b + i);
+      return sum;
+    };
+    std::vector<long> I;
+    if (cfg.rank_importance) I = top_k(range(first, last), unit_importance, imp_budget);
+    std::vector<long> C;
+    for (long u = first; u < last; ++u) {
+      if (!std::binary_search(I.begin(), I.end(), u)) C.push_back(u);
+    }
+    std::stable_sort(C.begin(), C.end(), [&](long x, long y) {
+      return hamming(unit_sigs[x - first], a) < hamming(unit_sigs[y - first], a);
+    });
+    std::vector<long> R;
+    for (long i = 0; i < crush; ++i) R.push_back(C[representative(cfg.representative, i, static_cast<long>(C.size()), crush)]);
+    std::vector<long> keep = range(0, first);
+    keep.insert(keep.end(), I.begin(), I.end());
+    keep.insert(keep.end(), R.begin(), R.end());
+    for (long u = last; u < all_units; ++u) keep.push_back(u);
+    std::sort(keep.begin(), keep.end());
+    result[static_cast<std::size_t>(row)] = keep;
+  }
+  return result;
+}
+
+}  // namespace spec

@@ -1,0 +1,232 @@
+// Every SIMD kernel against the scalar kernel, bit for bit, on sizes that hit
+// every tail, unaligned and padded inputs, ties, ±inf and all-equal rows.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kvcrush/select/signatures.hpp"
+#include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/simd/partition.hpp"
+#include "kvcrush/simd/signature.hpp"
+#include "test_support.hpp"
+
+namespace isa = kvcrush::isa;
+namespace simd = kvcrush::simd;
+using kvcrush::index_t;
+
+namespace {
+
+constexpr float inf = std::numeric_limits<float>::infinity();
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+}  // namespace
+
+TEST(PartitionKernel, MatchesScalarOnEveryTail) {
+  const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
+    using Isa = decltype(tag);
+    for (long n : kvcrush_test::tail_sizes()) {
+      for (int offset = 0; offset < 4; ++offset) {  // unaligned starts
+        auto data = kvcrush_test::tricky_floats(static_cast<std::size_t>(n + offset), static_cast<std::uint32_t>(n * 7 + offset));
+        const float* src = data.data() + offset;
+        const std::pair<float, float> brackets[] = {{-0.25f, 0.5f}, {0.0f, 0.0f}, {-inf, inf}, {inf, inf},
+                                                    {0.25f, -0.25f}, {-inf, -0.5f}};
+        for (auto [lo, hi] : brackets) {
+          std::vector<float> expected(static_cast<std::size_t>(n) + 1, 7.0f), got(static_cast<std::size_t>(n) + 1, 7.0f);
+          const auto e = simd::partition_kernel<isa::scalar>::run(src, n, lo, hi, expected.data());
+          const auto g = simd::partition_kernel<Isa>::run(src, n, lo, hi, got.data());
+          ASSERT_EQ(g.above, e.above) << Isa::name << " n=" << n;
+          ASSERT_EQ(g.below, e.below) << Isa::name << " n=" << n;
+          ASSERT_EQ(g.inside, e.inside) << Isa::name << " n=" << n;
+          for (index_t i = 0; i < e.inside; ++i) ASSERT_TRUE(same_bits(got[i], expected[i])) << Isa::name << " n=" << n << " i=" << i;
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(PartitionKernel, ScalarCountsAreRight) {
+  const std::vector<float> v = {1, 2, 3, inf, -inf, 2, 0, std::numeric_limits<float>::quiet_NaN()};
+  std::vector<float> out(v.size());
+  const auto c = simd::partition_kernel<isa::scalar>::run(v.data(), 8, 1.0f, 2.0f, out.data());
+  EXPECT_EQ(c.above, 2);   // 3, inf
+  EXPECT_EQ(c.below, 2);   // -inf, 0
+  EXPECT_EQ(c.inside, 3);  // 1, 2, 2 (NaN in no class)
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], 2.0f);
+  EXPECT_EQ(out[2], 2.0f);
+}
+
+namespace {
+
+struct signature_case {
+  index_t heads, tokens, pad, begin, end;
+  bool sums;
+  bool with_sig;
+};
+
+struct signature_output {
+  std::vector<std::uint64_t> sig;
+  std::vector<float> sums;
+  std::vector<index_t> counts, ties;
+  bool nan;
+};
+
+template <class Isa>
+signature_output run_signature(const std::vector<float>& scores, const signature_case& c,
+                               const std::vector<float>& thresholds, const std::vector<index_t>& ties) {
+  signature_output out;
+  const index_t words = kvcrush::signature_words(c.heads);
+  const auto n = static_cast<std::size_t>(c.end - c.begin);
+  out.sig.assign(n * static_cast<std::size_t>(words) + 1, 0xdeadbeefull);
+  out.sums.assign(n + 1, -7.0f);
+  out.counts.assign(static_cast<std::size_t>(c.heads), 5);
+  out.ties = ties;
+  simd::signature_job job;
+  job.scores = scores.data() + 1;  // rows start unaligned
+  job.row_stride = c.tokens + c.pad;
+  job.heads = c.heads;
+  job.begin = c.begin;
+  job.end = c.end;
+  job.thresholds = c.with_sig ? thresholds.data() : nullptr;
+  job.ties_left = out.ties.data();
+  job.signatures = c.with_sig ? out.sig.data() : nullptr;
+  job.words = words;
+  job.bit_counts = out.counts.data();
+  job.sums = c.sums ? out.sums.data() : nullptr;
+  out.nan = simd::signature_kernel<Isa>::run(job);
+  return out;
+}
+
+}  // namespace
+
+TEST(SignatureKernel, MatchesScalarForEveryHeadCountAndTail) {
+  std::vector<signature_case> cases;
+  for (index_t heads : {1, 7, 8, 32, 64, 65, 128}) {
+    for (long tokens : kvcrush_test::tail_sizes()) {
+      if (tokens > 200 && heads > 8) continue;  // keep the sweep quick; 4097 runs for small H
+      cases.push_back({heads, tokens, 0, 0, tokens, true, true});
+      cases.push_back({heads, tokens, 3, tokens / 3, tokens - tokens / 5, false, true});
+      cases.push_back({heads, tokens, 5, 0, tokens, true, false});
+    }
+  }
+  cases.push_back({32, 4097, 16, 5, 4090, true, true});
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (const auto& c : cases) {
+      const auto seed = static_cast<std::uint32_t>(c.heads * 1000 + c.tokens);
+      auto scores = kvcrush_test::tricky_floats(static_cast<std::size_t>(c.heads * (c.tokens + c.pad) + 1), seed);
+      // Thresholds on the grid (many ties) and at +-inf; tie quotas of all sizes.
+      std::vector<float> thresholds(static_cast<std::size_t>(c.heads));
+      std::vector<index_t> ties(static_cast<std::size_t>(c.heads));
+      for (index_t h = 0; h < c.heads; ++h) {
+        const float options[] = {0.0f, 0.25f, -0.5f, inf, -inf, 1.0f};
+        thresholds[h] = options[h % 6];
+        ties[h] = (h * 5) % 11;
+      }
+      if (c.heads == 7) std::fill(scores.begin(), scores.end(), 0.25f);  // all-equal rows
+      const auto e = run_signature<isa::scalar>(scores, c, thresholds, ties);
+      const auto g = run_signature<Isa>(scores, c, thresholds, ties);
+      const std::string where = std::string(Isa::name) + " H=" + std::to_string(c.heads) + " N=" + std::to_string(c.tokens);
+      ASSERT_EQ(g.sig, e.sig) << where;
+      ASSERT_EQ(g.counts, e.counts) << where;
+      ASSERT_EQ(g.ties, e.ties) << where;
+      ASSERT_EQ(g.nan, e.nan) << where;
+      for (std::size_t i = 0; i < e.sums.size(); ++i) ASSERT_TRUE(same_bits(g.sums[i], e.sums[i])) << where << " sum " << i;
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(SignatureKernel, ScalarSetsTheRightBits) {
+  // Two heads, five tokens; head 1 has ties at its threshold: the first two
+  // by position are taken.
+  const std::vector<float> scores = {0.0f, 3, 1, 2, 3, 0, 5, 5, 1, 5, 5};
+  const std::vector<float> thresholds = {2.0f, 5.0f};
+  std::vector<index_t> ties = {0, 2};
+  std::vector<std::uint64_t> sig(5);
+  std::vector<index_t> counts(2, 0);
+  std::vector<float> sums(5);
+  simd::signature_job job;
+  job.scores = scores.data() + 1;
+  job.row_stride = 5;
+  job.heads = 2;
+  job.begin = 0;
+  job.end = 5;
+  job.thresholds = thresholds.data();
+  job.ties_left = ties.data();
+  job.signatures = sig.data();
+  job.words = 1;
+  job.bit_counts = counts.data();
+  job.sums = sums.data();
+  EXPECT_FALSE(simd::signature_kernel<isa::scalar>::run(job));
+  // head 0: 3 1 2 3 0 > 2 -> tokens 0, 3; head 1: 5 5 1 5 5 == 5 -> first two ties: tokens 0, 1
+  EXPECT_EQ(sig, (std::vector<std::uint64_t>{0b11, 0b10, 0b00, 0b01, 0b00}));
+  EXPECT_EQ(counts, (std::vector<index_t>{2, 2}));
+  EXPECT_EQ(ties[1], 0);
+  EXPECT_EQ(sums, (std::vector<float>{8, 6, 3, 8, 5}));
+}
+
+TEST(SignatureKernel, ReportsNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto check = [&](auto tag) {
+    using Isa = decltype(tag);
+    for (bool sums : {false, true}) {
+      std::vector<float> scores(3 * 40, 1.0f);
+      scores[2 * 40 + 37] = nan;
+      std::vector<float> out_sums(40);
+      simd::signature_job job;
+      job.scores = scores.data();
+      job.row_stride = 40;
+      job.heads = 3;
+      job.begin = 0;
+      job.end = 40;
+      job.sums = sums ? out_sums.data() : nullptr;
+      EXPECT_TRUE(simd::signature_kernel<Isa>::run(job)) << Isa::name;
+      // +inf and -inf in different heads: the summed importance is NaN.
+      scores[2 * 40 + 37] = 1.0f;
+      scores[0 * 40 + 3] = inf;
+      scores[1 * 40 + 3] = -inf;
+      EXPECT_EQ(simd::signature_kernel<Isa>::run(job), sums) << Isa::name;
+    }
+  };
+  check(isa::scalar{});
+  kvcrush_test::for_each_simd_isa(check);
+}
+
+TEST(HammingKernel, MatchesScalarForEveryWordCountAndTail) {
+  const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t words : {1, 2, 3, 8, 9}) {
+      for (long n : kvcrush_test::tail_sizes()) {
+        std::mt19937_64 rng(static_cast<std::uint64_t>(words * 100000 + n));
+        std::vector<std::uint64_t> sig(static_cast<std::size_t>(n * words) + 1);
+        for (auto& w : sig) w = rng();
+        std::vector<std::uint64_t> anchor(static_cast<std::size_t>(words));
+        for (auto& w : anchor) w = rng();
+        std::vector<std::uint32_t> e(static_cast<std::size_t>(n) + 1, 99), g(static_cast<std::size_t>(n) + 1, 99);
+        // sig + 1: signatures start off a 64-byte boundary.
+        simd::hamming_kernel<isa::scalar>::run(sig.data() + 1, n, words, anchor.data(), e.data());
+        simd::hamming_kernel<Isa>::run(sig.data() + 1, n, words, anchor.data(), g.data());
+        ASSERT_EQ(g, e) << Isa::name << " words=" << words << " n=" << n;
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(HammingKernel, ScalarCountsDifferingBits) {
+  const std::vector<std::uint64_t> sig = {0, ~0ull, 0b1011, 0x8000000000000001ull, 5, 0};
+  const std::vector<std::uint64_t> anchor = {0b0011};
+  std::vector<std::uint32_t> d(6);
+  simd::hamming_kernel<isa::scalar>::run(sig.data(), 6, 1, anchor.data(), d.data());
+  EXPECT_EQ(d, (std::vector<std::uint32_t>{2, 62, 1, 2, 2, 2}));
+  // Two words per signature.
+  const std::vector<std::uint64_t> anchor2 = {0, ~0ull};
+  std::vector<std::uint32_t> d2(3);
+  simd::hamming_kernel<isa::scalar>::run(sig.data(), 3, 2, anchor2.data(), d2.data());
+  EXPECT_EQ(d2, (std::vector<std::uint32_t>{0, 3 + 62, 2 + 64}));
+}
