@@ -4,7 +4,8 @@
 // The k-th largest is found without sorting: a small deterministic sample
 // brackets the answer, one SIMD partition pass counts what lies above the
 // bracket and packs what lies inside it, and the search continues on the
-// ~5x smaller inside set until a few hundred values remain for nth_element.
+// 3-4x smaller inside set until at most 64 values remain, which are ranked by
+// counting.
 // When the sample misjudges (rare), the pass still tells on which side the
 // answer lies and the search continues there, so the result is always exact.
 #pragma once
@@ -27,11 +28,32 @@ struct kth_result {
   bool has_nan = false;
 };
 
+// The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
+// found by counting each value's rank: at most n^2/16 vector compares and no
+// data-dependent branches inside the count, which beats nth_element on the
+// short arrays (<= 64 values) this is used for.
+template <class Isa>
+void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a, float& b) noexcept {
+  a = b = v[0];  // kept only if the ranks are unreachable (NaN in v)
+  bool found_a = false, found_b = false;
+  for (index_t i = 0; i < n && !(found_a && found_b); ++i) {
+    const simd::rank_counts c = simd::partition_kernel<Isa>::count(v, n, v[i]);
+    if (!found_a && c.greater <= r_a && r_a < c.greater + c.equal) {
+      a = v[i];
+      found_a = true;
+    }
+    if (!found_b && c.greater <= r_b && r_b < c.greater + c.equal) {
+      b = v[i];
+      found_b = true;
+    }
+  }
+}
+
 // k-th largest (1-based, 1 <= k <= n) of v[0, n). buf_a and buf_b hold n
 // floats each; v is never written.
 template <class Isa>
 kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float* buf_b) noexcept {
-  constexpr index_t base_case = 512;
+  constexpr index_t base_case = 64;
   constexpr float inf = std::numeric_limits<float>::infinity();
   const float* src = v;
   float* out = buf_a;
@@ -39,32 +61,26 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
   index_t m = n;
   index_t kk = k;
   index_t above = 0;
+  bool first_pass = true;
   while (m > base_case) {
-    // Sample size ~2 sqrt(m) (64..512) at a fixed stride: deterministic.
-    index_t sample_size = static_cast<index_t>(2.0 * std::sqrt(static_cast<double>(m)));
-    sample_size = std::clamp<index_t>(sample_size, 64, 512);
-    float sample[512];
+    // A fixed-stride sample (deterministic) brackets the answer: its order
+    // statistics around the target rank, 2.5 standard deviations apart.
+    constexpr index_t sample_size = 64;
+    float sample[sample_size];
     const index_t step = m / sample_size;
-    bool sample_nan = false;
-    for (index_t j = 0; j < sample_size; ++j) {
-      sample[j] = src[j * step + step / 2];
-      sample_nan |= sample[j] != sample[j];
-    }
-    // nth_element needs a strict weak order, which NaN breaks.
-    if (sample_nan) return {0.0f, 0, true};
+    for (index_t j = 0; j < sample_size; ++j) sample[j] = src[j * step + step / 2];
     const double p = static_cast<double>(kk) / static_cast<double>(m);
     const double sigma = std::sqrt(static_cast<double>(sample_size) * p * (1.0 - p));
     const auto centre = static_cast<index_t>(p * static_cast<double>(sample_size));
-    const auto margin = static_cast<index_t>(2.5 * sigma) + 3;
-    const index_t r_hi = std::max<index_t>(centre - margin, 0);
-    const index_t r_lo = std::min<index_t>(centre + margin, sample_size - 1);
-    std::nth_element(sample, sample + r_hi, sample + sample_size, std::greater<float>());
-    std::nth_element(sample + r_hi, sample + r_lo, sample + sample_size, std::greater<float>());
-    const float hi = sample[r_hi];
-    const float lo = sample[r_lo];
+    const auto margin = static_cast<index_t>(2.5 * sigma) + 2;
+    float hi, lo;
+    small_order_statistics<Isa>(sample, sample_size, std::max<index_t>(centre - margin, 0),
+                                std::min<index_t>(centre + margin, sample_size - 1), hi, lo);
+    if (hi != hi || lo != lo) return {0.0f, 0, true};
 
     const simd::partition_counts c = simd::partition_kernel<Isa>::run(src, m, lo, hi, out);
-    if (c.above + c.below + c.inside != m) return {0.0f, 0, true};
+    if (first_pass && c.above + c.below + c.inside != m) return {0.0f, 0, true};
+    first_pass = false;
     if (kk <= c.above) {
       // The answer lies above the bracket: keep the values > hi.
       m = simd::partition_kernel<Isa>::run(src, m, std::nextafter(hi, inf), inf, out).inside;
@@ -77,31 +93,30 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
       above += c.above;
       kk -= c.above;
       if (c.inside == m) {
-        // The bracket holds everything (heavy ties): finish exactly below.
-        break;
+        // No progress: every value lies in [lo, hi] (heavy ties). Peel off
+        // the largest one, hi (a sample value, so present): either it is the
+        // answer or the set loses every copy of it.
+        const simd::rank_counts top = simd::partition_kernel<Isa>::count(src, m, hi);
+        if (kk <= top.equal) return {hi, above, false};
+        above += top.equal;
+        kk -= top.equal;
+        m = simd::partition_kernel<Isa>::run(src, m, -inf, std::nextafter(hi, -inf), out).inside;
+      } else {
+        m = c.inside;
       }
-      m = c.inside;
     }
     src = out;
     std::swap(out, spare);
   }
-  if (src == v) {
-    // Never reorder the caller's data; copy (and check for NaN on the way).
+  if (first_pass) {
     bool nan = false;
-    for (index_t i = 0; i < m; ++i) {
-      out[i] = v[i];
-      nan |= v[i] != v[i];
-    }
+    for (index_t i = 0; i < m; ++i) nan |= v[i] != v[i];
     if (nan) return {0.0f, 0, true};
-    src = out;
   }
-  float* work = const_cast<float*>(src);  // one of our buffers
-  std::nth_element(work, work + (kk - 1), work + m, std::greater<float>());
-  const float value = work[kk - 1];
-  // Values greater than the answer sit before it after nth_element; count the
-  // strictly greater ones (equal values may sit on both sides).
-  for (index_t i = 0; i < kk - 1; ++i) above += work[i] > value;
-  return {value, above, false};
+  float value, unused;
+  small_order_statistics<Isa>(src, m, kk - 1, kk - 1, value, unused);
+  const simd::rank_counts c = simd::partition_kernel<Isa>::count(src, m, value);
+  return {value, above + c.greater, false};
 }
 
 // Writes the top k of v[0, n) (by value, ties by smaller index) as `mark`

@@ -8,6 +8,7 @@
 #if KVCRUSH_HAS_AVX512
 #include <immintrin.h>
 
+#include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/hamming.hpp"
 
 namespace kvcrush {
@@ -16,16 +17,6 @@ namespace simd {
 
 template <>
 struct hamming_kernel<isa::avx512> {
-  // Zero-masked narrowing and extraction: the unmasked intrinsics start from
-  // _mm256_undefined_si256(), which GCC 12 reports as maybe-uninitialized.
-  static __m256i narrow(__m512i x) noexcept { return _mm512_maskz_cvtepi64_epi32(0xff, x); }
-
-  static std::uint64_t sum_lanes(__m512i x) noexcept {
-    const __m256i half = _mm256_add_epi64(_mm512_maskz_extracti64x4_epi64(0xf, x, 0), _mm512_maskz_extracti64x4_epi64(0xf, x, 1));
-    const __m128i quarter = _mm_add_epi64(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
-    return static_cast<std::uint64_t>(_mm_cvtsi128_si64(quarter)) + static_cast<std::uint64_t>(_mm_extract_epi64(quarter, 1));
-  }
-
   static void run(const std::uint64_t* KVCRUSH_RESTRICT sig, index_t n, index_t words,
                   const std::uint64_t* KVCRUSH_RESTRICT anchor, std::uint32_t* KVCRUSH_RESTRICT out) noexcept {
     if (words == 1) {
@@ -36,16 +27,16 @@ struct hamming_kernel<isa::avx512> {
         const __m512i c1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(sig + t + 8), a));
         const __m512i c2 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(sig + t + 16), a));
         const __m512i c3 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(sig + t + 24), a));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t), narrow(c0));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 8), narrow(c1));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 16), narrow(c2));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 24), narrow(c3));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t), avx512_util::narrow_u64_to_u32(c0));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 8), avx512_util::narrow_u64_to_u32(c1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 16), avx512_util::narrow_u64_to_u32(c2));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t + 24), avx512_util::narrow_u64_to_u32(c3));
       }
       for (; t < n; t += 8) {
         const index_t len = n - t < 8 ? n - t : 8;
         const auto tail = static_cast<__mmask8>((1u << len) - 1u);
         const __m512i c = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(tail, sig + t), a));
-        _mm256_mask_storeu_epi32(out + t, tail, narrow(c));
+        _mm256_mask_storeu_epi32(out + t, tail, avx512_util::narrow_u64_to_u32(c));
       }
       return;
     }
@@ -58,7 +49,7 @@ struct hamming_kernel<isa::avx512> {
         const __m512i x = _mm512_xor_si512(_mm512_maskz_loadu_epi64(m, s + w), _mm512_maskz_loadu_epi64(m, anchor + w));
         total = _mm512_add_epi64(total, _mm512_popcnt_epi64(x));
       }
-      out[t] = static_cast<std::uint32_t>(sum_lanes(total));
+      out[t] = static_cast<std::uint32_t>(avx512_util::sum_u64(total));
     }
   }
 };

@@ -1,6 +1,6 @@
 // Partition kernel: one streaming pass over a float array that counts the
 // values above hi and below lo and copies the values inside [lo, hi] (in
-// order) to dst. It is the workhorse of the exact O(N) order statistics
+// order) to dst; and the rank count of one value in a short array. It is the workhorse of the exact O(N) order statistics
 // (median thresholds, top-k): each pass shrinks the candidate set ~5x.
 //
 // dst must hold n floats; it may not alias src. NaN counts in no class, so
@@ -18,6 +18,11 @@ struct partition_counts {
   index_t above = 0;
   index_t below = 0;
   index_t inside = 0;
+};
+
+struct rank_counts {
+  index_t greater = 0;
+  index_t equal = 0;
 };
 
 template <class Isa>
@@ -39,6 +44,16 @@ struct partition_kernel<isa::scalar> {
       c.inside += (v >= lo) & (v <= hi);
     }
     return c;
+  }
+
+  // How many of src[0, n) are greater than / equal to x (the rank of x).
+  static rank_counts count(const float* src, index_t n, float x) noexcept {
+    rank_counts r;
+    for (index_t i = 0; i < n; ++i) {
+      r.greater += src[i] > x;
+      r.equal += src[i] == x;
+    }
+    return r;
   }
 };
 

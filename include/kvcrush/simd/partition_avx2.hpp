@@ -53,6 +53,21 @@ struct partition_kernel<isa::avx2> {
     c.inside += tail.inside;
     return c;
   }
+
+  static rank_counts count(const float* src, index_t n, float x) noexcept {
+    const __m256 vx = _mm256_set1_ps(x);
+    rank_counts r;
+    index_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(src + i);
+      r.greater += _mm_popcnt_u32(static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, vx, _CMP_GT_OQ))));
+      r.equal += _mm_popcnt_u32(static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, vx, _CMP_EQ_OQ))));
+    }
+    const rank_counts tail = partition_kernel<isa::scalar>::count(src + i, n - i, x);
+    r.greater += tail.greater;
+    r.equal += tail.equal;
+    return r;
+  }
 };
 
 }  // namespace simd

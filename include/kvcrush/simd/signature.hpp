@@ -43,45 +43,60 @@ struct signature_kernel<isa::scalar> {
   // Returns true when a NaN was met (in a score, or in a sum: +inf + -inf).
   static bool run(const signature_job& job) noexcept {
     constexpr index_t tile = 64;
+    // Locals, not job fields: stores through the uint64_t signature pointer
+    // could alias the index_t fields and force reloads in the inner loops.
+    const float* const scores = job.scores;
+    const index_t row_stride = job.row_stride, heads = job.heads, words = job.words;
+    const index_t begin = job.begin, end = job.end;
+    std::uint64_t* const signatures = job.signatures;
+    float* const sums = job.sums;
     float tile_sums[tile];
+    std::uint64_t tile_bits[tile];
     bool nan = false;
-    const bool with_sig = job.signatures != nullptr;
-    for (index_t t0 = job.begin; t0 < job.end; t0 += tile) {
-      const index_t len = job.end - t0 < tile ? job.end - t0 : tile;
-      std::uint64_t* sig = with_sig ? job.signatures + (t0 - job.begin) * job.words : nullptr;
-      if (with_sig) {
-        for (index_t i = 0; i < len * job.words; ++i) sig[i] = 0;
-      }
-      for (index_t h = 0; h < job.heads; ++h) {
-        const float* row = job.scores + h * job.row_stride + t0;
-        if (job.sums) {
+    for (index_t t0 = begin; t0 < end; t0 += tile) {
+      const index_t len = end - t0 < tile ? end - t0 : tile;
+      if (sums) {
+        for (index_t h = 0; h < heads; ++h) {
+          const float* row = scores + h * row_stride + t0;
           for (index_t i = 0; i < len; ++i) tile_sums[i] = h == 0 ? row[i] : tile_sums[i] + row[i];
-        } else {
-          for (index_t i = 0; i < len; ++i) nan |= row[i] != row[i];
         }
-        if (!with_sig) continue;
-        const float threshold = job.thresholds[h];
-        index_t left = job.ties_left[h];
-        const index_t word = h / 64;
-        const std::uint64_t bit = std::uint64_t{1} << (h % 64);
-        index_t count = 0;
         for (index_t i = 0; i < len; ++i) {
-          bool take = row[i] > threshold;
-          if (left > 0 && row[i] == threshold) {
-            take = true;
-            --left;
-          }
-          sig[i * job.words + word] |= take ? bit : 0u;
-          count += take;
-        }
-        job.ties_left[h] = left;
-        if (job.bit_counts) job.bit_counts[h] += count;
-      }
-      if (job.sums) {
-        for (index_t i = 0; i < len; ++i) {
-          job.sums[t0 - job.begin + i] = tile_sums[i];
+          sums[t0 - begin + i] = tile_sums[i];
           nan |= tile_sums[i] != tile_sums[i];
         }
+      } else {
+        for (index_t h = 0; h < heads; ++h) {
+          const float* row = scores + h * row_stride + t0;
+          for (index_t i = 0; i < len; ++i) nan |= row[i] != row[i];
+        }
+      }
+      if (!signatures) continue;
+      for (index_t w = 0; w < words; ++w) {
+        for (index_t i = 0; i < len; ++i) tile_bits[i] = 0;
+        const index_t h_end = (w + 1) * 64 < heads ? (w + 1) * 64 : heads;
+        for (index_t h = w * 64; h < h_end; ++h) {
+          const float* row = scores + h * row_stride + t0;
+          const float threshold = job.thresholds[h];
+          const unsigned shift = static_cast<unsigned>(h % 64);
+          index_t count = 0;
+          for (index_t i = 0; i < len; ++i) {
+            const std::uint64_t take = row[i] > threshold;
+            tile_bits[i] |= take << shift;
+            count += static_cast<index_t>(take);
+          }
+          index_t left = job.ties_left[h];
+          for (index_t i = 0; i < len && left > 0; ++i) {
+            if (row[i] == threshold) {  // ties: first positions first
+              tile_bits[i] |= std::uint64_t{1} << shift;
+              ++count;
+              --left;
+            }
+          }
+          job.ties_left[h] = left;
+          if (job.bit_counts) job.bit_counts[h] += count;
+        }
+        std::uint64_t* out = signatures + (t0 - begin) * words + w;
+        for (index_t i = 0; i < len; ++i) out[i * words] = tile_bits[i];
       }
     }
     return nan;

@@ -1,0 +1,90 @@
+// Shared pieces of the benchmarks: realistic score data, the read-pass
+// bandwidth baseline, and the counters every benchmark reports.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kvcrush/simd/isa.hpp"
+
+namespace kvcrush_bench {
+
+// Attention-like scores: log-normal, so a few tokens dominate each head and
+// the rest trail off, as accumulated attention does.
+inline std::vector<float> attention_like_scores(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> out(n);
+  for (auto& v : out) v = std::exp(normal(rng)) * 1e-3f;
+  return out;
+}
+
+// The bandwidth baseline: one plain read of `bytes` bytes (summed so that
+// the compiler cannot skip it), eight independent accumulators.
+inline float read_pass(const float* data, std::size_t count) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += data[i + j];
+  for (; i < count; ++i) acc[0] += data[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Fastest of several read passes over the same data (seconds), measured in
+// the benchmark's own process right before it runs.
+inline double read_pass_seconds(const void* data, std::size_t bytes) {
+  const auto* floats = static_cast<const float*>(data);
+  const std::size_t count = bytes / sizeof(float);
+  double best = 1e30;
+  for (int rep = 0; rep < 30; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(read_pass(floats, count));
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    best = std::min(best, took.count());
+  }
+  return best;
+}
+
+// Times the benchmark loop itself, to relate it to the read pass.
+class loop_timer {
+ public:
+  void start() { start_ = std::chrono::steady_clock::now(); }
+  double stop() {
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start_;
+    return took.count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+// bytes/s and tokens/s as rates, and the time per iteration as a multiple of
+// a read pass over `baseline_bytes` of the benchmark's input.
+inline void report(benchmark::State& state, double seconds, std::size_t bytes_per_iteration,
+                   std::size_t tokens_per_iteration, double read_pass) {
+  const auto iterations = static_cast<double>(state.iterations());
+  state.SetBytesProcessed(static_cast<std::int64_t>(iterations * static_cast<double>(bytes_per_iteration)));
+  state.counters["tokens/s"] = benchmark::Counter(iterations * static_cast<double>(tokens_per_iteration),
+                                                  benchmark::Counter::kIsRate);
+  state.counters["x_read_pass"] = (seconds / iterations) / read_pass;
+  state.counters["read_pass_GB/s"] = static_cast<double>(bytes_per_iteration) / read_pass / 1e9;
+}
+
+template <class Isa>
+bool runnable() {
+  return kvcrush::isa::compiled_v<Isa> && kvcrush::isa::cpu_supports<Isa>();
+}
+
+inline std::string isa_prefix(const char* family, std::string_view isa) {
+  return std::string(family) + "/" + std::string(isa);
+}
+
+}  // namespace kvcrush_bench
