@@ -117,6 +117,12 @@ inline void concatenate_block_signatures(const std::uint64_t* token_sig, index_t
   }
 }
 
+inline bool any_nan_in(const float* v, index_t n) noexcept {
+  bool nan = false;
+  for (index_t i = 0; i < n; ++i) nan |= v[i] != v[i];
+  return nan;
+}
+
 // sums[j] = float32 sum of v[j*b .. j*b+b) in position order.
 inline void block_sums(const float* v, index_t blocks, index_t b, float* sums) noexcept {
   for (index_t j = 0; j < blocks; ++j) {
@@ -129,9 +135,12 @@ inline void block_sums(const float* v, index_t blocks, index_t b, float* sums) n
 // The selection itself, behind validated input. Units are tokens (b = 1) or
 // blocks. Writes flags for the evictable units of every head row (one row in
 // shared mode) into `flags` ([rows][evictable units]) and returns the status.
+// row_rest (optional, per-head mode): the unprotected budget of each row in
+// units, for head-wise budgets; otherwise every row gets the uniform one.
 template <class Isa>
 selection_status run_selection(const score_rows& s, const score_rows& sig_rows, bool separate_signature_rows,
-                               const keep_config& cfg, workspace& ws, std::uint8_t* flags) noexcept {
+                               const keep_config& cfg, workspace& ws, std::uint8_t* flags,
+                               const index_t* row_rest = nullptr) noexcept {
   const index_t b = cfg.block_size;
   const index_t tokens = s.tokens;
   const index_t units = tokens / b;  // full blocks (tokens when b = 1)
@@ -141,10 +150,17 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   const index_t token_begin = first * b;
   const index_t token_end = last * b;
   const index_t n_tokens = token_end - token_begin;
-  const budget_split split = split_budget(cfg.budget / b - first - cfg.recent / b, cfg.crush_fraction);
   const index_t rows = cfg.per_head ? s.rows : 1;
-  const bool need_signatures = split.crush > 0;
-  const bool ranks = cfg.rank_importance && split.importance > 0;
+  const index_t uniform_rest = cfg.budget / b - first - cfg.recent / b;
+  auto split_of = [&](index_t row) {
+    return split_budget(row_rest ? row_rest[row] : uniform_rest, cfg.crush_fraction);
+  };
+  bool need_signatures = false;
+  bool ranks = false;
+  for (index_t row = 0; row < rows; ++row) {
+    need_signatures |= split_of(row).crush > 0;
+    ranks |= cfg.rank_importance && split_of(row).importance > 0;
+  }
   const bool shared_importance = !cfg.per_head && ranks;
 
   for (index_t i = 0; i < rows * n; ++i) flags[i] = flag_evict;
@@ -183,7 +199,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
         block_sums(token_importance, n, b, sums);
         importance = sums;
       }
-      if (!mark_top_k<Isa>(importance, n, split.importance, flags, flag_important, buf_a, buf_b)) {
+      if (!mark_top_k<Isa>(importance, n, split_of(0).importance, flags, flag_important, buf_a, buf_b)) {
         return selection_status::nan_in_scores;
       }
     } else {
@@ -194,7 +210,10 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
           block_sums(importance, n, b, sums);
           importance = sums;
         }
-        if (!mark_top_k<Isa>(importance, n, split.importance, flags + h * n, flag_important, buf_a, buf_b)) {
+        // Rows without importance picks still get their NaN check here.
+        const index_t picks = split_of(h).importance > 0 ? split_of(h).importance : 0;
+        if (!mark_top_k<Isa>(importance, n, picks, flags + h * n, flag_important, buf_a, buf_b) ||
+            (picks == 0 && any_nan_in(importance, n))) {
           return selection_status::nan_in_scores;
         }
       }
@@ -227,7 +246,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     index_t* histogram = ws.histogram(static_cast<std::size_t>(unit_bits) + 2);
     index_t* order = ws.order(static_cast<std::size_t>(n) + 1);
     for (index_t h = 0; h < rows; ++h) {
-      mark_representatives(dist, flags + h * n, n, flag_evict, flag_representative, split.crush,
+      mark_representatives(dist, flags + h * n, n, flag_evict, flag_representative, split_of(h).crush,
                            cfg.representative, unit_bits, histogram, order);
     }
   }
@@ -249,19 +268,12 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
 
 }  // namespace impl
 
-// Selects the keep set(s) of one layer.
-//
-// importance: per-KV-head scores S, (heads, tokens). signature_scores: the
-// rows the signatures come from, (signature heads, tokens); leave empty to
-// use S. out: (per_head ? heads : 1, >= keep_count(cfg, tokens)); row h gets
-// the sorted positions (token mode) or block indices (block mode) kept for
-// head h. Returns keep_count(cfg, tokens).
-//
-// Throws std::invalid_argument on bad shapes, configuration or NaN, before
-// writing anything to out.
-template <class Isa = isa::active>
-index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, matrix_view<index_t> out,
-                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+namespace impl {
+
+template <class Isa>
+void select_keep_checked(matrix_view<const float> importance, const keep_config& cfg,
+                         vector_view<const index_t> row_rest, matrix_view<index_t> out, vector_view<index_t> counts,
+                         workspace& ws, matrix_view<const float> signature_scores) {
   using kvcrush::detail::require;
   validate(cfg);
   const index_t heads = importance.extent(0);
@@ -274,38 +286,53 @@ index_t select_keep(matrix_view<const float> importance, const keep_config& cfg,
             " tokens, importance scores ", tokens);
   }
   const index_t rows = cfg.per_head ? heads : 1;
-  const index_t count = keep_count(cfg, tokens);
-  require(out.extent(0) == rows, "select_keep: output needs ", rows, " row(s), has ", out.extent(0));
-  require(out.extent(1) >= count, "select_keep: output rows hold ", out.extent(1), " entries, ", count, " needed");
-
   const index_t b = cfg.block_size;
   const index_t units = tokens / b;
   const index_t all_units = (tokens + b - 1) / b;
+  const bool evicts = b == 1 ? tokens > cfg.budget : units > cfg.budget / b;
+  const index_t first = cfg.sink / b;
+  const index_t last = units - cfg.recent / b;
+  const index_t n = evicts ? last - first : 0;
+  const bool ragged = row_rest.extent(0) > 0;
+  if (ragged) {
+    require(cfg.per_head, "select_keep: head-wise budgets need per-head mode");
+    require(row_rest.extent(0) == heads, "select_keep: ", row_rest.extent(0), " head budgets for ", heads, " heads");
+    for (index_t h = 0; h < heads; ++h) {
+      require(row_rest[h] >= 0 && (!evicts || row_rest[h] <= n), "select_keep: head ", h, " budget ", row_rest[h],
+              " outside [0, ", n, "] evictable units");
+    }
+  }
+  auto row_count = [&](index_t h) {
+    if (!evicts) return all_units;
+    return first + (ragged ? row_rest[h] : cfg.budget / b - first - cfg.recent / b) + (all_units - last);
+  };
+  index_t widest = 0;
+  for (index_t h = 0; h < rows; ++h) widest = row_count(h) > widest ? row_count(h) : widest;
+  require(out.extent(0) == rows, "select_keep: output needs ", rows, " row(s), has ", out.extent(0));
+  require(out.extent(1) >= widest, "select_keep: output rows hold ", out.extent(1), " entries, ", widest, " needed");
+  require(counts.extent(0) == 0 || counts.extent(0) == rows, "select_keep: counts need ", rows, " entries");
+
   const auto s = impl::as_rows(importance, impl::needs_copy(importance)
-                                                 ? ws.row_copy(static_cast<std::size_t>(heads * tokens))
-                                                 : nullptr);
+                                               ? ws.row_copy(static_cast<std::size_t>(heads * tokens))
+                                               : nullptr);
   impl::score_rows sig_rows = s;
   if (separate) {
     sig_rows = impl::as_rows(signature_scores,
-                               impl::needs_copy(signature_scores)
-                                   ? ws.signature_copy(static_cast<std::size_t>(signature_scores.extent(0) * tokens))
-                                   : nullptr);
+                             impl::needs_copy(signature_scores)
+                                 ? ws.signature_copy(static_cast<std::size_t>(signature_scores.extent(0) * tokens))
+                                 : nullptr);
   }
-
-  const bool evicts = b == 1 ? tokens > cfg.budget : units > cfg.budget / b;
   if (!evicts) {
     require(!impl::has_nan(s, 0, tokens), "select_keep: scores contain NaN");
     require(!separate || !impl::has_nan(sig_rows, 0, tokens), "select_keep: signature scores contain NaN");
-    for (index_t h = 0; h < rows; ++h)
+    for (index_t h = 0; h < rows; ++h) {
       for (index_t i = 0; i < all_units; ++i) out(h, i) = i;
-    return count;
+      if (counts.extent(0)) counts[h] = all_units;
+    }
+    return;
   }
-
-  const index_t first = cfg.sink / b;
-  const index_t last = units - cfg.recent / b;
-  const index_t n = last - first;
   std::uint8_t* flags = ws.flags(static_cast<std::size_t>(rows * n) + 1);
-  const auto status = impl::run_selection<Isa>(s, sig_rows, separate, cfg, ws, flags);
+  const auto status = impl::run_selection<Isa>(s, sig_rows, separate, cfg, ws, flags, ragged ? row_rest.data() : nullptr);
   if (status == impl::selection_status::nan_in_scores) {
     kvcrush::detail::throw_invalid("select_keep: scores contain NaN (or a token's summed importance is NaN: +inf "
                                    "and -inf in different heads)");
@@ -321,8 +348,39 @@ index_t select_keep(matrix_view<const float> importance, const keep_config& cfg,
       if (row_flags[i] != impl::flag_evict) out(h, j++) = first + i;
     }
     for (index_t i = last; i < all_units; ++i) out(h, j++) = i;
+    if (counts.extent(0)) counts[h] = j;
   }
-  return count;
+}
+
+}  // namespace impl
+
+// Selects the keep set(s) of one layer.
+//
+// importance: per-KV-head scores S, (heads, tokens). signature_scores: the
+// rows the signatures come from, (signature heads, tokens); leave empty to
+// use S. out: (per_head ? heads : 1, >= keep_count(cfg, tokens)); row h gets
+// the sorted positions (token mode) or block indices (block mode) kept for
+// head h. Returns keep_count(cfg, tokens).
+//
+// Throws std::invalid_argument on bad shapes, configuration or NaN, before
+// writing anything to out.
+template <class Isa = isa::active>
+index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, matrix_view<index_t> out,
+                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+  impl::select_keep_checked<Isa>(importance, cfg, {}, out, {}, ws, signature_scores);
+  return keep_count(cfg, importance.extent(1));
+}
+
+// Per-head mode with head-wise budgets (AdaKV): head h keeps the protected
+// units plus rest_budgets[h] evictable units (split between importance and
+// KVCrush by crush_fraction). counts[h] receives the length of row h of out.
+template <class Isa = isa::active>
+void select_keep_ragged(matrix_view<const float> importance, const keep_config& cfg,
+                        vector_view<const index_t> rest_budgets, matrix_view<index_t> out, vector_view<index_t> counts,
+                        workspace& ws, matrix_view<const float> signature_scores = {}) {
+  kvcrush::detail::require(rest_budgets.extent(0) >= 1, "select_keep_ragged: one budget per head is required");
+  kvcrush::detail::require(counts.extent(0) == importance.extent(0), "select_keep_ragged: counts need one entry per head");
+  impl::select_keep_checked<Isa>(importance, cfg, rest_budgets, out, counts, ws, signature_scores);
 }
 
 // Shared-mode convenience: one keep set into a vector.

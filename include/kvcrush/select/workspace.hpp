@@ -64,8 +64,8 @@ class workspace {
     const auto b = static_cast<std::size_t>(block_size > 1 ? block_size : 1);
     const std::size_t words = (hs + 63) / 64;
     const std::size_t unit_bits = hs * b;
-    floats_a(n + 64);
-    floats_b(n + 64);
+    floats_a(n * h + 64);
+    floats_b(n * h + 64);
     row_copy(n * h);
     signature_copy(n * hs);
     importance(n * h + 1);
@@ -79,6 +79,9 @@ class workspace {
     anchor((unit_bits + 63) / 64);
     distances(n + 1);
     flags(n * h + 1);
+    flags_b(n * h + 1);
+    scores(n * h);
+    query_scores(n * hs);
     order(n + 1);
     histogram(unit_bits + 2);
     positions(n);
@@ -93,7 +96,8 @@ class workspace {
            importance_.capacity() * 4 + unit_importance_.capacity() * 4 + unit_counts_.capacity() * 8 +
            thresholds_.capacity() * 4 + ties_.capacity() * 8 +
            bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 +
-           distances_.capacity() * 4 + flags_.capacity() + order_.capacity() * 8 +
+           distances_.capacity() * 4 + flags_.capacity() + flags_b_.capacity() + scores_.capacity() * 4 +
+           query_scores_.capacity() * 4 + order_.capacity() * 8 +
            histogram_.capacity() * 8 + positions_.capacity() * 8 + block_signatures_.capacity() * 8;
   }
 
@@ -113,6 +117,9 @@ class workspace {
   std::uint64_t* anchor(std::size_t n) { return anchor_.ensure(n, allocations_); }
   std::uint32_t* distances(std::size_t n) { return distances_.ensure(n, allocations_); }
   std::uint8_t* flags(std::size_t n) { return flags_.ensure(n, allocations_); }
+  std::uint8_t* flags_b(std::size_t n) { return flags_b_.ensure(n, allocations_); }
+  float* scores(std::size_t n) { return scores_.ensure(n, allocations_); }
+  float* query_scores(std::size_t n) { return query_scores_.ensure(n, allocations_); }
   index_t* order(std::size_t n) { return order_.ensure(n, allocations_); }
   index_t* histogram(std::size_t n) { return histogram_.ensure(n, allocations_); }
   index_t* positions(std::size_t n) { return positions_.ensure(n, allocations_); }
@@ -120,11 +127,11 @@ class workspace {
  private:
   std::size_t allocations_ = 0;
   detail::scratch<float> floats_a_, floats_b_, row_copy_, signature_copy_, importance_, unit_importance_,
-      thresholds_;
+      thresholds_, scores_, query_scores_;
   detail::scratch<index_t> ties_, bit_counts_, unit_counts_, order_, histogram_, positions_;
   detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_;
   detail::scratch<std::uint32_t> distances_;
-  detail::scratch<std::uint8_t> flags_;
+  detail::scratch<std::uint8_t> flags_, flags_b_;
 };
 
 }  // namespace kvcrush

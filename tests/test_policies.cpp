@@ -1,0 +1,362 @@
+// Policies and their composition: layer budgets, AdaKV allocation, the
+// compile-time pipelines, the runtime facade, and their error paths.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+#include <vector>
+
+#include "kvcrush/policy/runtime.hpp"
+#include "spec_reference.hpp"
+#include "test_support.hpp"
+
+namespace isa = kvcrush::isa;
+using kvcrush::index_t;
+
+namespace {
+
+// KVCache-Factory's budget arithmetic, transcribed plainly.
+index_t factory_layer_budget(index_t B, index_t w, index_t L, index_t n, index_t l) {
+  if (n < B || n < 2 * (B - w)) return B;
+  index_t min_num = (B - w) / 20;
+  index_t max_num = (B - w) * 2 - min_num;
+  if (max_num >= n - w) {
+    max_num = n - w;
+    min_num = (B - w) * 2 - max_num;
+  }
+  const index_t steps = (max_num - min_num) / (L - 1);
+  return max_num - l * steps + w;
+}
+
+struct fixture {
+  index_t hq = 8, h = 4, w = 8, n = 300, d = 16;
+  std::vector<float> attention, queries, keys, last, scores;
+  fixture() {
+    attention = kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 1, 0.0f, 1.0f);
+    queries = kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * d), 2);
+    keys = kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 3);
+    last = kvcrush_test::random_floats(static_cast<std::size_t>(hq * n), 4, 0.0f, 1.0f);
+    scores = kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 5, 0.0f, 1.0f);
+  }
+  kvcrush::layer_inputs inputs() const {
+    kvcrush::layer_inputs in;
+    in.kv_heads = h;
+    in.tokens = n;
+    in.scores = kvcrush::make_matrix_view(scores.data(), h, n);
+    in.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {hq, w, n});
+    in.window_queries = kvcrush::strided_view<const float, 3>(queries.data(), {hq, w, d});
+    in.keys.f32 = kvcrush::make_head_token_dim(keys.data(), h, n, d);
+    in.last_attention = kvcrush::make_matrix_view(last.data(), hq, n);
+    return in;
+  }
+};
+
+struct result {
+  std::vector<index_t> positions, counts;
+  index_t width = 0;
+  std::vector<long> row(index_t r) const {
+    return {positions.begin() + r * width, positions.begin() + r * width + counts[r]};
+  }
+};
+
+template <class Policy>
+result run(const Policy& p, const kvcrush::layer_inputs& in, kvcrush::layer_budget b, kvcrush::selection_layout layout,
+           kvcrush::workspace& ws) {
+  result r;
+  const index_t rows = layout.per_head ? in.kv_heads : 1;
+  r.width = in.tokens + 1;
+  r.positions.assign(static_cast<std::size_t>(rows * r.width), -1);
+  r.counts.assign(static_cast<std::size_t>(rows), -1);
+  kvcrush::select(p, in, b, layout,
+                  {kvcrush::make_matrix_view(r.positions.data(), rows, r.width), kvcrush::make_vector_view(r.counts.data(), rows)}, ws);
+  return r;
+}
+
+}  // namespace
+
+TEST(LayerBudgets, PyramidMatchesKVCacheFactory) {
+  for (index_t L : {2, 5, 32}) {
+    for (index_t B : {64, 128, 512}) {
+      for (index_t w : {8, 32}) {
+        for (index_t n : {40, 100, 250, 1000, 4096}) {
+          const auto budgets = kvcrush::pyramid_budgets(B, w, L, n);
+          ASSERT_EQ(static_cast<index_t>(budgets.size()), L);
+          for (index_t l = 0; l < L; ++l) ASSERT_EQ(budgets[l], factory_layer_budget(B, w, L, n, l));
+          if (n >= 2 * (B - w) && n >= B) {
+            ASSERT_GE(budgets.front(), budgets.back()) << "budgets shrink with depth";
+            const double mean = std::accumulate(budgets.begin(), budgets.end(), 0.0) / L;
+            ASSERT_NEAR(mean, B, (B - w) / 20.0 + L) << "the average stays near B";
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(kvcrush::pyramid_budgets(100, 10, 1, 1000), std::vector<index_t>{100});
+  EXPECT_THROW((void)kvcrush::pyramid_budgets(10, 10, 4, 100), std::invalid_argument);
+  EXPECT_THROW((void)kvcrush::pyramid_budgets(100, 10, 0, 100), std::invalid_argument);
+}
+
+TEST(AdaKV, AllocationMatchesBruteForce) {
+  kvcrush::workspace ws;
+  for (int trial = 0; trial < 30; ++trial) {
+    const index_t h = 1 + trial % 5, n = 50 + trial * 7, begin = trial % 4, end = n - trial % 6;
+    const index_t rest = (end - begin) / (2 + trial % 3);
+    const double alpha = (trial % 4) * 0.2;
+    // Per-head spread differs: head k's scores are scaled by k+1, with ties.
+    auto s = kvcrush_test::tricky_floats(static_cast<std::size_t>(h * n), static_cast<std::uint32_t>(trial), 9, 0.0);
+    for (index_t k = 0; k < h; ++k)
+      for (index_t t = 0; t < n; ++t) s[k * n + t] *= static_cast<float>(k + 1);
+    std::vector<index_t> got(static_cast<std::size_t>(h));
+    kvcrush::allocate_head_budgets(kvcrush::make_matrix_view<const float>(s.data(), h, n), begin, end, rest, alpha,
+                                   kvcrush::make_vector_view(got.data(), h), ws);
+    // Brute force: floor per head, then global sort of the remaining pairs.
+    const auto floor_budget = static_cast<index_t>(std::floor(alpha * rest));
+    std::vector<index_t> expected(static_cast<std::size_t>(h), floor_budget);
+    std::vector<std::pair<float, index_t>> remaining;  // (score, flattened index)
+    for (index_t k = 0; k < h; ++k) {
+      const auto top = spec::top_k(spec::range(begin, end), [&](long t) { return s[k * n + t]; }, floor_budget);
+      for (index_t t = begin; t < end; ++t)
+        if (!std::binary_search(top.begin(), top.end(), t)) remaining.push_back({s[k * n + t], k * n + t});
+    }
+    std::stable_sort(remaining.begin(), remaining.end(), [](auto a, auto b) { return a.first > b.first; });
+    for (index_t i = 0; i < h * (rest - floor_budget); ++i) expected[remaining[i].second / n] += 1;
+    ASSERT_EQ(got, expected) << "trial " << trial;
+    ASSERT_EQ(std::accumulate(got.begin(), got.end(), index_t{0}), h * rest);
+  }
+}
+
+TEST(Policies, SnapKVIsWindowScoresThenSelection) {
+  fixture f;
+  kvcrush::workspace ws;
+  const auto in = f.inputs();
+  kvcrush::policy::snapkv snap;
+  const kvcrush::layer_budget b{60, 4, f.w};
+  const auto got = run(snap, in, b, {}, ws);
+  // The same by hand: window scores, then the keep set of SPEC 1-3.
+  std::vector<float> s(static_cast<std::size_t>(f.h * f.n));
+  kvcrush::window_scores(in.window_attention, snap.window, kvcrush::make_matrix_view(s.data(), f.h, f.n), ws);
+  kvcrush::keep_config cfg;
+  cfg.budget = 60;
+  cfg.sink = 4;
+  cfg.recent = f.w;
+  std::vector<index_t> expected(60);
+  kvcrush::select_keep(kvcrush::make_matrix_view<const float>(s.data(), f.h, f.n), cfg, kvcrush::make_vector_view(expected.data(), 60), ws);
+  EXPECT_EQ(got.counts[0], 60);
+  EXPECT_EQ(got.row(0), std::vector<long>(expected.begin(), expected.end()));
+  // From queries + keys instead of probabilities: a valid keep set of size B.
+  auto from_queries = in;
+  from_queries.window_attention = {};
+  const auto q = run(snap, from_queries, b, {}, ws);
+  EXPECT_EQ(q.counts[0], 60);
+}
+
+TEST(Policies, KVCrushCompositionProperties) {
+  fixture f;
+  kvcrush::workspace ws;
+  const auto in = f.inputs();
+  const kvcrush::layer_budget b{80, 4, 8};
+  for (auto heads : {kvcrush::signature_heads::kv, kvcrush::signature_heads::query}) {
+    for (bool per_head : {false, true}) {
+      kvcrush::crush_options crush;
+      crush.fraction = 0.5;
+      crush.heads = heads;
+      const kvcrush::policy::with_kvcrush<kvcrush::policy::snapkv> p{{}, crush};
+      const auto got = run(p, in, b, {per_head, 1}, ws);
+      const auto base = run(kvcrush::policy::snapkv{}, in, {80 - 34, 4, 8}, {per_head, 1}, ws);
+      for (index_t r = 0; r < (per_head ? f.h : 1); ++r) {
+        const auto row = got.row(r);
+        ASSERT_EQ(static_cast<index_t>(row.size()), 80) << "exactly B kept";
+        for (long t : {0L, 1L, 2L, 3L, long(f.n - 1), long(f.n - 8)}) ASSERT_TRUE(std::binary_search(row.begin(), row.end(), t));
+        // Importance picks are the crush-free selection with B_imp = 34.
+        const auto picks = base.row(r);
+        ASSERT_TRUE(std::includes(row.begin(), row.end(), picks.begin(), picks.end()));
+      }
+      // Query-head signatures differ from KV-head ones on this data.
+    }
+  }
+  kvcrush::crush_options crush;
+  crush.heads = kvcrush::signature_heads::query;
+  EXPECT_THROW(run(kvcrush::policy::with_kvcrush<kvcrush::policy::precomputed>{{}, crush}, in, b, {}, ws),
+               std::invalid_argument);
+}
+
+TEST(Policies, QuerySignatureRowsAreThePooledQueryHeads) {
+  fixture f;
+  kvcrush::workspace ws;
+  const auto in = f.inputs();
+  kvcrush::crush_options crush;
+  crush.fraction = 1.0;
+  crush.heads = kvcrush::signature_heads::query;
+  const kvcrush::policy::with_kvcrush<kvcrush::policy::snapkv> p{{}, crush};
+  const auto got = run(p, in, {70, 0, 8}, {}, ws);
+  std::vector<float> s(static_cast<std::size_t>(f.h * f.n)), sq(static_cast<std::size_t>(f.hq * f.n));
+  kvcrush::window_scores(in.window_attention, {}, kvcrush::make_matrix_view(s.data(), f.h, f.n), ws,
+                         kvcrush::make_matrix_view(sq.data(), f.hq, f.n));
+  kvcrush::keep_config cfg;
+  cfg.budget = 70;
+  cfg.recent = 8;
+  cfg.crush_fraction = 1.0;
+  const auto expected = spec::keep(
+      [&] {
+        spec::Rows rows(f.h, std::vector<float>(f.n));
+        for (index_t k = 0; k < f.h; ++k) std::copy(s.begin() + k * f.n, s.begin() + (k + 1) * f.n, rows[k].begin());
+        return rows;
+      }(),
+      [&] {
+        spec::Rows rows(f.hq, std::vector<float>(f.n));
+        for (index_t q = 0; q < f.hq; ++q) std::copy(sq.begin() + q * f.n, sq.begin() + (q + 1) * f.n, rows[q].begin());
+        return rows;
+      }(),
+      cfg);
+  EXPECT_EQ(got.row(0), expected[0]);
+}
+
+TEST(Policies, AdaKVGivesRaggedHeadWiseKeepSets) {
+  fixture f;
+  kvcrush::workspace ws;
+  // Head 0 spreads its attention over many tokens (all moderately high),
+  // heads 1 and 2 hold low scores, head 3 is concentrated on a few tokens.
+  for (index_t t = 0; t < f.n; ++t) {
+    f.scores[0 * f.n + t] = 0.5f + 0.001f * static_cast<float>(t % 17);
+    f.scores[1 * f.n + t] *= 0.3f;
+    f.scores[2 * f.n + t] *= 0.3f;
+    f.scores[3 * f.n + t] = t % 50 == 0 ? 10.0f : 0.0f;
+  }
+  const auto in = f.inputs();
+  const kvcrush::layer_budget b{64, 4, 8};
+  const kvcrush::policy::adakv<kvcrush::policy::precomputed> p{{}, 0.2};
+  const auto got = run(p, in, b, {true, 1}, ws);
+  index_t total = 0;
+  for (index_t k = 0; k < f.h; ++k) {
+    const auto row = got.row(k);
+    total += static_cast<index_t>(row.size());
+    ASSERT_TRUE(std::is_sorted(row.begin(), row.end()));
+    // Row k = protected + the head's own top (|row| - 12) evictable tokens.
+    const auto top = spec::top_k(spec::range(4, f.n - 8), [&](long t) { return f.scores[k * f.n + t]; },
+                                 static_cast<long>(row.size()) - 12);
+    std::vector<long> expected = spec::range(0, 4);
+    for (long t : top) expected.push_back(t);
+    for (long t = f.n - 8; t < f.n; ++t) expected.push_back(t);
+    ASSERT_EQ(row, expected) << "head " << k;
+  }
+  EXPECT_EQ(total, f.h * 64) << "the layer budget is shared out, not exceeded";
+  EXPECT_GT(got.counts[0], got.counts[3]) << "the spread-out head gets more";
+  EXPECT_THROW(run(p, in, b, {false, 1}, ws), std::invalid_argument) << "head-wise budgets need per-head mode";
+  EXPECT_THROW(run(p, in, b, {true, 4}, ws), std::invalid_argument) << "AdaKV is token-granular";
+  // With KVCrush: each head's allocation is split by crush_fraction.
+  kvcrush::crush_options crush;
+  crush.fraction = 0.5;
+  const kvcrush::policy::with_kvcrush<kvcrush::policy::adakv<kvcrush::policy::precomputed>> pc{{{}, 0.2}, crush};
+  const auto crushed = run(pc, in, b, {true, 1}, ws);
+  EXPECT_EQ(crushed.counts, got.counts) << "the same head budgets";
+}
+
+TEST(Policies, TovaKeyNormRandomStreamingH2O) {
+  fixture f;
+  kvcrush::workspace ws;
+  auto in = f.inputs();
+  const kvcrush::layer_budget b{40, 2, 6};
+  // TOVA ranks by the head-averaged last attention.
+  const auto tova = run(kvcrush::policy::tova{}, in, b, {}, ws);
+  std::vector<float> mean(static_cast<std::size_t>(f.n));
+  for (index_t t = 0; t < f.n; ++t) {
+    float s = f.last[t];
+    for (index_t q = 1; q < f.hq; ++q) s += f.last[q * f.n + t];
+    mean[t] = s / static_cast<float>(f.hq);
+  }
+  auto expected = spec::top_k(spec::range(2, f.n - 6), [&](long t) { return mean[t]; }, 32);
+  expected.insert(expected.begin(), {0, 1});
+  for (long t = f.n - 6; t < f.n; ++t) expected.push_back(t);
+  EXPECT_EQ(tova.row(0), expected);
+  // Key norm keeps the smallest keys.
+  const auto knorm = run(kvcrush::policy::key_norm{}, in, b, {true, 1}, ws);
+  for (index_t k = 0; k < f.h; ++k) {
+    auto norm = [&](long t) {
+      float sq = 0;
+      for (index_t j = 0; j < f.d; ++j) sq = std::fma(f.keys[(k * f.n + t) * f.d + j], f.keys[(k * f.n + t) * f.d + j], sq);
+      return -std::sqrt(sq);
+    };
+    auto e = spec::top_k(spec::range(2, f.n - 6), norm, 32);
+    e.insert(e.begin(), {0, 1});
+    for (long t = f.n - 6; t < f.n; ++t) e.push_back(t);
+    ASSERT_EQ(knorm.row(k), e);
+  }
+  // Random: deterministic per seed, different across seeds.
+  EXPECT_EQ(run(kvcrush::policy::random{3}, in, b, {}, ws).row(0), run(kvcrush::policy::random{3}, in, b, {}, ws).row(0));
+  EXPECT_NE(run(kvcrush::policy::random{3}, in, b, {}, ws).row(0), run(kvcrush::policy::random{4}, in, b, {}, ws).row(0));
+  // Streaming: exactly sink + recent, or KVCrush fills the middle.
+  const auto stream = run(kvcrush::policy::streaming_llm{}, in, {8, 2, 6}, {}, ws);
+  EXPECT_EQ(stream.row(0), (std::vector<long>{0, 1, long(f.n - 6), long(f.n - 5), long(f.n - 4), long(f.n - 3), long(f.n - 2), long(f.n - 1)}));
+  EXPECT_THROW(run(kvcrush::policy::streaming_llm{}, in, b, {}, ws), std::invalid_argument);
+  kvcrush::crush_options all;
+  all.fraction = 1.0;
+  const auto filled = run(kvcrush::policy::with_kvcrush<kvcrush::policy::streaming_llm>{{}, all}, in,
+                          {40, 2, 6}, {}, ws);
+  EXPECT_EQ(filled.counts[0], 40);
+  // H2O: scores from the accumulator; heads must hold the layer's tokens.
+  kvcrush::h2o_accumulator acc(f.h, f.hq, f.n);
+  acc.append(f.n);
+  acc.accumulate(kvcrush::make_matrix_view(f.last.data(), f.hq, f.n));
+  in.h2o = &acc;
+  const auto h2o = run(kvcrush::policy::h2o{}, in, b, {}, ws);
+  auto tokens_sum = [&](long t) {
+    float s = acc.scores()(0, t);
+    for (index_t k = 1; k < f.h; ++k) s += acc.scores()(k, t);
+    return s;
+  };
+  auto e = spec::top_k(spec::range(2, f.n - 6), tokens_sum, 32);
+  e.insert(e.begin(), {0, 1});
+  for (long t = f.n - 6; t < f.n; ++t) e.push_back(t);
+  EXPECT_EQ(h2o.row(0), e);
+  EXPECT_EQ(run(kvcrush::policy::h2o{true}, in, b, {}, ws).counts[0], 40);
+  in.h2o = nullptr;
+  try {
+    run(kvcrush::policy::h2o{}, in, b, {}, ws);
+    FAIL() << "missing accumulator accepted";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("h2o"), std::string::npos);
+  }
+}
+
+TEST(RuntimeFacade, ParsesNamesAndMatchesCompileTimePipelines) {
+  EXPECT_EQ(kvcrush::policy_config::parse("snapkv+kvcrush").name(), "snapkv+kvcrush");
+  const auto ada = kvcrush::policy_config::parse("adakv");
+  EXPECT_EQ(ada.base, kvcrush::base_policy::snapkv);
+  EXPECT_TRUE(ada.adakv);
+  EXPECT_TRUE(ada.layout.per_head);
+  EXPECT_EQ(kvcrush::policy_config::parse("h2o+adakv+kvcrush").name(), "h2o+adakv+kvcrush");
+  EXPECT_THROW((void)kvcrush::policy_config::parse("snapkv+magic"), std::invalid_argument);
+  EXPECT_THROW((void)kvcrush::policy_config::parse("quantum"), std::invalid_argument);
+  EXPECT_THROW((void)kvcrush::policy_config::parse("full+kvcrush"), std::invalid_argument);
+
+  fixture f;
+  kvcrush::workspace ws;
+  const auto in = f.inputs();
+  const kvcrush::layer_budget b{50, 2, 8};
+  for (const char* name : {"full", "random", "snapkv", "snapkv+kvcrush", "pyramidkv", "tova+kvcrush", "knorm",
+                           "precomputed+kvcrush", "adakv", "snapkv+adakv+kvcrush"}) {
+    auto cfg = kvcrush::policy_config::parse(name);
+    const index_t rows = cfg.layout.per_head ? f.h : 1;
+    std::vector<index_t> pos(static_cast<std::size_t>(rows * (f.n + 1)), -1), counts(static_cast<std::size_t>(rows));
+    kvcrush::select(cfg, in, b, {kvcrush::make_matrix_view(pos.data(), rows, f.n + 1), kvcrush::make_vector_view(counts.data(), rows)}, ws);
+    for (index_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(counts[r] > 0, true) << name;
+      ASSERT_TRUE(std::is_sorted(pos.begin() + r * (f.n + 1), pos.begin() + r * (f.n + 1) + counts[r])) << name;
+    }
+    if (std::string(name) == "full") {
+      ASSERT_EQ(counts[0], f.n);
+    } else if (!cfg.adakv) {
+      ASSERT_EQ(counts[0], 50) << name;
+    }
+    if (std::string(name) == "snapkv+kvcrush") {
+      const auto compile_time = run(kvcrush::policy::with_kvcrush<kvcrush::policy::snapkv>{{}, cfg.crush}, in, b, {}, ws);
+      ASSERT_EQ(std::vector<long>(pos.begin(), pos.begin() + counts[0]), compile_time.row(0));
+    }
+  }
+  // Layer budgets follow the policy.
+  EXPECT_EQ(kvcrush::layer_budgets(kvcrush::policy_config::parse("pyramidkv"), 128, 8, 4, 1000),
+            kvcrush::pyramid_budgets(128, 8, 4, 1000));
+  EXPECT_EQ(kvcrush::layer_budgets(kvcrush::policy_config::parse("snapkv"), 128, 8, 4, 1000),
+            std::vector<index_t>(4, 128));
+}
