@@ -49,3 +49,26 @@ function(kvcrush_target_isa target isa)
   endif()
   target_compile_definitions(${target} PRIVATE KVCRUSH_EXPECTED_ISA=${isa})
 endfunction()
+
+# The ISA the tools (CLI, evaluation) are built for: the best level this
+# build machine runs, found once by compiling and running a probe with that
+# level's flags. Override with -DKVCRUSH_TOOLS_ISA=scalar|avx2|avx512.
+if(NOT DEFINED KVCRUSH_TOOLS_ISA)
+  set(_kvcrush_host_isa scalar)
+  if(KVCRUSH_X86)
+    foreach(_isa avx2 avx512)
+      string(REPLACE ";" " " _flags "${KVCRUSH_ISA_FLAGS_${_isa}}")
+      set(_probe ${CMAKE_BINARY_DIR}/kvcrush_isa_probe_${_isa}.cpp)
+      file(WRITE ${_probe} "#include \"kvcrush/simd/isa.hpp\"\nint main() { return kvcrush::isa::cpu_supports<kvcrush::isa::active>() && kvcrush::isa::name() == \"${_isa}\" ? 0 : 1; }\n")
+      try_run(_run_result _compile_result ${CMAKE_BINARY_DIR}/kvcrush_isa_probe_${_isa} ${_probe}
+        CMAKE_FLAGS "-DINCLUDE_DIRECTORIES=${PROJECT_SOURCE_DIR}/include"
+        COMPILE_DEFINITIONS ${_flags}
+        CXX_STANDARD 17)
+      if(_compile_result AND _run_result EQUAL 0)
+        set(_kvcrush_host_isa ${_isa})
+      endif()
+    endforeach()
+  endif()
+  set(KVCRUSH_TOOLS_ISA ${_kvcrush_host_isa} CACHE STRING "ISA level of the kvcrush CLI and evaluation tools")
+  message(STATUS "kvcrush: tools built for ${KVCRUSH_TOOLS_ISA}")
+endif()
