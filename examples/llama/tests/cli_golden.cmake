@@ -1,0 +1,36 @@
+# Runs kvcrush-llama with 200 steps and compares its stdout with llama2.c's
+# reference output byte for byte. Prints "SKIPPED:" (ctest reports the test
+# as skipped) when the shared files are missing, unless CI=true.
+#   cmake -DCLI=<kvcrush-llama> -DSHARED_DIR=<dir> -DOUTPUT=<file> -P cli_golden.cmake
+if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
+  set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
+endif()
+set(model "${SHARED_DIR}/models/stories260K.bin")
+set(tokenizer "${SHARED_DIR}/models/tok512.bin")
+set(reference "${SHARED_DIR}/models/stories260K_greedy200.txt")
+
+foreach(file IN ITEMS "${model}" "${tokenizer}" "${reference}")
+  if(NOT EXISTS "${file}")
+    if("$ENV{CI}" STREQUAL "true")
+      message(FATAL_ERROR "missing shared file ${file} (CI=true requires it)")
+    endif()
+    message("SKIPPED: missing shared file ${file}; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR")
+    return()
+  endif()
+endforeach()
+
+execute_process(
+  COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" --steps 200
+  OUTPUT_FILE "${OUTPUT}"
+  ERROR_VARIABLE errors
+  RESULT_VARIABLE result)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "kvcrush-llama exited with ${result}: ${errors}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files "${OUTPUT}" "${reference}" RESULT_VARIABLE differ)
+if(NOT differ EQUAL 0)
+  file(READ "${OUTPUT}" output)
+  message(FATAL_ERROR "kvcrush-llama's output (${OUTPUT}) differs from ${reference}:\n${output}")
+endif()
+file(SIZE "${OUTPUT}" size)
+message("kvcrush-llama printed ${size} bytes identical to ${reference}")
