@@ -27,15 +27,19 @@ inline std::vector<float> attention_like_scores(std::size_t n, std::uint32_t see
   return out;
 }
 
-// The bandwidth baseline: one plain read of `bytes` bytes (summed so that
-// the compiler cannot skip it), eight independent accumulators.
+// The bandwidth baseline: one plain read of `count` floats, summed into 64
+// independent lanes so that the loop is bound by memory, not by the latency
+// of the additions (the compiler keeps the lanes in vector registers).
 inline float read_pass(const float* data, std::size_t count) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  constexpr std::size_t lanes = 64;
+  float acc[lanes] = {};
   std::size_t i = 0;
-  for (; i + 8 <= count; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += data[i + j];
+  for (; i + lanes <= count; i += lanes)
+    for (std::size_t j = 0; j < lanes; ++j) acc[j] += data[i + j];
   for (; i < count; ++i) acc[0] += data[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  float total = 0.0f;
+  for (float a : acc) total += a;
+  return total;
 }
 
 // Fastest of several read passes over the same data (seconds), measured in

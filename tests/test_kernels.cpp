@@ -71,20 +71,19 @@ struct signature_case {
 struct signature_output {
   std::vector<std::uint64_t> sig;
   std::vector<float> sums;
-  std::vector<index_t> counts, ties;
+  std::vector<index_t> counts;
   bool nan;
 };
 
 template <class Isa>
 signature_output run_signature(const std::vector<float>& scores, const signature_case& c,
-                               const std::vector<float>& thresholds, const std::vector<index_t>& ties) {
+                               const std::vector<float>& thresholds, bool inclusive) {
   signature_output out;
   const index_t words = kvcrush::signature_words(c.heads);
   const auto n = static_cast<std::size_t>(c.end - c.begin);
   out.sig.assign(n * static_cast<std::size_t>(words) + 1, 0xdeadbeefull);
   out.sums.assign(n + 1, -7.0f);
   out.counts.assign(static_cast<std::size_t>(c.heads), 5);
-  out.ties = ties;
   simd::signature_job job;
   job.scores = scores.data() + 1;  // rows start unaligned
   job.row_stride = c.tokens + c.pad;
@@ -92,7 +91,7 @@ signature_output run_signature(const std::vector<float>& scores, const signature
   job.begin = c.begin;
   job.end = c.end;
   job.thresholds = c.with_sig ? thresholds.data() : nullptr;
-  job.ties_left = out.ties.data();
+  job.inclusive = inclusive;
   job.signatures = c.with_sig ? out.sig.data() : nullptr;
   job.words = words;
   job.bit_counts = out.counts.data();
@@ -119,34 +118,32 @@ TEST(SignatureKernel, MatchesScalarForEveryHeadCountAndTail) {
     for (const auto& c : cases) {
       const auto seed = static_cast<std::uint32_t>(c.heads * 1000 + c.tokens);
       auto scores = kvcrush_test::tricky_floats(static_cast<std::size_t>(c.heads * (c.tokens + c.pad) + 1), seed);
-      // Thresholds on the grid (many ties) and at +-inf; tie quotas of all sizes.
+      // Thresholds on the grid (many ties), at +-inf, and NaN (no bits).
       std::vector<float> thresholds(static_cast<std::size_t>(c.heads));
-      std::vector<index_t> ties(static_cast<std::size_t>(c.heads));
       for (index_t h = 0; h < c.heads; ++h) {
-        const float options[] = {0.0f, 0.25f, -0.5f, inf, -inf, 1.0f};
-        thresholds[h] = options[h % 6];
-        ties[h] = (h * 5) % 11;
+        const float options[] = {0.0f, 0.25f, -0.5f, inf, -inf, 1.0f, std::numeric_limits<float>::quiet_NaN()};
+        thresholds[h] = options[h % 7];
       }
       if (c.heads == 7) std::fill(scores.begin(), scores.end(), 0.25f);  // all-equal rows
-      const auto e = run_signature<isa::scalar>(scores, c, thresholds, ties);
-      const auto g = run_signature<Isa>(scores, c, thresholds, ties);
-      const std::string where = std::string(Isa::name) + " H=" + std::to_string(c.heads) + " N=" + std::to_string(c.tokens);
-      ASSERT_EQ(g.sig, e.sig) << where;
-      ASSERT_EQ(g.counts, e.counts) << where;
-      ASSERT_EQ(g.ties, e.ties) << where;
-      ASSERT_EQ(g.nan, e.nan) << where;
-      for (std::size_t i = 0; i < e.sums.size(); ++i) ASSERT_TRUE(same_bits(g.sums[i], e.sums[i])) << where << " sum " << i;
+      for (bool inclusive : {true, false}) {
+        const auto e = run_signature<isa::scalar>(scores, c, thresholds, inclusive);
+        const auto g = run_signature<Isa>(scores, c, thresholds, inclusive);
+        const std::string where = std::string(Isa::name) + " H=" + std::to_string(c.heads) + " N=" +
+                                  std::to_string(c.tokens) + (inclusive ? " >=" : " >");
+        ASSERT_EQ(g.sig, e.sig) << where;
+        ASSERT_EQ(g.counts, e.counts) << where;
+        ASSERT_EQ(g.nan, e.nan) << where;
+        for (std::size_t i = 0; i < e.sums.size(); ++i) ASSERT_TRUE(same_bits(g.sums[i], e.sums[i])) << where << " sum " << i;
+      }
     }
   });
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
 
 TEST(SignatureKernel, ScalarSetsTheRightBits) {
-  // Two heads, five tokens; head 1 has ties at its threshold: the first two
-  // by position are taken.
+  // Two heads, five tokens.
   const std::vector<float> scores = {0.0f, 3, 1, 2, 3, 0, 5, 5, 1, 5, 5};
   const std::vector<float> thresholds = {2.0f, 5.0f};
-  std::vector<index_t> ties = {0, 2};
   std::vector<std::uint64_t> sig(5);
   std::vector<index_t> counts(2, 0);
   std::vector<float> sums(5);
@@ -157,17 +154,21 @@ TEST(SignatureKernel, ScalarSetsTheRightBits) {
   job.begin = 0;
   job.end = 5;
   job.thresholds = thresholds.data();
-  job.ties_left = ties.data();
   job.signatures = sig.data();
   job.words = 1;
   job.bit_counts = counts.data();
   job.sums = sums.data();
+  job.inclusive = true;
   EXPECT_FALSE(simd::signature_kernel<isa::scalar>::run(job));
-  // head 0: 3 1 2 3 0 > 2 -> tokens 0, 3; head 1: 5 5 1 5 5 == 5 -> first two ties: tokens 0, 1
-  EXPECT_EQ(sig, (std::vector<std::uint64_t>{0b11, 0b10, 0b00, 0b01, 0b00}));
-  EXPECT_EQ(counts, (std::vector<index_t>{2, 2}));
-  EXPECT_EQ(ties[1], 0);
+  // head 0: 3 1 2 3 0 >= 2 -> tokens 0, 2, 3; head 1: 5 5 1 5 5 >= 5 -> 0, 1, 3, 4
+  EXPECT_EQ(sig, (std::vector<std::uint64_t>{0b11, 0b10, 0b01, 0b11, 0b10}));
+  EXPECT_EQ(counts, (std::vector<index_t>{3, 4}));
   EXPECT_EQ(sums, (std::vector<float>{8, 6, 3, 8, 5}));
+  job.inclusive = false;
+  counts = {0, 0};
+  EXPECT_FALSE(simd::signature_kernel<isa::scalar>::run(job));
+  EXPECT_EQ(sig, (std::vector<std::uint64_t>{0b01, 0b00, 0b00, 0b01, 0b00}));
+  EXPECT_EQ(counts, (std::vector<index_t>{2, 0}));
 }
 
 TEST(SignatureKernel, ReportsNaN) {

@@ -25,6 +25,7 @@ namespace impl {
 struct kth_result {
   float value = 0.0f;  // the k-th largest value
   index_t above = 0;   // how many values are strictly greater
+  index_t equal = 0;   // how many values equal it
   bool has_nan = false;
 };
 
@@ -50,9 +51,12 @@ void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b,
 }
 
 // k-th largest (1-based, 1 <= k <= n) of v[0, n). buf_a and buf_b hold n
-// floats each; v is never written.
+// floats each; v is never written. With detect_nan = false the caller
+// vouches for NaN-free input (a NaN then only spoils the answer, it cannot
+// cause undefined behaviour), which saves a count in the first pass.
 template <class Isa>
-kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float* buf_b) noexcept {
+kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float* buf_b,
+                       bool detect_nan = true) noexcept {
   constexpr index_t base_case = 64;
   constexpr float inf = std::numeric_limits<float>::infinity();
   const float* src = v;
@@ -76,19 +80,21 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
     float hi, lo;
     small_order_statistics<Isa>(sample, sample_size, std::max<index_t>(centre - margin, 0),
                                 std::min<index_t>(centre + margin, sample_size - 1), hi, lo);
-    if (hi != hi || lo != lo) return {0.0f, 0, true};
+    if (hi != hi || lo != lo) return {0.0f, 0, 0, true};
 
-    const simd::partition_counts c = simd::partition_kernel<Isa>::run(src, m, lo, hi, out);
-    if (first_pass && c.above + c.below + c.inside != m) return {0.0f, 0, true};
+    const simd::partition_counts c =
+        first_pass && detect_nan ? simd::partition_kernel<Isa>::template run<true>(src, m, lo, hi, out)
+                                 : simd::partition_kernel<Isa>::template run<false>(src, m, lo, hi, out);
+    if (first_pass && detect_nan && c.above + c.below + c.inside != m) return {0.0f, 0, 0, true};
     first_pass = false;
     if (kk <= c.above) {
       // The answer lies above the bracket: keep the values > hi.
-      m = simd::partition_kernel<Isa>::run(src, m, std::nextafter(hi, inf), inf, out).inside;
+      m = simd::partition_kernel<Isa>::template run<false>(src, m, std::nextafter(hi, inf), inf, out).inside;
     } else if (kk > c.above + c.inside) {
       // The answer lies below the bracket: keep the values < lo.
       above += c.above + c.inside;
       kk -= c.above + c.inside;
-      m = simd::partition_kernel<Isa>::run(src, m, -inf, std::nextafter(lo, -inf), out).inside;
+      m = simd::partition_kernel<Isa>::template run<false>(src, m, -inf, std::nextafter(lo, -inf), out).inside;
     } else {
       above += c.above;
       kk -= c.above;
@@ -97,10 +103,10 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
         // the largest one, hi (a sample value, so present): either it is the
         // answer or the set loses every copy of it.
         const simd::rank_counts top = simd::partition_kernel<Isa>::count(src, m, hi);
-        if (kk <= top.equal) return {hi, above, false};
+        if (kk <= top.equal) return {hi, above, top.equal, false};
         above += top.equal;
         kk -= top.equal;
-        m = simd::partition_kernel<Isa>::run(src, m, -inf, std::nextafter(hi, -inf), out).inside;
+        m = simd::partition_kernel<Isa>::template run<false>(src, m, -inf, std::nextafter(hi, -inf), out).inside;
       } else {
         m = c.inside;
       }
@@ -108,15 +114,15 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
     src = out;
     std::swap(out, spare);
   }
-  if (first_pass) {
+  if (first_pass && detect_nan) {
     bool nan = false;
     for (index_t i = 0; i < m; ++i) nan |= v[i] != v[i];
-    if (nan) return {0.0f, 0, true};
+    if (nan) return {0.0f, 0, 0, true};
   }
   float value, unused;
   small_order_statistics<Isa>(src, m, kk - 1, kk - 1, value, unused);
   const simd::rank_counts c = simd::partition_kernel<Isa>::count(src, m, value);
-  return {value, above + c.greater, false};
+  return {value, above + c.greater, c.equal, false};
 }
 
 // Writes the top k of v[0, n) (by value, ties by smaller index) as `mark`

@@ -67,31 +67,33 @@ inline double canonical_mean(const float* v, index_t n) noexcept {
   return total / static_cast<double>(n);
 }
 
-// Per-row threshold and tie quota over tokens [begin, end). Returns false on
-// NaN (median mode; mean mode leaves NaN to the signature pass).
+// Per-row threshold over tokens [begin, end), and for median mode the tie
+// quota: ties[h] >= 0 is how many tokens equal to the threshold head h takes
+// (the first ones by position) when more than that many tie; -1 when every
+// tie is taken. A row with nothing to take gets a NaN threshold (ordered
+// comparisons with NaN are false). NaN in the rows is left to the signature
+// pass, which reports it.
 template <class Isa>
-bool compute_thresholds(const score_rows& s, index_t begin, index_t end, threshold_mode mode,
-                        float* thresholds, index_t* ties, float* buf_a, float* buf_b) noexcept {
+void compute_thresholds(const score_rows& s, index_t begin, index_t end, threshold_mode mode, float* thresholds,
+                        index_t* ties, float* buf_a, float* buf_b) noexcept {
   const index_t n = end - begin;
   const index_t k = n / 2;
-  constexpr float inf = std::numeric_limits<float>::infinity();
   for (index_t h = 0; h < s.rows; ++h) {
     const float* row = s.row(h) + begin;
-    ties[h] = 0;
+    ties[h] = -1;
     if (mode == threshold_mode::median) {
       if (k == 0) {
-        thresholds[h] = inf;  // nothing is above +inf and no tie slot: all bits 0
+        thresholds[h] = std::numeric_limits<float>::quiet_NaN();
         continue;
       }
-      const kth_result kth = kth_largest<Isa>(row, n, k, buf_a, buf_b);
-      if (kth.has_nan) return false;
+      const kth_result kth = kth_largest<Isa>(row, n, k, buf_a, buf_b, /*detect_nan=*/false);
       thresholds[h] = kth.value;
-      ties[h] = k - kth.above;
+      const index_t quota = k - kth.above;
+      if (kth.equal > quota) ties[h] = quota;
     } else {
-      thresholds[h] = n > 0 ? float_at_or_below(canonical_mean(row, n)) : inf;
+      thresholds[h] = n > 0 ? float_at_or_below(canonical_mean(row, n)) : std::numeric_limits<float>::quiet_NaN();
     }
   }
-  return true;
 }
 
 inline bool has_nan(const score_rows& s, index_t begin, index_t end) noexcept {
@@ -111,12 +113,8 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
   float* thresholds = ws.thresholds(static_cast<std::size_t>(s.rows));
   index_t* ties = ws.ties(static_cast<std::size_t>(s.rows));
   const auto n = static_cast<std::size_t>(end - begin);
-  if (!compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64))) {
-    return false;
-  }
-  if (bit_counts) {
-    for (index_t h = 0; h < s.rows; ++h) bit_counts[h] = 0;
-  }
+  compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64));
+  const bool median = mode == threshold_mode::median;
   simd::signature_job job;
   job.scores = s.data;
   job.row_stride = s.row_stride;
@@ -124,12 +122,31 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
   job.begin = begin;
   job.end = end;
   job.thresholds = thresholds;
-  job.ties_left = ties;
+  job.inclusive = median;
   job.signatures = signatures;
   job.words = signature_words(s.rows);
-  job.bit_counts = bit_counts;
+  // Median mode sets exactly floor(n / 2) bits per head: no need to count.
+  job.bit_counts = median ? nullptr : bit_counts;
   job.sums = sums;
-  return !simd::signature_kernel<Isa>::run(job);
+  if (bit_counts && !median) {
+    for (index_t h = 0; h < s.rows; ++h) bit_counts[h] = 0;
+  }
+  if (simd::signature_kernel<Isa>::run(job)) return false;
+  if (!median) return true;
+  // The pass took every token equal to the threshold; where more tie than
+  // the head may take, keep the first ones by position (the SPEC's order).
+  for (index_t h = 0; h < s.rows; ++h) {
+    if (bit_counts) bit_counts[h] = static_cast<index_t>(n / 2);
+    if (ties[h] < 0) continue;
+    const float* row = s.row(h);
+    const float threshold = thresholds[h];
+    const std::uint64_t bit = std::uint64_t{1} << (h % 64);
+    index_t taken = 0;
+    for (index_t t = begin; t < end; ++t) {
+      if (row[t] == threshold && taken++ >= ties[h]) signatures[(t - begin) * job.words + h / 64] &= ~bit;
+    }
+  }
+  return true;
 }
 
 // Sums over rows in row order for tokens [begin, end). Returns false on NaN.

@@ -4,7 +4,8 @@
 // (median thresholds, top-k): each pass shrinks the candidate set ~5x.
 //
 // dst must hold n floats; it may not alias src. NaN counts in no class, so
-// above + below + inside < n reveals a NaN for free.
+// above + below + inside < n reveals a NaN; CountBelow = false skips the
+// below count where the caller has no use for it.
 #pragma once
 
 #include "kvcrush/simd/isa.hpp"
@@ -33,13 +34,14 @@ struct partition_kernel {
 
 template <>
 struct partition_kernel<isa::scalar> {
+  template <bool CountBelow = true>
   static partition_counts run(const float* KVCRUSH_RESTRICT src, index_t n, float lo, float hi,
                               float* KVCRUSH_RESTRICT dst) noexcept {
     partition_counts c;
     for (index_t i = 0; i < n; ++i) {
       const float v = src[i];
       c.above += v > hi;
-      c.below += v < lo;
+      if (CountBelow) c.below += v < lo;
       dst[c.inside] = v;  // branch-free: the slot is overwritten unless v is inside
       c.inside += (v >= lo) & (v <= hi);
     }

@@ -28,6 +28,7 @@ inline __m256i compress_permutation(unsigned mask) noexcept {
 
 template <>
 struct partition_kernel<isa::avx2> {
+  template <bool CountBelow = true>
   static partition_counts run(const float* KVCRUSH_RESTRICT src, index_t n, float lo, float hi,
                               float* KVCRUSH_RESTRICT dst) noexcept {
     const __m256 vlo = _mm256_set1_ps(lo);
@@ -45,9 +46,9 @@ struct partition_kernel<isa::avx2> {
                        _mm256_permutevar8x32_ps(v, detail_avx2::compress_permutation(inside)));
       c.inside += _mm_popcnt_u32(inside);
       c.above += _mm_popcnt_u32(above);
-      c.below += _mm_popcnt_u32(below);
+      if (CountBelow) c.below += _mm_popcnt_u32(below);
     }
-    const partition_counts tail = partition_kernel<isa::scalar>::run(src + i, n - i, lo, hi, dst + c.inside);
+    const partition_counts tail = partition_kernel<isa::scalar>::run<CountBelow>(src + i, n - i, lo, hi, dst + c.inside);
     c.above += tail.above;
     c.below += tail.below;
     c.inside += tail.inside;

@@ -17,6 +17,7 @@ namespace simd {
 
 template <>
 struct partition_kernel<isa::avx512> {
+  template <bool CountBelow = true>
   static partition_counts run(const float* KVCRUSH_RESTRICT src, index_t n, float lo, float hi,
                               float* KVCRUSH_RESTRICT dst) noexcept {
     const __m512 vlo = _mm512_set1_ps(lo);
@@ -41,11 +42,13 @@ struct partition_kernel<isa::avx512> {
       c.inside += n0 + _mm_popcnt_u32(in1);
       above_lanes = _mm512_mask_add_epi32(above_lanes, _mm512_cmp_ps_mask(v0, vhi, _CMP_GT_OQ), above_lanes, one);
       above_lanes = _mm512_mask_add_epi32(above_lanes, _mm512_cmp_ps_mask(v1, vhi, _CMP_GT_OQ), above_lanes, one);
-      below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v0, vlo, _CMP_LT_OQ), below_lanes, one);
-      below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v1, vlo, _CMP_LT_OQ), below_lanes, one);
+      if (CountBelow) {
+        below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v0, vlo, _CMP_LT_OQ), below_lanes, one);
+        below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v1, vlo, _CMP_LT_OQ), below_lanes, one);
+      }
     }
     c.above += avx512_util::sum_i32(above_lanes);
-    c.below += avx512_util::sum_i32(below_lanes);
+    if (CountBelow) c.below += avx512_util::sum_i32(below_lanes);
     for (; i + 16 <= n; i += 16) {
       const __m512 v = _mm512_loadu_ps(src + i);
       const __mmask16 above = _mm512_cmp_ps_mask(v, vhi, _CMP_GT_OQ);
@@ -54,7 +57,7 @@ struct partition_kernel<isa::avx512> {
       _mm512_storeu_ps(dst + c.inside, _mm512_maskz_compress_ps(inside, v));
       c.inside += _mm_popcnt_u32(inside);
       c.above += _mm_popcnt_u32(above);
-      c.below += _mm_popcnt_u32(below);
+      if (CountBelow) c.below += _mm_popcnt_u32(below);
     }
     if (i < n) {
       const auto tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
@@ -67,7 +70,7 @@ struct partition_kernel<isa::avx512> {
                             _mm512_maskz_compress_ps(inside, v));
       c.inside += count;
       c.above += _mm_popcnt_u32(above);
-      c.below += _mm_popcnt_u32(below);
+      if (CountBelow) c.below += _mm_popcnt_u32(below);
     }
     return c;
   }

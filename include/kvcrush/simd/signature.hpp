@@ -1,12 +1,12 @@
 // Signature kernel: the one pass over the score tiles that KVCrush needs.
 //
 // For tokens t in [begin, end) and heads h, it sets bit h of the token's
-// signature when S[h][t] > threshold[h], or when S[h][t] == threshold[h] and
-// that head still has tie slots left (consumed in position order, which is
-// the SPEC's tie-break). In the same pass it can add the scores over heads in
-// head order (the shared importance), count the bits set per head (for the
-// mean/inv_mean anchors), and notice NaN. Signatures are token-major: token t
-// owns words [t * words, (t + 1) * words).
+// signature when S[h][t] >= threshold[h] (inclusive: median mode, whose
+// caller then trims surplus ties by position) or S[h][t] > threshold[h]
+// (mean mode). In the same pass it can add the scores over heads in head
+// order (the shared importance), count the bits set per head (for the
+// mean/inv_mean anchors), and notice NaN. Signatures are token-major: token
+// t owns words [t * words, (t + 1) * words).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +25,7 @@ struct signature_job {
   index_t begin = 0;  // token range [begin, end)
   index_t end = 0;
   const float* thresholds = nullptr;  // per head; null: no signatures
-  index_t* ties_left = nullptr;       // per head; consumed
+  bool inclusive = true;              // >= (median) or > (mean)
   std::uint64_t* signatures = nullptr;  // [(end - begin) * words]; null: sums only
   index_t words = 0;
   index_t* bit_counts = nullptr;  // per head, incremented; may be null
@@ -50,6 +50,7 @@ struct signature_kernel<isa::scalar> {
     const index_t begin = job.begin, end = job.end;
     std::uint64_t* const signatures = job.signatures;
     float* const sums = job.sums;
+    const bool inclusive = job.inclusive;
     float tile_sums[tile];
     std::uint64_t tile_bits[tile];
     bool nan = false;
@@ -80,19 +81,10 @@ struct signature_kernel<isa::scalar> {
           const unsigned shift = static_cast<unsigned>(h % 64);
           index_t count = 0;
           for (index_t i = 0; i < len; ++i) {
-            const std::uint64_t take = row[i] > threshold;
+            const std::uint64_t take = inclusive ? row[i] >= threshold : row[i] > threshold;
             tile_bits[i] |= take << shift;
             count += static_cast<index_t>(take);
           }
-          index_t left = job.ties_left[h];
-          for (index_t i = 0; i < len && left > 0; ++i) {
-            if (row[i] == threshold) {  // ties: first positions first
-              tile_bits[i] |= std::uint64_t{1} << shift;
-              ++count;
-              --left;
-            }
-          }
-          job.ties_left[h] = left;
           if (job.bit_counts) job.bit_counts[h] += count;
         }
         std::uint64_t* out = signatures + (t0 - begin) * words + w;

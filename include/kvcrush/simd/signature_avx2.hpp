@@ -43,15 +43,9 @@ struct signature_kernel<isa::avx2> {
           }
           if (!with_sig) continue;
           const __m256 threshold = _mm256_set1_ps(job.thresholds[h]);
-          unsigned take = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, threshold, _CMP_GT_OQ))) & tail_bits;
-          if (job.ties_left[h] > 0) {
-            unsigned equal = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, threshold, _CMP_EQ_OQ))) & tail_bits;
-            while (equal && job.ties_left[h] > 0) {
-              take |= equal & (0u - equal);  // lowest position first
-              equal &= equal - 1u;
-              --job.ties_left[h];
-            }
-          }
+          const __m256 passed = job.inclusive ? _mm256_cmp_ps(v, threshold, _CMP_GE_OQ)
+                                              : _mm256_cmp_ps(v, threshold, _CMP_GT_OQ);
+          const unsigned take = static_cast<unsigned>(_mm256_movemask_ps(passed)) & tail_bits;
           if (job.bit_counts) job.bit_counts[h] += _mm_popcnt_u32(take);
           const __m256i take_vec = _mm256_set1_epi64x(take);
           const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(std::uint64_t{1} << (h & 63)));

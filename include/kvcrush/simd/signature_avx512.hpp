@@ -19,6 +19,7 @@ template <>
 struct signature_kernel<isa::avx512> {
   static bool run(const signature_job& job) noexcept {
     const bool with_sig = job.signatures != nullptr;
+    const bool inclusive = job.inclusive;
     __mmask16 nan = 0;
     for (index_t t0 = job.begin; t0 < job.end; t0 += 16) {
       const index_t len = job.end - t0 < 16 ? job.end - t0 : 16;
@@ -39,17 +40,8 @@ struct signature_kernel<isa::avx512> {
           }
           if (!with_sig) continue;
           const __m512 threshold = _mm512_set1_ps(job.thresholds[h]);
-          __mmask16 take = _mm512_mask_cmp_ps_mask(tail, v, threshold, _CMP_GT_OQ);
-          if (job.ties_left[h] > 0) {
-            unsigned equal = _mm512_mask_cmp_ps_mask(tail, v, threshold, _CMP_EQ_OQ);
-            unsigned taken = take;
-            while (equal && job.ties_left[h] > 0) {
-              taken |= equal & (0u - equal);  // lowest position first
-              equal &= equal - 1u;
-              --job.ties_left[h];
-            }
-            take = static_cast<__mmask16>(taken);
-          }
+          const __mmask16 take = inclusive ? _mm512_mask_cmp_ps_mask(tail, v, threshold, _CMP_GE_OQ)
+                                           : _mm512_mask_cmp_ps_mask(tail, v, threshold, _CMP_GT_OQ);
           if (job.bit_counts) job.bit_counts[h] += _mm_popcnt_u32(take);
           const __m512i bit = _mm512_set1_epi64(static_cast<long long>(std::uint64_t{1} << (h & 63)));
           acc_lo = _mm512_mask_or_epi64(acc_lo, static_cast<__mmask8>(take), acc_lo, bit);
