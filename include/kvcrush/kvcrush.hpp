@@ -1,6 +1,14 @@
 // Umbrella header: everything kvcrush offers.
 #pragma once
 
+#include "kvcrush/cache/batch.hpp"
+#include "kvcrush/cache/compaction.hpp"
+#include "kvcrush/cache/contiguous_cache.hpp"
+#include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/cache/executor.hpp"
+#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/cache/paged_cache.hpp"
+#include "kvcrush/cache/rope.hpp"
 #include "kvcrush/config.hpp"
 #include "kvcrush/eigen_interop.hpp"
 #include "kvcrush/error.hpp"

@@ -1,0 +1,629 @@
+// The decode-time eviction controller over contiguous and paged caches:
+// bounded caches, one selection per `slack` tokens, the same result as
+// select() + compaction by hand, window/TOVA tracking, block mode, prefill
+// compression, refusals; and batches on threads against a serial run.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "cache_test_support.hpp"
+#include "kvcrush/cache/batch.hpp"
+#include "kvcrush/cache/compaction.hpp"
+#include "kvcrush/cache/contiguous_cache.hpp"
+#include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/cache/executor.hpp"
+#include "kvcrush/cache/paged_cache.hpp"
+#include "test_support.hpp"
+
+using kvcrush::index_t;
+
+namespace {
+
+struct shape {
+  index_t layers = 2, heads = 2, query_heads = 4, d = 8;
+};
+
+// A layer's keys, values and positions as float (heads, n, d) / (heads, n).
+struct layer_rows {
+  index_t n = 0;
+  std::vector<float> keys, values;
+  std::vector<index_t> positions;
+  bool operator==(const layer_rows& o) const {
+    return n == o.n && keys == o.keys && values == o.values && positions == o.positions;
+  }
+};
+
+template <class T>
+layer_rows rows_of(const kvcrush::contiguous_cache<T>& cache, index_t layer) {
+  layer_rows r;
+  r.n = cache.length(layer);
+  const auto k = cache.keys(layer), v = cache.values(layer);
+  const auto p = cache.positions(layer);
+  for (index_t h = 0; h < cache.kv_heads(); ++h)
+    for (index_t t = 0; t < r.n; ++t) {
+      for (index_t j = 0; j < cache.head_dim(); ++j) {
+        r.keys.push_back(kvcrush::to_float(k(h, t, j)));
+        r.values.push_back(kvcrush::to_float(v(h, t, j)));
+      }
+      r.positions.push_back(p(h, t));
+    }
+  return r;
+}
+
+template <class T>
+layer_rows rows_of(const kvcrush::paged_sequence<T>& seq, index_t layer) {
+  const auto& cache = seq.cache();
+  layer_rows r;
+  r.n = cache.length(seq.id(), layer);
+  const index_t h = cache.kv_heads(), d = cache.head_dim();
+  r.keys.resize(static_cast<std::size_t>(h * r.n * d));
+  r.values.resize(r.keys.size());
+  r.positions.resize(static_cast<std::size_t>(h * r.n));
+  cache.gather(seq.id(), layer, kvcrush::make_head_token_dim(r.keys.data(), h, r.n, d),
+               kvcrush::make_head_token_dim(r.values.data(), h, r.n, d),
+               kvcrush::make_matrix_view(r.positions.data(), h, r.n));
+  return r;
+}
+
+template <class T>
+void append_row(kvcrush::contiguous_cache<T>& cache, index_t layer, const float* k, const float* v) {
+  cache.append(layer, kvcrush::make_head_token_dim(k, cache.kv_heads(), 1, cache.head_dim()),
+               kvcrush::make_head_token_dim(v, cache.kv_heads(), 1, cache.head_dim()));
+}
+template <class T>
+void append_row(kvcrush::paged_sequence<T>& seq, index_t layer, const float* k, const float* v) {
+  auto& cache = seq.cache();
+  cache.append(seq.id(), layer, kvcrush::make_head_token_dim(k, cache.kv_heads(), 1, cache.head_dim()),
+               kvcrush::make_head_token_dim(v, cache.kv_heads(), 1, cache.head_dim()));
+}
+
+// The new query's attention over the layer as it is now.
+std::vector<float> probabilities_over(const layer_rows& rows, const shape& s, const float* queries) {
+  std::vector<float> probs;
+  cache_test::attention_probabilities(queries, s.query_heads, s.heads, s.d, rows.n,
+                                      [&](index_t h, index_t t) { return rows.keys.data() + (h * rows.n + t) * s.d; },
+                                      probs);
+  return probs;
+}
+
+// Deterministic step data: the K/V rows and queries of (step, layer).
+struct step_data {
+  std::vector<float> k, v, q;
+  step_data(const shape& s, int step, index_t layer, std::uint32_t salt = 0) {
+    const auto seed = static_cast<std::uint32_t>(step * 131 + layer * 7 + 1) + salt * 100003u;
+    k = kvcrush_test::random_floats(static_cast<std::size_t>(s.heads * s.d), seed);
+    v = kvcrush_test::random_floats(static_cast<std::size_t>(s.heads * s.d), seed + 50000);
+    q = kvcrush_test::random_floats(static_cast<std::size_t>(s.query_heads * s.d), seed + 90000, -3.0f, 3.0f);
+  }
+};
+
+// select() + compaction by hand, on a contiguous cache, with an H2O
+// accumulator per layer: what the controller must reproduce.
+template <class T>
+struct manual_h2o {
+  shape s;
+  kvcrush::contiguous_cache<T> cache;
+  std::vector<kvcrush::h2o_accumulator> acc;
+  kvcrush::policy_config policy;
+  kvcrush::layer_budget budget;
+  index_t limit;
+  kvcrush::workspace ws;
+  std::vector<index_t> keep, counts, tokens;
+  int selections = 0;
+
+  manual_h2o(const shape& sh, kvcrush::kv_layout layout, const kvcrush::policy_config& p, kvcrush::layer_budget b,
+             index_t slack, index_t capacity)
+      : s(sh), cache(sh.layers, sh.heads, sh.d, capacity, layout), policy(p), budget(b), limit(b.budget + slack) {
+    for (index_t l = 0; l < sh.layers; ++l) acc.emplace_back(sh.heads, sh.query_heads, capacity);
+    keep.resize(static_cast<std::size_t>(sh.heads * (capacity + 1)));
+    counts.resize(static_cast<std::size_t>(sh.heads));
+    tokens.resize(static_cast<std::size_t>(capacity));
+  }
+
+  void make_room(index_t layer) {
+    const index_t n = cache.length(layer);
+    if (n + 1 <= limit) return;
+    auto& a = acc[static_cast<std::size_t>(layer)];
+    if (a.length(0) < n) a.append(n - a.length(0));
+    kvcrush::layer_inputs in;
+    in.kv_heads = s.heads;
+    in.tokens = n;
+    in.h2o = &a;
+    const index_t rows = policy.layout.per_head ? s.heads : 1;
+    const index_t width = n + 1;
+    kvcrush::layer_budget target = budget;
+    const index_t b = policy.layout.block_size;
+    if (b == 1) target.budget = std::min(budget.budget, limit - 1);
+    kvcrush::select(policy, in, target,
+                    {kvcrush::make_matrix_view(keep.data(), rows, width), kvcrush::make_vector_view(counts.data(), rows)},
+                    ws);
+    if (b > 1) {
+      cache.evict_blocks(layer, kvcrush::make_vector_view<const index_t>(keep.data(), counts[0]), b);
+      index_t count = 0;
+      for (index_t i = 0; i < counts[0]; ++i)
+        for (index_t t = keep[i] * b; t < std::min((keep[i] + 1) * b, n); ++t) tokens[count++] = t;
+      for (index_t h = 0; h < s.heads; ++h) a.compact(h, tokens.data(), count);
+    } else {
+      cache.evict_tokens(layer, kvcrush::keep_view(kvcrush::make_matrix_view<const index_t>(keep.data(), rows, width)
+                                                       .slice(1, 0, counts[0])));
+      for (index_t h = 0; h < s.heads; ++h) {
+        const index_t r = rows == 1 ? 0 : h;
+        a.compact(h, keep.data() + r * width, counts[r]);
+      }
+    }
+    ++selections;
+  }
+
+  void observe(index_t layer, const std::vector<float>& probs) {
+    auto& a = acc[static_cast<std::size_t>(layer)];
+    const index_t w = static_cast<index_t>(probs.size()) / s.query_heads;
+    if (a.length(0) < w) a.append(w - a.length(0));
+    a.accumulate(kvcrush::make_matrix_view(probs.data(), s.query_heads, w));
+  }
+};
+
+template <class Cache>
+void check_h2o_against_manual(Cache& cache, const kvcrush::policy_config& policy, kvcrush::kv_layout manual_layout,
+                              const char* label) {
+  SCOPED_TRACE(label);
+  const shape s;
+  const kvcrush::layer_budget budget{24, 2, 4};
+  const index_t slack = 5;
+  using T = typename Cache::storage_type;
+  kvcrush::eviction_settings settings;
+  settings.policy = policy;
+  settings.budgets = {budget};
+  settings.slack = slack;
+  settings.query_heads = s.query_heads;
+  kvcrush::eviction_controller<Cache> controller(cache, settings);
+  manual_h2o<T> manual(s, manual_layout, policy, budget, slack, budget.budget + slack);
+  kvcrush::workspace ws;
+  const int steps = 90;
+  for (int step = 0; step < steps; ++step) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const step_data data(s, step, l);
+      const index_t before = cache.length(l);
+      const bool evicted = controller.make_room(l, 1, ws);
+      manual.make_room(l);
+      ASSERT_EQ(evicted, before == budget.budget + slack) << "evicts exactly when the limit would be exceeded";
+      append_row(cache, l, data.k.data(), data.v.data());
+      append_row(manual.cache, l, data.k.data(), data.v.data());
+      ASSERT_LE(cache.length(l), budget.budget + slack) << "step " << step;
+      const auto rows = rows_of(cache, l);
+      ASSERT_TRUE(rows == rows_of(manual.cache, l)) << "step " << step << " layer " << l;
+      const auto probs = probabilities_over(rows, s, data.q.data());
+      controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+      manual.observe(l, probs);
+    }
+  }
+  // Evictions at steps B + S + k S: one selection per `slack` tokens.
+  const int expected = (steps - 1 - static_cast<int>(budget.budget + slack)) / static_cast<int>(slack) + 1;
+  for (index_t l = 0; l < s.layers; ++l) EXPECT_EQ(controller.selections(l), expected);
+  EXPECT_EQ(manual.selections, expected * s.layers);
+}
+
+kvcrush::policy_config h2o_policy(bool per_head, bool crush) {
+  auto p = kvcrush::policy_config::parse(crush ? "h2o+kvcrush" : "h2o");
+  p.layout.per_head = per_head;
+  return p;
+}
+
+}  // namespace
+
+TEST(DecodeController, H2OContiguousMatchesSelectAndCompactionByHand) {
+  const shape s;
+  for (bool per_head : {false, true}) {
+    for (bool crush : {false, true}) {
+      kvcrush::contiguous_cache<float> a(s.layers, s.heads, s.d, 40, kvcrush::kv_layout::head_token_dim);
+      check_h2o_against_manual(a, h2o_policy(per_head, crush), kvcrush::kv_layout::head_token_dim, "f32 head_token_dim");
+      kvcrush::contiguous_cache<kvcrush::float16> b(s.layers, s.heads, s.d, 40, kvcrush::kv_layout::token_head_dim);
+      check_h2o_against_manual(b, h2o_policy(per_head, crush), kvcrush::kv_layout::head_token_dim, "f16 token_head_dim");
+    }
+  }
+}
+
+TEST(DecodeController, H2OPagedMatchesSelectAndCompactionByHand) {
+  const shape s;
+  for (bool per_head : {false, true}) {
+    kvcrush::paged_cache_config cfg;
+    cfg.layers = s.layers;
+    cfg.kv_heads = s.heads;
+    cfg.head_dim = s.d;
+    cfg.block_size = 4;
+    cfg.blocks = 16;
+    cfg.max_sequences = 2;
+    kvcrush::paged_cache<kvcrush::bfloat16> pool(cfg);
+    kvcrush::paged_sequence<kvcrush::bfloat16> seq(pool, pool.create());
+    check_h2o_against_manual(seq, h2o_policy(per_head, true), kvcrush::kv_layout::token_head_dim, "paged bf16");
+    pool.check_invariants();
+    EXPECT_EQ(pool.free_blocks(0), 16 - (pool.length(seq.id(), 0) + 3) / 4);
+  }
+}
+
+TEST(DecodeController, BlockModeEvictsWholeBlocksOfThePagedCache) {
+  const shape s;
+  auto policy = kvcrush::policy_config::parse("h2o+kvcrush");
+  policy.layout.block_size = 4;
+  kvcrush::paged_cache_config cfg;
+  cfg.layers = s.layers;
+  cfg.kv_heads = s.heads;
+  cfg.head_dim = s.d;
+  cfg.block_size = 4;
+  cfg.blocks = 9;
+  kvcrush::paged_cache<float> pool(cfg);
+  kvcrush::paged_sequence<float> seq(pool, pool.create());
+  const kvcrush::layer_budget budget{16, 4, 4};
+  const index_t slack = 8;
+  kvcrush::eviction_settings settings;
+  settings.policy = policy;
+  settings.budgets = {budget};
+  settings.slack = slack;
+  settings.query_heads = s.query_heads;
+  kvcrush::eviction_controller<kvcrush::paged_sequence<float>> controller(seq, settings);
+  manual_h2o<float> manual(s, kvcrush::kv_layout::head_token_dim, policy, budget, slack, budget.budget + slack);
+  kvcrush::workspace ws;
+  for (int step = 0; step < 70; ++step) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const step_data data(s, step, l, 3);
+      controller.make_room(l, 1, ws);
+      manual.make_room(l);
+      append_row(seq, l, data.k.data(), data.v.data());
+      append_row(manual.cache, l, data.k.data(), data.v.data());
+      ASSERT_LE(seq.length(l), budget.budget + slack);
+      const auto rows = rows_of(seq, l);
+      ASSERT_TRUE(rows == rows_of(manual.cache, l)) << "step " << step;
+      const auto probs = probabilities_over(rows, s, data.q.data());
+      controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+      manual.observe(l, probs);
+    }
+  }
+  EXPECT_GT(controller.selections(0), 5);
+  pool.check_invariants();
+}
+
+namespace {
+
+// Drives one controller with a window policy and returns the final rows;
+// at the first eviction of layer 0 also checks the keep set against
+// select() over the saved attention rows.
+template <class Cache>
+std::vector<layer_rows> run_window_policy(Cache& cache, const kvcrush::policy_config& policy, index_t window) {
+  const shape s;
+  const kvcrush::layer_budget budget{20, 2, 6};
+  kvcrush::eviction_settings settings;
+  settings.policy = policy;
+  settings.budgets = {budget};
+  settings.slack = 4;
+  settings.query_heads = s.query_heads;
+  settings.window = window;
+  kvcrush::eviction_controller<Cache> controller(cache, settings);
+  kvcrush::workspace ws, ws_by_hand;
+  std::deque<std::vector<float>> saved;  // the last `window` rows of layer 0
+  bool checked = false;
+  for (int step = 0; step < 60; ++step) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const step_data data(s, step, l, 7);
+      if (l == 0 && !checked && controller.needs_eviction(0, 1)) {
+        const index_t n = cache.length(0);
+        std::vector<float> rows(static_cast<std::size_t>(s.query_heads * window * n), 0.0f);
+        for (index_t w = 0; w < window; ++w) {
+          const auto& r = saved[static_cast<std::size_t>(w)];
+          const index_t width = static_cast<index_t>(r.size()) / s.query_heads;
+          for (index_t q = 0; q < s.query_heads; ++q)
+            std::copy(r.begin() + q * width, r.begin() + (q + 1) * width, rows.begin() + (q * window + w) * n);
+        }
+        kvcrush::layer_inputs in;
+        in.kv_heads = s.heads;
+        in.tokens = n;
+        in.window_attention = kvcrush::strided_view<const float, 3>(rows.data(), {s.query_heads, window, n});
+        in.last_attention = kvcrush::matrix_view<const float>(rows.data() + (window - 1) * n, {s.query_heads, n},
+                                                             {window * n, 1});
+        const index_t keep_rows = policy.layout.per_head ? s.heads : 1;
+        std::vector<index_t> keep(static_cast<std::size_t>(keep_rows * (n + 1))), counts(static_cast<std::size_t>(keep_rows));
+        kvcrush::layer_budget target = budget;
+        target.budget = std::min<index_t>(budget.budget, budget.budget + 4 - 1);
+        kvcrush::select(policy, in, target,
+                        {kvcrush::make_matrix_view(keep.data(), keep_rows, n + 1), kvcrush::make_vector_view(counts.data(), keep_rows)},
+                        ws_by_hand);
+        controller.make_room(0, 1, ws);
+        const auto got = controller.last_keep(0);
+        for (index_t r = 0; r < keep_rows; ++r) {
+          EXPECT_EQ(got.count(r), counts[r]);
+          for (index_t i = 0; i < counts[r]; ++i) EXPECT_EQ(got.at(r, i), keep[r * (n + 1) + i]);
+        }
+        checked = true;
+      }
+      controller.make_room(l, 1, ws);
+      append_row(cache, l, data.k.data(), data.v.data());
+      EXPECT_LE(cache.length(l), budget.budget + 4);
+      const auto rows = rows_of(cache, l);
+      const auto probs = probabilities_over(rows, s, data.q.data());
+      controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+      if (l == 0) {
+        saved.push_back(probs);
+        if (static_cast<index_t>(saved.size()) > window) saved.pop_front();
+      }
+    }
+  }
+  EXPECT_TRUE(checked);
+  std::vector<layer_rows> out;
+  for (index_t l = 0; l < s.layers; ++l) out.push_back(rows_of(cache, l));
+  return out;
+}
+
+}  // namespace
+
+TEST(DecodeController, WindowAndTovaScoresAgreeAcrossCachesAndWithSelect) {
+  const shape s;
+  struct variant {
+    const char* name;
+    index_t window;
+    bool per_head;
+  };
+  for (const variant& v : {variant{"snapkv+kvcrush", 6, false}, variant{"snapkv", 5, true}, variant{"tova", 1, false},
+                           variant{"tova+kvcrush", 3, true}}) {
+    SCOPED_TRACE(v.name);
+    auto policy = kvcrush::policy_config::parse(v.name);
+    policy.layout.per_head = v.per_head;
+    policy.window.kernel = 3;
+    if (policy.kvcrush) policy.crush.heads = kvcrush::signature_heads::query;
+    kvcrush::contiguous_cache<float> contiguous(s.layers, s.heads, s.d, 24, kvcrush::kv_layout::token_head_dim);
+    kvcrush::paged_cache_config cfg;
+    cfg.layers = s.layers;
+    cfg.kv_heads = s.heads;
+    cfg.head_dim = s.d;
+    cfg.block_size = 4;
+    cfg.blocks = 8;
+    kvcrush::paged_cache<float> pool(cfg);
+    kvcrush::paged_sequence<float> seq(pool, pool.create());
+    const auto a = run_window_policy(contiguous, policy, v.window);
+    const auto b = run_window_policy(seq, policy, v.window);
+    for (index_t l = 0; l < s.layers; ++l) EXPECT_TRUE(a[l] == b[l]) << "layer " << l;
+  }
+}
+
+TEST(DecodeController, PrefillCompressionThenDecode) {
+  const shape s;
+  const index_t n = 40, window = 8;
+  kvcrush::contiguous_cache<kvcrush::float16> cache(s.layers, s.heads, s.d, n + 1);
+  kvcrush::contiguous_cache<kvcrush::float16> by_hand(s.layers, s.heads, s.d, n + 1);
+  const auto k = kvcrush_test::random_floats(static_cast<std::size_t>(s.heads * n * s.d), 1);
+  const auto v = kvcrush_test::random_floats(static_cast<std::size_t>(s.heads * n * s.d), 2);
+  // Causal window attention of the last 8 prompt queries.
+  auto attention = kvcrush_test::random_floats(static_cast<std::size_t>(s.query_heads * window * n), 3, 0.0f, 1.0f);
+  for (index_t q = 0; q < s.query_heads; ++q)
+    for (index_t w = 0; w < window; ++w)
+      for (index_t t = n - window + w + 1; t < n; ++t) attention[(q * window + w) * n + t] = 0.0f;
+  kvcrush::eviction_settings settings;
+  settings.budgets = {kvcrush::layer_budget{16, 2, 4}};
+  settings.slack = 4;
+  settings.query_heads = s.query_heads;
+  settings.max_tokens = n + 1;
+  kvcrush::eviction_controller<kvcrush::contiguous_cache<kvcrush::float16>> controller(cache, settings);
+  const auto snapkv = kvcrush::policy_config::parse("snapkv+kvcrush");
+  const kvcrush::layer_budget prefill_budget{14, 2, window};
+  kvcrush::workspace ws;
+  for (index_t l = 0; l < s.layers; ++l) {
+    const auto kv = kvcrush::make_head_token_dim(k.data(), s.heads, n, s.d);
+    const auto vv = kvcrush::make_head_token_dim(v.data(), s.heads, n, s.d);
+    cache.append(l, kv, vv);
+    by_hand.append(l, kv, vv);
+    kvcrush::layer_inputs in;
+    in.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {s.query_heads, window, n});
+    controller.compress(l, snapkv, in, prefill_budget, ws);
+    // By hand: select, then compact.
+    in.kv_heads = s.heads;
+    in.tokens = n;
+    std::vector<index_t> keep(static_cast<std::size_t>(n)), count(1);
+    kvcrush::select(snapkv, in, prefill_budget,
+                    {kvcrush::make_matrix_view(keep.data(), 1, n), kvcrush::make_vector_view(count.data(), 1)}, ws);
+    by_hand.evict_tokens(l, kvcrush::keep_view::shared(keep.data(), count[0]));
+    ASSERT_EQ(cache.length(l), 14);
+    EXPECT_TRUE(rows_of(cache, l) == rows_of(by_hand, l));
+    EXPECT_EQ(controller.h2o(l)->length(0), 14) << "the decode scores follow the prefill eviction";
+  }
+  // Decode with H2O from there: the kept prompt tokens start at score 0.
+  for (int step = 0; step < 30; ++step) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const step_data data(s, step, l);
+      controller.make_room(l, 1, ws);
+      append_row(cache, l, data.k.data(), data.v.data());
+      ASSERT_LE(cache.length(l), 20);
+      const auto rows = rows_of(cache, l);
+      const auto probs = probabilities_over(rows, s, data.q.data());
+      controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+    }
+  }
+  EXPECT_EQ(controller.selections(0), 1 + (30 - 1 - (20 - 14)) / 4 + 1);
+}
+
+TEST(DecodeController, RefusesWhatItCannotFollow) {
+  const shape s;
+  kvcrush::contiguous_cache<float> cache(s.layers, s.heads, s.d, 64);
+  using controller = kvcrush::eviction_controller<kvcrush::contiguous_cache<float>>;
+  auto settings = [] {
+    kvcrush::eviction_settings st;
+    st.budgets = {kvcrush::layer_budget{16, 2, 4}};
+    st.slack = 4;
+    st.query_heads = 4;
+    return st;
+  };
+  auto ada = settings();
+  ada.policy = kvcrush::policy_config::parse("h2o+adakv");
+  EXPECT_THROW(controller(cache, ada), std::invalid_argument);
+  auto low = settings();
+  low.budgets = {kvcrush::layer_budget{4, 2, 4}};
+  EXPECT_THROW(controller(cache, low), std::invalid_argument);
+  auto three = settings();
+  three.budgets.resize(3, kvcrush::layer_budget{16, 2, 4});
+  EXPECT_THROW(controller(cache, three), std::invalid_argument);
+  auto block_per_head = settings();
+  block_per_head.policy.layout = {true, 4};
+  block_per_head.budgets = {kvcrush::layer_budget{16, 4, 4}};
+  block_per_head.slack = 8;
+  EXPECT_THROW(controller(cache, block_per_head), std::invalid_argument);
+  auto small_slack = settings();
+  small_slack.policy.layout.block_size = 4;
+  small_slack.budgets = {kvcrush::layer_budget{16, 4, 4}};
+  small_slack.slack = 3;
+  EXPECT_THROW(controller(cache, small_slack), std::invalid_argument);
+  auto odd_heads = settings();
+  odd_heads.query_heads = 3;
+  EXPECT_THROW(controller(cache, odd_heads), std::invalid_argument);
+
+  controller c(cache, settings());
+  kvcrush::workspace ws;
+  std::vector<float> rows(static_cast<std::size_t>(s.heads * 21 * s.d), 0.5f);
+  cache.append(0, kvcrush::make_head_token_dim<const float>(rows.data(), s.heads, 20, s.d),
+               kvcrush::make_head_token_dim<const float>(rows.data(), s.heads, 20, s.d));
+  EXPECT_THROW(c.make_room(0, 15, ws), std::invalid_argument) << "no room for 15 new tokens above sink + recent";
+  EXPECT_EQ(cache.length(0), 20);
+  std::vector<float> probs(static_cast<std::size_t>(4 * 21), 0.01f);
+  EXPECT_THROW(c.observe(0, kvcrush::make_matrix_view<const float>(probs.data(), 2, 20)), std::invalid_argument);
+  EXPECT_THROW(c.observe(0, kvcrush::make_matrix_view<const float>(probs.data(), 4, 21)), std::invalid_argument)
+      << "attention over more tokens than cached";
+  EXPECT_THROW(c.make_room(2, 1, ws), std::invalid_argument);
+  auto ada_policy = kvcrush::policy_config::parse("snapkv+adakv");
+  EXPECT_THROW(c.compress(0, ada_policy, {}, kvcrush::layer_budget{16, 2, 4}, ws), std::invalid_argument);
+  EXPECT_EQ(cache.length(0), 20);
+  EXPECT_TRUE(c.make_room(0, 1, ws));
+  EXPECT_EQ(cache.length(0), 16);
+}
+
+// ---- batches ----------------------------------------------------------------
+
+namespace {
+
+// Runs `sequences` paged sequences of different prompt lengths through
+// decode steps with make_room_all on the given executor; returns every
+// sequence's rows per layer.
+std::vector<layer_rows> run_batch(kvcrush::executor& ex, bool paged) {
+  const shape s;
+  const index_t sequences = 5;
+  kvcrush::paged_cache_config cfg;
+  cfg.layers = s.layers;
+  cfg.kv_heads = s.heads;
+  cfg.head_dim = s.d;
+  cfg.block_size = 4;
+  cfg.blocks = sequences * 11;
+  cfg.max_sequences = sequences;
+  kvcrush::paged_cache<kvcrush::float16> pool(cfg);
+  std::vector<kvcrush::paged_sequence<kvcrush::float16>> paged_seqs;
+  std::vector<std::unique_ptr<kvcrush::contiguous_cache<kvcrush::float16>>> dense;
+  using paged_ctl = kvcrush::eviction_controller<kvcrush::paged_sequence<kvcrush::float16>>;
+  using dense_ctl = kvcrush::eviction_controller<kvcrush::contiguous_cache<kvcrush::float16>>;
+  std::vector<std::unique_ptr<paged_ctl>> paged_ctls;
+  std::vector<std::unique_ptr<dense_ctl>> dense_ctls;
+  kvcrush::eviction_settings settings;
+  settings.policy = kvcrush::policy_config::parse("h2o+kvcrush");
+  settings.policy.layout.per_head = true;
+  settings.budgets = {kvcrush::layer_budget{20, 2, 4}, kvcrush::layer_budget{12, 2, 2}};
+  settings.slack = 6;
+  settings.query_heads = s.query_heads;
+  settings.max_tokens = 40;
+  for (index_t i = 0; i < sequences; ++i) {
+    if (paged) {
+      paged_seqs.emplace_back(pool, pool.create());
+    } else {
+      dense.push_back(std::make_unique<kvcrush::contiguous_cache<kvcrush::float16>>(s.layers, s.heads, s.d, 40));
+    }
+  }
+  for (index_t i = 0; i < sequences; ++i) {
+    if (paged) {
+      paged_ctls.push_back(std::make_unique<paged_ctl>(paged_seqs[static_cast<std::size_t>(i)], settings));
+    } else {
+      dense_ctls.push_back(std::make_unique<dense_ctl>(*dense[static_cast<std::size_t>(i)], settings));
+    }
+  }
+  auto rows_of_seq = [&](index_t i, index_t l) {
+    return paged ? rows_of(paged_seqs[static_cast<std::size_t>(i)], l) : rows_of(*dense[static_cast<std::size_t>(i)], l);
+  };
+  // Prompts of 5 .. 33 tokens.
+  for (index_t i = 0; i < sequences; ++i) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const index_t n = 5 + 7 * i;
+      const auto k = kvcrush_test::random_floats(static_cast<std::size_t>(s.heads * n * s.d), static_cast<std::uint32_t>(i * 10 + l));
+      const auto kv = kvcrush::make_head_token_dim(k.data(), s.heads, n, s.d);
+      if (paged) {
+        pool.append(paged_seqs[static_cast<std::size_t>(i)].id(), l, kv, kv);
+      } else {
+        dense[static_cast<std::size_t>(i)]->append(l, kv, kv);
+      }
+    }
+  }
+  kvcrush::worker_workspaces spaces(ex);
+  std::vector<paged_ctl*> pc;
+  std::vector<dense_ctl*> dc;
+  for (auto& c : paged_ctls) pc.push_back(c.get());
+  for (auto& c : dense_ctls) dc.push_back(c.get());
+  for (int step = 0; step < 30; ++step) {
+    const index_t evictions = paged ? kvcrush::make_room_all(pc.data(), sequences, 1, ex, spaces)
+                                    : kvcrush::make_room_all(dc.data(), sequences, 1, ex, spaces);
+    EXPECT_GE(evictions, 0);
+    for (index_t i = 0; i < sequences; ++i) {
+      for (index_t l = 0; l < s.layers; ++l) {
+        const step_data data(s, step, l, static_cast<std::uint32_t>(i + 1));
+        if (paged) {
+          append_row(paged_seqs[static_cast<std::size_t>(i)], l, data.k.data(), data.v.data());
+        } else {
+          append_row(*dense[static_cast<std::size_t>(i)], l, data.k.data(), data.v.data());
+        }
+        const auto rows = rows_of_seq(i, l);
+        EXPECT_LE(rows.n, settings.budgets[static_cast<std::size_t>(l)].budget + settings.slack);
+        const auto probs = probabilities_over(rows, s, data.q.data());
+        const auto view = kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n);
+        if (paged) {
+          paged_ctls[static_cast<std::size_t>(i)]->observe(l, view);
+        } else {
+          dense_ctls[static_cast<std::size_t>(i)]->observe(l, view);
+        }
+      }
+    }
+  }
+  if (paged) pool.check_invariants();
+  std::vector<layer_rows> out;
+  for (index_t i = 0; i < sequences; ++i)
+    for (index_t l = 0; l < s.layers; ++l) out.push_back(rows_of_seq(i, l));
+  return out;
+}
+
+}  // namespace
+
+TEST(Batch, ThreadExecutorMatchesSerialRun) {
+  kvcrush::serial_executor serial;
+  kvcrush::thread_executor threads(3);
+  EXPECT_EQ(threads.workers(), 3);
+  for (bool paged : {true, false}) {
+    const auto expected = run_batch(serial, paged);
+    const auto got = run_batch(threads, paged);
+    ASSERT_EQ(expected.size(), got.size());
+    for (std::size_t i = 0; i < expected.size(); ++i) EXPECT_TRUE(expected[i] == got[i]) << "paged " << paged << " #" << i;
+  }
+}
+
+TEST(Batch, ExecutorRunsEveryTaskOnceAndRethrows) {
+  kvcrush::thread_executor ex(4);
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::atomic<int>> hits(97);
+    std::atomic<int> bad_worker{0};
+    kvcrush::parallel_for(ex, 97, [&](index_t i, index_t w) {
+      hits[static_cast<std::size_t>(i)].fetch_add(1);
+      if (w < 0 || w >= 4) bad_worker.fetch_add(1);
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    ASSERT_EQ(bad_worker.load(), 0);
+  }
+  EXPECT_THROW(kvcrush::parallel_for(ex, 50,
+                                     [&](index_t i) {
+                                       if (i == 17) throw std::invalid_argument("kvcrush: task 17");
+                                     }),
+               std::invalid_argument);
+  int after = 0;
+  kvcrush::parallel_for(ex, 1, [&](index_t) { ++after; });
+  EXPECT_EQ(after, 1) << "the pool still works after a failed batch";
+}
