@@ -43,18 +43,35 @@ bool tokens_are_packed(const kv_view<T>& v) noexcept {
                         : (v.head_stride() == v.head_dim() && v.token_stride() == v.heads() * v.head_dim());
 }
 
-// Moves tokens [src, src + count) of head h to [dst, dst + count), dst <= src.
+// Byte-level description of one head's rows: the first row and the
+// distance between consecutive tokens, hoisted out of the per-run loop.
+struct head_rows {
+  unsigned char* base;
+  std::ptrdiff_t token_bytes;  // distance between tokens
+  std::size_t row_bytes;       // one head_dim vector
+  bool contiguous;             // token_bytes == row_bytes: runs are one range
+
+  template <class T>
+  head_rows(const kv_view<T>& v, index_t head) noexcept
+      : base(reinterpret_cast<unsigned char*>(v.view().data() + head * v.head_stride())),
+        token_bytes(static_cast<std::ptrdiff_t>(v.token_stride() * static_cast<index_t>(sizeof(T)))),
+        row_bytes(static_cast<std::size_t>(v.head_dim()) * sizeof(T)),
+        contiguous(v.token_stride() == v.head_dim()) {}
+
+  // Moves tokens [src, src + count) to [dst, dst + count), dst <= src.
+  void move(index_t src, index_t dst, index_t count) const noexcept {
+    if (src == dst || count == 0) return;
+    if (contiguous) {
+      move_bytes(base + dst * token_bytes, base + src * token_bytes, static_cast<std::size_t>(count) * row_bytes);
+      return;
+    }
+    for (index_t i = 0; i < count; ++i) move_bytes(base + (dst + i) * token_bytes, base + (src + i) * token_bytes, row_bytes);
+  }
+};
+
 template <class T>
 void move_head_run(const kv_view<T>& v, index_t head, index_t src, index_t dst, index_t count) noexcept {
-  if (src == dst || count == 0) return;
-  const index_t d = v.head_dim(), ts = v.token_stride();
-  const auto row_bytes = static_cast<std::size_t>(d) * sizeof(T);
-  T* base = v.view().data() + head * v.head_stride();
-  if (ts == d) {
-    move_bytes(base + dst * d, base + src * d, static_cast<std::size_t>(count) * row_bytes);
-    return;
-  }
-  for (index_t i = 0; i < count; ++i) move_bytes(base + (dst + i) * ts, base + (src + i) * ts, row_bytes);
+  head_rows(v, head).move(src, dst, count);
 }
 
 // Moves tokens [src, src + count) of every head to [dst, dst + count).
@@ -97,8 +114,8 @@ void compact_rows(const kv_view<T>& v, const keep_view& keep) noexcept {
     return;
   }
   for (index_t h = 0; h < v.heads(); ++h) {
-    for_each_keep_run(keep, keep.row_of_head(h),
-                      [&](index_t src, index_t dst, index_t n) { move_head_run(v, h, src, dst, n); });
+    const head_rows rows(v, h);
+    for_each_keep_run(keep, keep.row_of_head(h), [&rows](index_t src, index_t dst, index_t n) { rows.move(src, dst, n); });
   }
 }
 
