@@ -1,0 +1,236 @@
+// AVX2 dequantize-on-read kernels (the order of quant_dot.hpp). Same shape
+// as the AVX-512 kernels on 8-lane registers: a key tile of 16 tokens is two
+// registers and 4 tiles are in flight; value sums take 64 channels (8
+// registers) per pass over the tokens. The 16 lanes of dot16 are two
+// registers (lanes 0-7 and 8-15).
+#pragma once
+
+#include "kvcrush/config.hpp"
+
+#if KVCRUSH_HAS_AVX2
+#include <immintrin.h>
+
+#include "kvcrush/simd/quant_codes_avx2.hpp"
+#include "kvcrush/simd/quant_dot.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
+
+template <>
+struct quant_dot_kernel<isa::avx2> {
+  template <class T>
+  static float dot16(const float* KVCRUSH_RESTRICT a, const T* KVCRUSH_RESTRICT b, index_t n) noexcept {
+    namespace q = quant_avx2;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    index_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), q::load_row(b + i, 8), lo);
+      hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), q::load_row(b + i + 8, 8), hi);
+    }
+    if (i < n) {
+      // Lanes past the end keep their sum untouched (an fma with 0 would
+      // turn a -0 lane into +0).
+      const index_t rest = n - i;
+      const __m256 mlo = _mm256_castsi256_ps(q::lanes_mask(rest));
+      lo = _mm256_blendv_ps(lo, _mm256_fmadd_ps(q::load_row(a + i, rest), q::load_row(b + i, rest), lo), mlo);
+      if (rest > 8) {
+        const __m256 mhi = _mm256_castsi256_ps(q::lanes_mask(rest - 8));
+        hi = _mm256_blendv_ps(hi, _mm256_fmadd_ps(q::load_row(a + i + 8, rest - 8), q::load_row(b + i + 8, rest - 8), hi),
+                              mhi);
+      }
+    }
+    return q::reduce_tree16(lo, hi);
+  }
+
+  template <class P>
+  static void key_scores(const key_group_span<P>& k, const float* KVCRUSH_RESTRICT q, float* KVCRUSH_RESTRICT out) noexcept {
+    switch (k.bits) {
+      case 2: return key_scores_bits<2>(k, q, out);
+      case 4: return key_scores_bits<4>(k, q, out);
+      default: return key_scores_bits<8>(k, q, out);
+    }
+  }
+
+  template <class P>
+  static void value_sum(const value_row_span<P>& v, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
+    switch (v.bits) {
+      case 2: return value_sum_bits<2>(v, p, out);
+      case 4: return value_sum_bits<4>(v, p, out);
+      default: return value_sum_bits<8>(v, p, out);
+    }
+  }
+
+  template <class W>
+  static void row_scores(const row_span<W>& r, const float* KVCRUSH_RESTRICT q, float* KVCRUSH_RESTRICT out) noexcept {
+    for (index_t t = 0; t < r.rows; ++t) out[t] = dot16(q, r.row(t), r.head_dim);
+  }
+
+  template <class W>
+  static void row_accumulate(const row_span<W>& r, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
+    for (index_t c0 = 0; c0 < r.head_dim; c0 += 64) {
+      const index_t regs = (r.head_dim - c0 + 7) / 8;
+      switch (regs >= 8 ? 8 : regs) {
+        case 1: accumulate_tile<1>(r, p, out, c0); break;
+        case 2: accumulate_tile<2>(r, p, out, c0); break;
+        case 3: accumulate_tile<3>(r, p, out, c0); break;
+        case 4: accumulate_tile<4>(r, p, out, c0); break;
+        case 5: accumulate_tile<5>(r, p, out, c0); break;
+        case 6: accumulate_tile<6>(r, p, out, c0); break;
+        case 7: accumulate_tile<7>(r, p, out, c0); break;
+        default: accumulate_tile<8>(r, p, out, c0); break;
+      }
+    }
+  }
+
+ private:
+  template <class P>
+  static void group_prologue(const key_group_span<P>& k, index_t g, const float* q, float* qs, float& bias) noexcept {
+    namespace qa = quant_avx2;
+    const index_t d = k.head_dim;
+    const P* scale = k.scale + g * d;
+    index_t c = 0;
+    for (; c + 8 <= d; c += 8) _mm256_storeu_ps(qs + c, _mm256_mul_ps(_mm256_loadu_ps(q + c), qa::load_row(scale + c, 8)));
+    for (; c < d; ++c) qs[c] = q[c] * impl::load_param(scale[c]);
+    bias = dot16(q, k.zero + g * d, d);
+  }
+
+  template <int Bits, int Tiles, class P>
+  static void key_tiles(const key_group_span<P>& k, const float* q, index_t first_tile, float* out) noexcept {
+    namespace qa = quant_avx2;
+    alignas(32) float qs[Tiles][max_quant_head_dim];
+    float bias[Tiles];
+    const index_t per_group = k.group / 16;
+    const index_t first_group = first_tile / per_group;
+    const index_t channel_bytes = k.group * Bits / 8;
+    const auto group_bytes = static_cast<index_t>(k.group_code_bytes());
+    const std::uint8_t* base[Tiles];
+    const float* tile_qs[Tiles];
+    __m256 lo[Tiles], hi[Tiles];
+    index_t prepared = -1;
+    for (int i = 0; i < Tiles; ++i) {
+      const index_t tile = first_tile + i;
+      const index_t g = tile / per_group;
+      const auto slot = static_cast<int>(g - first_group);
+      if (g != prepared) {
+        group_prologue(k, g, q, qs[slot], bias[slot]);
+        prepared = g;
+      }
+      base[i] = k.codes + g * group_bytes + (tile % per_group) * 16 * Bits / 8;
+      tile_qs[i] = qs[slot];
+      lo[i] = hi[i] = _mm256_set1_ps(bias[slot]);
+    }
+    for (index_t c = 0; c < k.head_dim; ++c) {
+      for (int i = 0; i < Tiles; ++i) {
+        const __m256 w = _mm256_set1_ps(tile_qs[i][c]);
+        __m256 a, b;
+        qa::decode16<Bits>(base[i] + c * channel_bytes, a, b);
+        lo[i] = _mm256_fmadd_ps(w, a, lo[i]);
+        hi[i] = _mm256_fmadd_ps(w, b, hi[i]);
+      }
+    }
+    for (int i = 0; i < Tiles; ++i) {
+      _mm256_storeu_ps(out + (first_tile + i) * 16, lo[i]);
+      _mm256_storeu_ps(out + (first_tile + i) * 16 + 8, hi[i]);
+    }
+  }
+
+  template <int Bits, class P>
+  static void key_scores_bits(const key_group_span<P>& k, const float* q, float* out) noexcept {
+    const index_t tiles = k.groups * (k.group / 16);
+    index_t t = 0;
+    for (; t + 4 <= tiles; t += 4) key_tiles<Bits, 4>(k, q, t, out);
+    switch (tiles - t) {
+      case 1: key_tiles<Bits, 1>(k, q, t, out); break;
+      case 2: key_tiles<Bits, 2>(k, q, t, out); break;
+      case 3: key_tiles<Bits, 3>(k, q, t, out); break;
+      default: break;
+    }
+  }
+
+  // Channels [c0, c0 + 16 * Chunks) of the value sum (the last chunk may be
+  // partial); the first pass also accumulates every group's bias.
+  template <int Bits, int Chunks, class P>
+  static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float* bias) noexcept {
+    namespace qa = quant_avx2;
+    const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
+    const auto row_bytes = static_cast<index_t>(v.row_bytes());
+    const bool first_pass = c0 == 0;
+    const index_t last_lanes = d - (c0 + 16 * (Chunks - 1));
+    __m256 lo[Chunks], hi[Chunks];
+    for (int i = 0; i < Chunks; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+    for (index_t t = 0; t < v.rows; ++t) {
+      const float pt = p[t];
+      const P* scale = v.scale + t * groups;
+      if (first_pass) {
+        const P* zero = v.zero + t * groups;
+        for (index_t g = 0; g < groups; ++g) bias[g] = std::fma(pt, impl::load_param(zero[g]), bias[g]);
+      }
+      const std::uint8_t* row = v.codes + t * row_bytes + c0 * Bits / 8;
+      for (int i = 0; i < Chunks; ++i) {
+        const __m256 ps = _mm256_set1_ps(pt * impl::load_param(scale[groups == 1 ? 0 : (c0 + 16 * i) / gsize]));
+        __m256 a, b;
+        if (i + 1 < Chunks || last_lanes >= 16) {
+          qa::decode16<Bits>(row + i * 2 * Bits, a, b);
+        } else {
+          qa::decode16_partial<Bits>(row + i * 2 * Bits, last_lanes, a, b);
+        }
+        lo[i] = _mm256_fmadd_ps(ps, a, lo[i]);
+        hi[i] = _mm256_fmadd_ps(ps, b, hi[i]);
+      }
+    }
+    for (int i = 0; i < Chunks; ++i) {
+      const index_t c = c0 + 16 * i;
+      const __m256 b = _mm256_set1_ps(bias[c / gsize]);
+      alignas(32) float result[16];
+      _mm256_store_ps(result, _mm256_add_ps(lo[i], b));
+      _mm256_store_ps(result + 8, _mm256_add_ps(hi[i], b));
+      const index_t lanes = d - c < 16 ? d - c : 16;
+      for (index_t l = 0; l < lanes; ++l) out[c + l] = result[l];
+    }
+  }
+
+  template <int Bits, class P>
+  static void value_sum_bits(const value_row_span<P>& v, const float* p, float* out) noexcept {
+    float bias[max_quant_head_dim / 16] = {};
+    for (index_t c0 = 0; c0 < v.head_dim; c0 += 64) {
+      const index_t chunks = (v.head_dim - c0 + 15) / 16;
+      switch (chunks >= 4 ? 4 : chunks) {
+        case 1: value_tile<Bits, 1>(v, p, out, c0, bias); break;
+        case 2: value_tile<Bits, 2>(v, p, out, c0, bias); break;
+        case 3: value_tile<Bits, 3>(v, p, out, c0, bias); break;
+        default: value_tile<Bits, 4>(v, p, out, c0, bias); break;
+      }
+    }
+  }
+
+  template <int Regs, class W>
+  static void accumulate_tile(const row_span<W>& r, const float* p, float* out, index_t c0) noexcept {
+    namespace qa = quant_avx2;
+    index_t lanes[Regs];
+    __m256 acc[Regs];
+    for (int i = 0; i < Regs; ++i) {
+      const index_t rest = r.head_dim - (c0 + 8 * i);
+      lanes[i] = rest < 8 ? rest : 8;
+      acc[i] = qa::load_row(out + c0 + 8 * i, lanes[i]);
+    }
+    for (index_t t = 0; t < r.rows; ++t) {
+      const __m256 pt = _mm256_set1_ps(p[t]);
+      const W* row = r.row(t) + c0;
+      for (int i = 0; i < Regs; ++i) acc[i] = _mm256_fmadd_ps(pt, qa::load_row(row + 8 * i, lanes[i]), acc[i]);
+    }
+    for (int i = 0; i < Regs; ++i) {
+      if (lanes[i] == 8) {
+        _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+      } else {
+        _mm256_maskstore_ps(out + c0 + 8 * i, qa::lanes_mask(lanes[i]), acc[i]);
+      }
+    }
+  }
+};
+
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush
+
+#endif  // KVCRUSH_HAS_AVX2

@@ -1,0 +1,123 @@
+// AVX-512 quantization kernels. Keys: per-channel minimum and maximum over
+// the group's rows 16 channels at a time, then each channel's G codes from
+// a gather down the column (16 tokens per gather) so that they pack straight
+// into the [channel][token] layout. Values: per-group minimum and maximum by
+// a horizontal reduction, codes 16 channels at a time.
+#pragma once
+
+#include "kvcrush/config.hpp"
+
+#if KVCRUSH_HAS_AVX512
+#include <immintrin.h>
+
+#include "kvcrush/simd/quant_codes_avx512.hpp"
+#include "kvcrush/simd/quant_encode.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
+
+template <>
+struct quant_encode_kernel<isa::avx512> {
+  template <class P>
+  static void keys(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim, int bits,
+                   std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale, P* KVCRUSH_RESTRICT zero) noexcept {
+    switch (bits) {
+      case 2: return keys_bits<2>(x, stride, group, head_dim, codes, scale, zero);
+      case 4: return keys_bits<4>(x, stride, group, head_dim, codes, scale, zero);
+      default: return keys_bits<8>(x, stride, group, head_dim, codes, scale, zero);
+    }
+  }
+
+  template <class P>
+  static void values(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
+                     index_t value_group, int bits, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
+                     P* KVCRUSH_RESTRICT zero) noexcept {
+    switch (bits) {
+      case 2: return values_bits<2>(x, stride, rows, head_dim, value_group, codes, scale, zero);
+      case 4: return values_bits<4>(x, stride, rows, head_dim, value_group, codes, scale, zero);
+      default: return values_bits<8>(x, stride, rows, head_dim, value_group, codes, scale, zero);
+    }
+  }
+
+ private:
+  template <int Bits, class P>
+  static void keys_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim,
+                        std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
+                        P* KVCRUSH_RESTRICT zero) noexcept {
+    namespace q = quant_avx512;
+    alignas(64) float lo[max_quant_head_dim];
+    alignas(64) float hi[max_quant_head_dim];
+    for (index_t c0 = 0; c0 < head_dim; c0 += 16) {
+      const __mmask16 m = q::lanes_mask(head_dim - c0);
+      __m512 vlo = _mm512_maskz_loadu_ps(m, x + c0);
+      __m512 vhi = vlo;
+      for (index_t t = 1; t < group; ++t) {
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + t * stride + c0);
+        vlo = q::min_ps(vlo, v);
+        vhi = q::max_ps(vhi, v);
+      }
+      _mm512_mask_storeu_ps(lo + c0, m, vlo);
+      _mm512_mask_storeu_ps(hi + c0, m, vhi);
+    }
+    const index_t channel_bytes = group * Bits / 8;
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(static_cast<int>(stride)));
+    const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));
+    for (index_t c = 0; c < head_dim; ++c) {
+      const group_params g = make_group_params(lo[c], hi[c], Bits, scale[c], zero[c]);
+      const __m512 vzero = _mm512_set1_ps(g.zero), vinv = _mm512_set1_ps(g.inv);
+      std::uint8_t* out = codes + c * channel_bytes;
+      for (index_t t0 = 0; t0 < group; t0 += 16) {
+        const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), q::all16, rows, x + t0 * stride + c, 4);
+        q::store16<Bits>(out + t0 * Bits / 8, q::pack16<Bits>(q::quantize16(v, vzero, vinv, qmax)));
+      }
+    }
+  }
+
+  template <int Bits, class P>
+  static void values_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
+                          index_t value_group, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
+                          P* KVCRUSH_RESTRICT zero) noexcept {
+    namespace q = quant_avx512;
+    const auto row_bytes = static_cast<index_t>(packed_bytes(head_dim, Bits));
+    const index_t groups = head_dim / value_group;
+    const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));
+    for (index_t t = 0; t < rows; ++t) {
+      const float* row = x + t * stride;
+      std::uint8_t* out = codes + t * row_bytes;
+      for (index_t k = 0; k < groups; ++k) {
+        const index_t c0 = k * value_group, c1 = c0 + value_group;
+        // Masked-off lanes take the group's first element: neutral for both.
+        const __m512 first = _mm512_set1_ps(row[c0]);
+        __m512 vlo = first, vhi = first;
+        for (index_t c = c0; c < c1; c += 16) {
+          const __m512 v = _mm512_mask_loadu_ps(first, q::lanes_mask(c1 - c), row + c);
+          vlo = q::min_ps(vlo, v);
+          vhi = q::max_ps(vhi, v);
+        }
+        const group_params g = make_group_params(q::reduce_min(vlo), q::reduce_max(vhi), Bits, scale[t * groups + k],
+                                                 zero[t * groups + k]);
+        const __m512 vzero = _mm512_set1_ps(g.zero), vinv = _mm512_set1_ps(g.inv);
+        for (index_t c = c0; c < c1; c += 16) {
+          const index_t lanes = c1 - c < 16 ? c1 - c : 16;
+          const __mmask16 m = q::lanes_mask(lanes);
+          // Lanes past the row end quantize as 0, so the padding bits are 0.
+          const __m512i code = _mm512_maskz_mov_epi32(m, q::quantize16(_mm512_maskz_loadu_ps(m, row + c), vzero, vinv, qmax));
+          const __m128i packed = q::pack16<Bits>(code);
+          if (lanes == 16) {
+            q::store16<Bits>(out + c * Bits / 8, packed);
+          } else {
+            q::store_bytes(out + c * Bits / 8, packed, (lanes * Bits + 7) / 8);
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush
+
+#endif  // KVCRUSH_HAS_AVX512
