@@ -25,11 +25,15 @@ struct attention_event {
   // [n_heads][head_dim] queries of the token, RoPE-rotated at position.
   kvcrush::matrix_view<const float> queries;
   // The layer's cache as attended: [kv_head][cache_length][head_dim], and
-  // the absolute position of each row. Query head q reads KV head
-  // q / (n_heads / n_kv_heads).
+  // the absolute position of each row ([kv_head][cache_length]). Query head
+  // q reads KV head q / (n_heads / n_kv_heads). Empty for a store whose
+  // heads hold different numbers of rows (per_head_store); head_lengths
+  // gives every KV head's row count in all cases (row h of probabilities
+  // is valid up to head_lengths[h / group]).
   kvcrush::kv_view<const float> keys;
   kvcrush::kv_view<const float> values;
-  kvcrush::vector_view<const index_t> positions;
+  kvcrush::matrix_view<const index_t> positions;
+  kvcrush::vector_view<const index_t> head_lengths;
 };
 
 class attention_observer {

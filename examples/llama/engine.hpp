@@ -9,8 +9,10 @@
 // llama2.c's float operations in llama2.c's order (transformer_ops.hpp).
 //
 // Between forward() calls the caller may evict rows from any layer
-// (cache().layer(l).keep_rows(...)); attention then covers fewer rows than
-// the position, and the next token still takes the next position.
+// (cache().evict(l, keep) or cache().keep_rows(l, rows)); attention then
+// covers fewer rows than the position, and the next token still takes the
+// next position. The cache is one of kvcrush's (kv_cache.hpp): contiguous by
+// default, per-head (ragged) or paged when given.
 #pragma once
 
 #include <Eigen/Core>
@@ -18,6 +20,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -39,14 +43,24 @@ inline Eigen::Map<const row_major_matrix> weight_matrix(const float* data, index
 class engine {
  public:
   // cache_capacity: rows each layer's cache can hold, 0 for the model's
-  // seq_len. The model must outlive the engine.
+  // seq_len. The model must outlive the engine. The cache is a
+  // contiguous_store.
   explicit engine(const model& weights, index_t cache_capacity = 0)
-      : model_(&weights),
-        capacity_(cache_capacity > 0 ? cache_capacity : weights.config().seq_len),
-        cache_(weights.config().n_layers, weights.config().n_kv_heads, weights.config().head_dim(), capacity_),
-        rope_(weights.config().head_dim()) {
-    if (cache_capacity < 0) throw std::invalid_argument("kvcrush_llama::engine: negative cache capacity");
+      : engine(weights, std::make_unique<contiguous_store>(weights.config().n_layers, weights.config().n_kv_heads,
+                                                           weights.config().head_dim(),
+                                                           checked_capacity(weights, cache_capacity))) {}
+
+  // An engine over a given store (made for this model's layers, KV heads
+  // and head_dim).
+  engine(const model& weights, std::unique_ptr<kv_store> store)
+      : model_(&weights), cache_(std::move(store)), rope_(weights.config().head_dim()) {
     const model_config& c = weights.config();
+    if (!cache_ || cache_->layers() != c.n_layers || cache_->kv_heads() != c.n_kv_heads ||
+        cache_->head_dim() != c.head_dim()) {
+      throw std::invalid_argument("kvcrush_llama::engine: the cache does not match the model's layers, KV heads and "
+                                  "head_dim");
+    }
+    capacity_ = cache_->capacity();
     x_.resize(c.dim);
     xb_.resize(c.dim);
     xb2_.resize(c.dim);
@@ -57,8 +71,10 @@ class engine {
     hb2_.resize(c.hidden_dim);
     logits_.setZero(c.vocab_size);
     attention_.assign(static_cast<std::size_t>(c.n_heads * capacity_), 0.0f);
+    head_lengths_.assign(static_cast<std::size_t>(c.n_kv_heads), 0);
   }
   engine(const model&&, index_t = 0) = delete;  // would dangle
+  engine(const model&&, std::unique_ptr<kv_store>) = delete;
 
   const model& weights() const noexcept { return *model_; }
   const model_config& config() const noexcept { return model_->config(); }
@@ -74,7 +90,7 @@ class engine {
                               std::to_string(c.vocab_size) + ")");
     }
     for (index_t l = 0; l < c.n_layers; ++l) {
-      if (cache_.layer(l).full()) {
+      if (cache_->full(l)) {
         throw std::length_error("kvcrush_llama::engine: the cache of layer " + std::to_string(l) +
                                 " is full (capacity " + std::to_string(capacity_) + ") at position " +
                                 std::to_string(position_) + "; evict rows before the next token");
@@ -95,9 +111,8 @@ class engine {
       rope_.apply(q_.data(), dim);
       rope_.apply(k_.data(), kv_dim);
 
-      layer_cache& cache = cache_.layer(l);
-      cache.append(k_.data(), v_.data(), position_);
-      attend(l, cache);  // writes the heads' outputs into xb_
+      cache_->append(l, k_.data(), v_.data(), position_);
+      attend(l);  // writes the heads' outputs into xb_
 
       xb2_.noalias() = weight_matrix(w.wo, dim, dim) * xb_;
       x_ += xb2_;
@@ -120,8 +135,8 @@ class engine {
   // Absolute position the next token will take (tokens processed so far).
   index_t position() const noexcept { return position_; }
 
-  kv_cache& cache() noexcept { return cache_; }
-  const kv_cache& cache() const noexcept { return cache_; }
+  kv_store& cache() noexcept { return *cache_; }
+  const kv_store& cache() const noexcept { return *cache_; }
   index_t cache_capacity() const noexcept { return capacity_; }
 
   // nullptr disables observation. The observer must outlive its use.
@@ -129,61 +144,88 @@ class engine {
   attention_observer* observer() const noexcept { return observer_; }
 
   // Back to position 0 with empty caches (a new sequence).
-  void reset() noexcept {
-    cache_.clear();
+  void reset() {
+    cache_->clear();
     position_ = 0;
   }
 
  private:
-  // Multi-head attention of the current token (q_) over the rows of one
-  // layer's cache, the heads' outputs concatenated into xb_.
-  void attend(index_t layer, const layer_cache& cache) {
+  static index_t checked_capacity(const model& weights, index_t cache_capacity) {
+    if (cache_capacity < 0) throw std::invalid_argument("kvcrush_llama::engine: negative cache capacity");
+    return cache_capacity > 0 ? cache_capacity : weights.config().seq_len;
+  }
+
+  // Multi-head attention of the current token (q_) over the rows one
+  // layer's cache holds (KV head by KV head, run by run: a contiguous
+  // store has one run per head, a paged one a run per block), the heads'
+  // outputs concatenated into xb_.
+  void attend(index_t layer) {
     const model_config& c = config();
     const index_t head_dim = c.head_dim();
     const index_t group = c.kv_group();
-    // One length for all heads of the layer (see kv_cache.hpp).
-    const index_t rows = cache.length();
-    const kvcrush::kv_view<const float> keys = cache.keys();
-    const kvcrush::kv_view<const float> values = cache.values();
-    const index_t row_stride = keys.token_stride();
     const float score_divisor = std::sqrt(static_cast<float>(head_dim));
+    for (index_t g = 0; g < c.n_kv_heads; ++g) head_lengths_[static_cast<std::size_t>(g)] = cache_->length(layer, g);
 
     for (index_t h = 0; h < c.n_heads; ++h) {
       const float* q = q_.data() + h * head_dim;
       float* probabilities = attention_.data() + h * capacity_;
-      const float* k = keys.row(h / group, 0);
-      for (index_t t = 0; t < rows; ++t, k += row_stride) {
-        float score = 0.0f;
-        for (index_t i = 0; i < head_dim; ++i) score += q[i] * k[i];
-        probabilities[t] = score / score_divisor;
-      }
+      const index_t rows = head_lengths_[static_cast<std::size_t>(h / group)];
+      index_t t = 0;
+      cache_->for_each_run(layer, h / group, [&](const row_run& run) {
+        const float* k = run.keys;
+        for (index_t i = 0; i < run.count; ++i, ++t, k += run.stride) {
+          float score = 0.0f;
+          for (index_t j = 0; j < head_dim; ++j) score += q[j] * k[j];
+          probabilities[t] = score / score_divisor;
+        }
+      });
       softmax_in_place(probabilities, rows);
 
       float* out = xb_.data() + h * head_dim;
       std::fill(out, out + head_dim, 0.0f);
-      const float* v = values.row(h / group, 0);
-      for (index_t t = 0; t < rows; ++t, v += row_stride) {
-        const float a = probabilities[t];
-        for (index_t i = 0; i < head_dim; ++i) out[i] += a * v[i];
-      }
+      t = 0;
+      cache_->for_each_run(layer, h / group, [&](const row_run& run) {
+        const float* v = run.values;
+        for (index_t i = 0; i < run.count; ++i, ++t, v += run.stride) {
+          const float a = probabilities[t];
+          for (index_t j = 0; j < head_dim; ++j) out[j] += a * v[j];
+        }
+      });
     }
 
     if (observer_ != nullptr) {
+      const index_t longest = *std::max_element(head_lengths_.begin(), head_lengths_.end());
       attention_event event;
       event.layer = layer;
       event.position = position_;
-      event.probabilities = kvcrush::make_matrix_view<const float>(attention_.data(), c.n_heads, rows, capacity_);
+      event.probabilities = kvcrush::make_matrix_view<const float>(attention_.data(), c.n_heads, longest, capacity_);
       event.queries = kvcrush::make_matrix_view<const float>(q_.data(), c.n_heads, head_dim);
-      event.keys = keys;
-      event.values = values;
-      event.positions = cache.positions();
+      event.head_lengths = kvcrush::make_vector_view<const index_t>(head_lengths_.data(), c.n_kv_heads);
+      if (auto* contiguous = dynamic_cast<contiguous_store*>(cache_.get())) {
+        event.keys = contiguous->cache().keys(layer);
+        event.values = contiguous->cache().values(layer);
+        event.positions = contiguous->cache().positions(layer);
+      } else if (auto* paged = dynamic_cast<paged_store*>(cache_.get())) {
+        // Observers read a contiguous copy; attention itself walked the blocks.
+        const index_t heads = c.n_kv_heads;
+        observed_keys_.resize(static_cast<std::size_t>(heads * capacity_ * head_dim));
+        observed_values_.resize(observed_keys_.size());
+        observed_positions_.resize(static_cast<std::size_t>(heads * capacity_));
+        const auto k = kvcrush::make_head_token_dim(observed_keys_.data(), heads, longest, head_dim, capacity_);
+        const auto v = kvcrush::make_head_token_dim(observed_values_.data(), heads, longest, head_dim, capacity_);
+        const auto p = kvcrush::make_matrix_view(observed_positions_.data(), heads, longest, capacity_);
+        paged->pool().gather(paged->sequence().id(), layer, k, v, p);
+        event.keys = k;
+        event.values = v;
+        event.positions = p;
+      }
       observer_->on_attention(event);
     }
   }
 
   const model* model_;
-  index_t capacity_;
-  kv_cache cache_;
+  index_t capacity_ = 0;
+  std::unique_ptr<kv_store> cache_;
   rope_rotation rope_;
   index_t position_ = 0;
   attention_observer* observer_ = nullptr;
@@ -195,6 +237,9 @@ class engine {
   Eigen::VectorXf hb_, hb2_;  // FFN [hidden]
   Eigen::VectorXf logits_;    // [vocab]
   std::vector<float> attention_;  // probabilities [n_heads][capacity]
+  std::vector<index_t> head_lengths_;  // rows each KV head holds, this layer
+  std::vector<float> observed_keys_, observed_values_;  // paged store: what observers see
+  std::vector<index_t> observed_positions_;
 };
 
 }  // namespace kvcrush_llama

@@ -1,27 +1,33 @@
-// The engine's key/value cache, laid out for eviction.
+// The engine's key/value cache: kvcrush's own caches behind one interface.
 //
-// Per layer, keys and values live in [kv_head][token][head_dim] buffers with
-// a fixed token capacity (the kvcrush head_token_dim layout, so library
-// algorithms read them through kvcrush::kv_view without copies). Keys are
-// stored already rotated by RoPE at their absolute position, and each cached
-// row remembers that position: attention runs over the rows the cache holds,
-// not over positions 0..pos, so rows can be removed (evicted) and decoding
-// continues with a cache shorter than the sequence.
+// Keys are stored already rotated by RoPE at their absolute position, and
+// every cached row remembers that position: attention runs over the rows
+// the cache holds, not over positions 0..pos, so rows can be evicted and
+// decoding continues with a cache shorter than the sequence.
 //
-// Limitation: one length per layer. All KV heads of a layer hold the same
-// rows, so eviction keeps one row set per layer (the library's shared keep
-// sets). Per-head (ragged) keep sets need a length and a positions vector per
-// KV head, and a kv_view per head since a kv_view has a single token extent;
-// the attention loop already reads the length per layer in one place
-// (engine.hpp), which is where a per-head length would be read.
+// Three stores, one per way an engine lays out its cache:
+//   contiguous_store  kvcrush::contiguous_cache<float>, [kv_head][token][dim]
+//                     per layer; shared or per-head keep sets of one length.
+//   per_head_store    one single-head contiguous_cache per KV head, so heads
+//                     may hold different numbers of tokens (AdaKV's ragged,
+//                     head-wise budgets).
+//   paged_store       kvcrush::paged_cache<float> (vLLM-style blocks of
+//                     [token][head][dim], a block table per sequence) for
+//                     one sequence; attention walks the block table.
+// The engine reads every store through head_rows: per KV head, runs of rows
+// (one run for the contiguous stores, one per block for the paged one).
 #pragma once
 
 #include <algorithm>
-#include <cstring>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "kvcrush/cache/contiguous_cache.hpp"
+#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/cache/paged_cache.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -29,122 +35,197 @@ namespace kvcrush_llama {
 
 using kvcrush::index_t;
 
-class layer_cache {
- public:
-  layer_cache(index_t kv_heads, index_t head_dim, index_t capacity)
-      : kv_heads_(kv_heads),
-        head_dim_(head_dim),
-        capacity_(capacity),
-        keys_(static_cast<std::size_t>(kv_heads * capacity * head_dim)),
-        values_(keys_.size()) {
-    if (kv_heads <= 0 || head_dim <= 0 || capacity <= 0) {
-      throw std::invalid_argument("kvcrush_llama::layer_cache: kv_heads, head_dim and capacity must be positive");
-    }
-    positions_.reserve(static_cast<std::size_t>(capacity));
-  }
-
-  index_t kv_heads() const noexcept { return kv_heads_; }
-  index_t head_dim() const noexcept { return head_dim_; }
-  index_t capacity() const noexcept { return capacity_; }
-  // Rows (tokens) held; the same for every KV head of the layer.
-  index_t length() const noexcept { return static_cast<index_t>(positions_.size()); }
-  bool full() const noexcept { return length() == capacity_; }
-
-  // (kv_head, token, dim) views of the rows held; the head stride is
-  // capacity * head_dim. Keys are RoPE-rotated at their positions.
-  kvcrush::kv_view<float> keys() { return view_of(keys_.data()); }
-  kvcrush::kv_view<const float> keys() const { return view_of(keys_.data()); }
-  kvcrush::kv_view<float> values() { return view_of(values_.data()); }
-  kvcrush::kv_view<const float> values() const { return view_of(values_.data()); }
-
-  // Absolute position of each row, ascending.
-  kvcrush::vector_view<const index_t> positions() const {
-    return kvcrush::make_vector_view(positions_.data(), length());
-  }
-
-  // Appends one token: key and value hold kv_heads * head_dim floats
-  // ([head][dim]), the key already rotated at position. Throws
-  // std::length_error when the cache is full.
-  void append(const float* key, const float* value, index_t position) {
-    if (full()) {
-      throw std::length_error("kvcrush_llama::layer_cache: cache full (capacity " + std::to_string(capacity_) +
-                              "); evict rows before appending");
-    }
-    const index_t row = length();
-    for (index_t h = 0; h < kv_heads_; ++h) {
-      std::memcpy(row_pointer(keys_.data(), h, row), key + h * head_dim_, row_bytes());
-      std::memcpy(row_pointer(values_.data(), h, row), value + h * head_dim_, row_bytes());
-    }
-    positions_.push_back(position);
-  }
-
-  // Keeps only the given rows, in order, in every KV head (eviction of all
-  // others). rows must be strictly ascending row indices in [0, length()),
-  // e.g. a shared keep set from kvcrush::select_keep. Compacts in place.
-  // Throws std::invalid_argument (leaving the cache unchanged) otherwise.
-  void keep_rows(kvcrush::vector_view<const index_t> rows) {
-    const index_t n = rows.extent(0);
-    for (index_t i = 0; i < n; ++i) {
-      const index_t r = rows[i];
-      if (r < 0 || r >= length() || (i > 0 && r <= rows[i - 1])) {
-        throw std::invalid_argument("kvcrush_llama::layer_cache::keep_rows: rows must be strictly ascending in [0, " +
-                                    std::to_string(length()) + "); entry " + std::to_string(i) + " is " +
-                                    std::to_string(r));
-      }
-    }
-    // Ascending rows satisfy rows[i] >= i, so moving row rows[i] down to i
-    // in increasing i never overwrites a row still to be moved.
-    for (index_t i = 0; i < n; ++i) {
-      const index_t from = rows[i];
-      if (from == i) continue;
-      for (index_t h = 0; h < kv_heads_; ++h) {
-        std::memcpy(row_pointer(keys_.data(), h, i), row_pointer(keys_.data(), h, from), row_bytes());
-        std::memcpy(row_pointer(values_.data(), h, i), row_pointer(values_.data(), h, from), row_bytes());
-      }
-      positions_[static_cast<std::size_t>(i)] = positions_[static_cast<std::size_t>(from)];
-    }
-    positions_.resize(static_cast<std::size_t>(n));
-  }
-
-  void keep_rows(const std::vector<index_t>& rows) {
-    keep_rows(kvcrush::make_vector_view(rows.data(), static_cast<index_t>(rows.size())));
-  }
-
-  void clear() noexcept { positions_.clear(); }
-
- private:
-  template <class T>
-  kvcrush::kv_view<T> view_of(T* data) const {
-    return kvcrush::make_head_token_dim(data, kv_heads_, length(), head_dim_, capacity_);
-  }
-  float* row_pointer(float* base, index_t head, index_t row) const noexcept {
-    return base + (head * capacity_ + row) * head_dim_;
-  }
-  std::size_t row_bytes() const noexcept { return static_cast<std::size_t>(head_dim_) * sizeof(float); }
-
-  index_t kv_heads_, head_dim_, capacity_;
-  std::vector<float> keys_, values_;  // [kv_head][capacity][head_dim]
-  std::vector<index_t> positions_;    // one per row held: its length is the cache length
+// Consecutive cached rows of one KV head: row i of the run is at keys + i *
+// stride (head_dim floats), its position at positions[i * position_stride].
+struct row_run {
+  const float* keys = nullptr;
+  const float* values = nullptr;
+  index_t count = 0;
+  index_t stride = 0;
+  const index_t* positions = nullptr;
+  index_t position_stride = 1;
 };
 
-// One layer_cache per transformer layer.
-class kv_cache {
+class kv_store {
  public:
-  kv_cache(index_t n_layers, index_t kv_heads, index_t head_dim, index_t capacity) {
-    layers_.reserve(static_cast<std::size_t>(n_layers));
-    for (index_t l = 0; l < n_layers; ++l) layers_.emplace_back(kv_heads, head_dim, capacity);
+  virtual ~kv_store() = default;
+  virtual index_t layers() const = 0;
+  virtual index_t kv_heads() const = 0;
+  virtual index_t head_dim() const = 0;
+  virtual index_t capacity() const = 0;  // tokens a head of a layer can hold
+  virtual index_t length(index_t layer, index_t kv_head) const = 0;
+  // Appends one token: keys and values hold kv_heads * head_dim floats
+  // ([head][dim]), the key rotated at position.
+  virtual void append(index_t layer, const float* keys, const float* values, index_t position) = 0;
+  // Calls f(const row_run&) for the runs of one head's rows, in cache order.
+  virtual void for_each_run(index_t layer, index_t kv_head,
+                            const std::function<void(const row_run&)>& f) const = 0;
+  // Eviction with a library keep set (shared, per head, or ragged where the
+  // store allows); checked by the library before anything moves.
+  virtual void evict(index_t layer, const kvcrush::keep_view& keep) = 0;
+  virtual void clear() = 0;
+
+  // Longest head of a layer (all heads, unless the store is ragged).
+  index_t length(index_t layer) const {
+    index_t longest = 0;
+    for (index_t h = 0; h < kv_heads(); ++h) longest = std::max(longest, length(layer, h));
+    return longest;
+  }
+  bool full(index_t layer) const { return length(layer) >= capacity(); }
+
+  // Shared eviction: keep rows (strictly ascending indices into the cache).
+  void keep_rows(index_t layer, const std::vector<index_t>& rows) {
+    evict(layer, kvcrush::keep_view::shared(rows.data(), static_cast<index_t>(rows.size())));
+  }
+};
+
+class contiguous_store final : public kv_store {
+ public:
+  using kv_store::length;
+  contiguous_store(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity)
+      : cache_(layers, kv_heads, head_dim, capacity, kvcrush::kv_layout::head_token_dim) {}
+
+  kvcrush::contiguous_cache<float>& cache() noexcept { return cache_; }
+  const kvcrush::contiguous_cache<float>& cache() const noexcept { return cache_; }
+
+  index_t layers() const override { return cache_.layers(); }
+  index_t kv_heads() const override { return cache_.kv_heads(); }
+  index_t head_dim() const override { return cache_.head_dim(); }
+  index_t capacity() const override { return cache_.capacity(); }
+  index_t length(index_t layer, index_t) const override { return cache_.length(layer); }
+  void append(index_t layer, const float* keys, const float* values, index_t position) override {
+    append_rows(cache_, layer, keys, values, position);
+  }
+  void for_each_run(index_t layer, index_t kv_head, const std::function<void(const row_run&)>& f) const override {
+    const auto k = cache_.keys(layer);
+    const auto v = cache_.values(layer);
+    const auto p = cache_.positions(layer);
+    if (k.tokens() == 0) return;
+    f(row_run{k.row(kv_head, 0), v.row(kv_head, 0), k.tokens(), k.token_stride(), &p(kv_head, 0), 1});
+  }
+  void evict(index_t layer, const kvcrush::keep_view& keep) override { cache_.evict_tokens(layer, keep); }
+  void clear() override {
+    for (index_t l = 0; l < cache_.layers(); ++l) cache_.clear(l);
   }
 
-  index_t n_layers() const noexcept { return static_cast<index_t>(layers_.size()); }
-  layer_cache& layer(index_t l) { return layers_.at(static_cast<std::size_t>(l)); }
-  const layer_cache& layer(index_t l) const { return layers_.at(static_cast<std::size_t>(l)); }
-
-  void clear() noexcept {
-    for (auto& layer : layers_) layer.clear();
+  // One token's rows for all heads of a layer into a library cache.
+  template <class Cache>
+  static void append_rows(Cache& cache, index_t layer, const float* keys, const float* values, index_t position) {
+    const index_t heads = cache.kv_heads(), d = cache.head_dim();
+    const auto k = kvcrush::make_head_token_dim(keys, heads, 1, d);
+    const auto v = kvcrush::make_head_token_dim(values, heads, 1, d);
+    cache.append(layer, k, v, kvcrush::make_vector_view(&position, 1));
   }
 
  private:
-  std::vector<layer_cache> layers_;
+  kvcrush::contiguous_cache<float> cache_;
+};
+
+class per_head_store final : public kv_store {
+ public:
+  using kv_store::length;
+  per_head_store(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity) : head_dim_(head_dim) {
+    for (index_t h = 0; h < kv_heads; ++h) {
+      heads_.push_back(std::make_unique<kvcrush::contiguous_cache<float>>(layers, 1, head_dim, capacity,
+                                                                         kvcrush::kv_layout::head_token_dim));
+    }
+  }
+
+  // The single-head cache of KV head h (what a per-head controller drives).
+  kvcrush::contiguous_cache<float>& head(index_t h) { return *heads_.at(static_cast<std::size_t>(h)); }
+
+  index_t layers() const override { return heads_.front()->layers(); }
+  index_t kv_heads() const override { return static_cast<index_t>(heads_.size()); }
+  index_t head_dim() const override { return head_dim_; }
+  index_t capacity() const override { return heads_.front()->capacity(); }
+  index_t length(index_t layer, index_t kv_head) const override {
+    return heads_.at(static_cast<std::size_t>(kv_head))->length(layer);
+  }
+  void append(index_t layer, const float* keys, const float* values, index_t position) override {
+    for (index_t h = 0; h < kv_heads(); ++h) {
+      contiguous_store::append_rows(*heads_[static_cast<std::size_t>(h)], layer, keys + h * head_dim_,
+                                    values + h * head_dim_, position);
+    }
+  }
+  void for_each_run(index_t layer, index_t kv_head, const std::function<void(const row_run&)>& f) const override {
+    const auto& c = *heads_.at(static_cast<std::size_t>(kv_head));
+    const auto k = c.keys(layer);
+    if (k.tokens() == 0) return;
+    f(row_run{k.row(0, 0), c.values(layer).row(0, 0), k.tokens(), k.token_stride(), &c.positions(layer)(0, 0), 1});
+  }
+  // Keep sets with one row per head may be ragged: each head keeps its own.
+  void evict(index_t layer, const kvcrush::keep_view& keep) override {
+    kvcrush::validate_keep(keep, kv_heads(), length(layer), "per_head_store::evict");
+    for (index_t h = 0; h < kv_heads(); ++h) {
+      const index_t row = keep.row_of_head(h);
+      kvcrush::detail::require(keep.count(row) == 0 || keep.at(row, keep.count(row) - 1) < length(layer, h),
+                               "per_head_store::evict: head ", h, " holds ", length(layer, h), " tokens");
+    }
+    for (index_t h = 0; h < kv_heads(); ++h) {
+      const index_t row = keep.row_of_head(h);
+      heads_[static_cast<std::size_t>(h)]->evict_tokens(
+          layer, kvcrush::keep_view::shared(&keep.rows.data()[row * keep.rows.stride(0)], keep.count(row)));
+    }
+  }
+  void clear() override {
+    for (auto& c : heads_)
+      for (index_t l = 0; l < c->layers(); ++l) c->clear(l);
+  }
+
+ private:
+  index_t head_dim_;
+  std::vector<std::unique_ptr<kvcrush::contiguous_cache<float>>> heads_;
+};
+
+class paged_store final : public kv_store {
+ public:
+  using kv_store::length;
+  paged_store(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity, index_t block_size)
+      : capacity_(capacity), pool_(config(layers, kv_heads, head_dim, capacity, block_size)),
+        sequence_(pool_, pool_.create()) {}
+
+  kvcrush::paged_cache<float>& pool() noexcept { return pool_; }
+  kvcrush::paged_sequence<float>& sequence() noexcept { return sequence_; }
+
+  index_t layers() const override { return pool_.layers(); }
+  index_t kv_heads() const override { return pool_.kv_heads(); }
+  index_t head_dim() const override { return pool_.head_dim(); }
+  index_t capacity() const override { return capacity_; }
+  index_t length(index_t layer, index_t) const override { return pool_.length(sequence_.id(), layer); }
+  void append(index_t layer, const float* keys, const float* values, index_t position) override {
+    const index_t heads = kv_heads(), d = head_dim();
+    pool_.append(sequence_.id(), layer, kvcrush::make_head_token_dim(keys, heads, 1, d),
+                 kvcrush::make_head_token_dim(values, heads, 1, d), kvcrush::make_vector_view(&position, 1));
+  }
+  // One run per block of the block table: attention walks the blocks.
+  void for_each_run(index_t layer, index_t kv_head, const std::function<void(const row_run&)>& f) const override {
+    pool_.for_each_block(sequence_.id(), layer, [&](const kvcrush::paged_block<float>& block) {
+      f(row_run{block.keys.row(kv_head, 0), block.values.row(kv_head, 0), block.tokens, block.keys.token_stride(),
+                &block.positions(kv_head, 0), block.positions.stride(1)});
+    });
+  }
+  void evict(index_t layer, const kvcrush::keep_view& keep) override { sequence_.evict_tokens(layer, keep); }
+  void clear() override {
+    pool_.release(sequence_.id());
+    sequence_ = kvcrush::paged_sequence<float>(pool_, pool_.create());
+  }
+
+ private:
+  static kvcrush::paged_cache_config config(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity,
+                                            index_t block_size) {
+    kvcrush::paged_cache_config cfg;
+    cfg.layers = layers;
+    cfg.kv_heads = kv_heads;
+    cfg.head_dim = head_dim;
+    cfg.block_size = block_size;
+    cfg.blocks = (capacity + block_size - 1) / block_size + 1;
+    cfg.max_sequences = 1;
+    return cfg;
+  }
+
+  index_t capacity_;
+  kvcrush::paged_cache<float> pool_;
+  kvcrush::paged_sequence<float> sequence_;
 };
 
 }  // namespace kvcrush_llama

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -41,6 +42,7 @@ struct options {
   std::string tokenizer = KVCRUSH_LLAMA_DEFAULT_TOKENIZER;
   long steps = default_steps;
   std::string prompt;
+  bool paged = false;
   bool help = false;
 };
 
@@ -50,12 +52,14 @@ struct usage_error {
 
 void print_usage(std::FILE* out) {
   std::fprintf(out,
-               "usage: kvcrush-llama [--model PATH] [--tokenizer PATH] [--steps N] [--prompt TEXT]\n"
+               "usage: kvcrush-llama [--model PATH] [--tokenizer PATH] [--steps N] [--prompt TEXT] [--paged]\n"
                "  --model PATH      llama2.c checkpoint (default %s)\n"
                "  --tokenizer PATH  llama2.c tokenizer (default %s)\n"
                "  --steps N         positions to run, prompt included (default %ld; 0 or more than\n"
                "                    the model's seq_len means seq_len, as in llama2.c)\n"
-               "  --prompt TEXT     text to start from (default: none, start from BOS)\n",
+               "  --prompt TEXT     text to start from (default: none, start from BOS)\n"
+               "  --paged           keep the KV cache in kvcrush's paged cache (blocks of 16 tokens)\n"
+               "                    instead of the contiguous one; the output is the same\n",
                KVCRUSH_LLAMA_DEFAULT_MODEL, KVCRUSH_LLAMA_DEFAULT_TOKENIZER, default_steps);
 }
 
@@ -76,6 +80,10 @@ options parse_arguments(int argc, char** argv) {
     const std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
       parsed.help = true;
+      continue;
+    }
+    if (flag == "--paged") {
+      parsed.paged = true;
       continue;
     }
     const bool known = flag == "--model" || flag == "--tokenizer" || flag == "--steps" || flag == "--prompt";
@@ -118,7 +126,11 @@ int main(int argc, char** argv) {
         kvcrush_llama::tokenizer::load(opts.tokenizer, model.config().vocab_size);
     const long seq_len = static_cast<long>(model.config().seq_len);
     const long steps = opts.steps == 0 || opts.steps > seq_len ? seq_len : opts.steps;
-    kvcrush_llama::engine engine(model, steps);
+    const auto& c = model.config();
+    kvcrush_llama::engine engine =
+        opts.paged ? kvcrush_llama::engine(model, std::make_unique<kvcrush_llama::paged_store>(
+                                                      c.n_layers, c.n_kv_heads, c.head_dim(), steps, 16))
+                   : kvcrush_llama::engine(model, steps);
     kvcrush_llama::generate_greedy(engine, vocabulary, opts.prompt, steps, [](std::string_view piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);

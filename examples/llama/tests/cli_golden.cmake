@@ -1,7 +1,7 @@
 # Runs kvcrush-llama with 200 steps and compares its stdout with llama2.c's
 # reference output byte for byte. Prints "SKIPPED:" (ctest reports the test
 # as skipped) when the shared files are missing, unless CI=true.
-#   cmake -DCLI=<kvcrush-llama> -DSHARED_DIR=<dir> -DOUTPUT=<file> -P cli_golden.cmake
+#   cmake -DCLI=<kvcrush-llama> -DSHARED_DIR=<dir> -DOUTPUT=<file> [-DEXTRA_ARGS=--paged] -P cli_golden.cmake
 if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
   set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
 endif()
@@ -20,7 +20,7 @@ foreach(file IN ITEMS "${model}" "${tokenizer}" "${reference}")
 endforeach()
 
 execute_process(
-  COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" --steps 200
+  COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" --steps 200 ${EXTRA_ARGS}
   OUTPUT_FILE "${OUTPUT}"
   ERROR_VARIABLE errors
   RESULT_VARIABLE result)

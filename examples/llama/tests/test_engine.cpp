@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine.hpp"
@@ -149,6 +150,29 @@ model synthetic_model(bool shared_classifier, index_t n_kv_heads = 2, std::uint3
 
 const std::vector<int> some_tokens = {1, 5, 17, 3, 3, 30, 8, 0, 12, 25, 19, 2, 7, 31, 4, 9};
 
+// One layer of an engine's contiguous store, seen through the calls these
+// tests make.
+struct layer_ref {
+  kvcrush::contiguous_cache<float>* cache;
+  index_t l;
+  kvcrush::kv_view<const float> keys() const { return std::as_const(*cache).keys(l); }
+  kvcrush::kv_view<const float> values() const { return std::as_const(*cache).values(l); }
+  kvcrush::vector_view<const index_t> positions() const {  // KV head 0's (all heads share them here)
+    return kvcrush::make_vector_view<const index_t>(cache->length(l) ? &std::as_const(*cache).positions(l)(0, 0) : nullptr,
+                                                    cache->length(l));
+  }
+  index_t length() const { return cache->length(l); }
+  index_t capacity() const { return cache->capacity(); }
+  index_t kv_heads() const { return cache->kv_heads(); }
+  index_t head_dim() const { return cache->head_dim(); }
+  bool full() const { return length() >= capacity(); }
+  void keep_rows(const std::vector<index_t>& rows) const {
+    cache->evict_tokens(l, kvcrush::keep_view::shared(rows.data(), static_cast<index_t>(rows.size())));
+  }
+};
+
+layer_ref layer_of(engine& e, index_t l) { return {&dynamic_cast<kvcrush_llama::contiguous_store&>(e.cache()).cache(), l}; }
+
 TEST(LlamaEngine, MatchesADoublePrecisionReference) {
   for (const bool shared : {true, false}) {
     for (const index_t kv_heads : {1, 2, 4}) {  // multi-query, grouped, multi-head
@@ -200,7 +224,7 @@ struct recording_observer final : kvcrush_llama::attention_observer {
       r.queries.push_back(q);
       r.expected.push_back(expected);
     }
-    for (index_t t = 0; t < event.positions.extent(0); ++t) r.positions.push_back(event.positions[t]);
+    for (index_t t = 0; t < event.positions.extent(1); ++t) r.positions.push_back(event.positions(0, t));
     EXPECT_EQ(event.values.tokens(), r.length);
     EXPECT_EQ(event.keys.tokens(), r.length);
     records.push_back(std::move(r));
@@ -250,7 +274,7 @@ TEST(LlamaEngine, CacheHoldsRotatedKeysInHeadTokenDimLayout) {
   const model m = synthetic_model(true);
   engine e(m, 8);
   for (int i = 0; i < 3; ++i) e.forward(some_tokens[static_cast<std::size_t>(i)]);
-  const auto& layer = e.cache().layer(1);
+  const auto layer = layer_of(e, 1);
   const auto keys = layer.keys();
   EXPECT_EQ(keys.layout(), kvcrush::kv_layout::head_token_dim);
   EXPECT_EQ(keys.heads(), 2);
@@ -271,9 +295,9 @@ TEST(LlamaEngine, KeepingAllRowsChangesNothing) {
     const Eigen::VectorXf actual = kept.forward(some_tokens[i]);
     ASSERT_EQ(actual, expected) << "token " << i;  // bit for bit
     for (index_t l = 0; l < m.config().n_layers; ++l) {
-      std::vector<index_t> all(static_cast<std::size_t>(kept.cache().layer(l).length()));
+      std::vector<index_t> all(static_cast<std::size_t>(layer_of(kept, l).length()));
       std::iota(all.begin(), all.end(), index_t{0});
-      kept.cache().layer(l).keep_rows(all);
+      layer_of(kept, l).keep_rows(all);
     }
   }
 }
@@ -290,18 +314,18 @@ TEST(LlamaEngine, EvictedCachesKeepDecodingOverFewerRows) {
   const std::vector<std::vector<index_t>> keep = {{0, 3, 4, 5}, {1, 5}};
   std::vector<std::vector<float>> kept_keys(2);
   for (index_t l = 0; l < 2; ++l) {
-    const auto before = e.cache().layer(l).keys();
+    const auto before = layer_of(e, l).keys();
     for (index_t r : keep[static_cast<std::size_t>(l)]) {
       for (index_t h = 0; h < before.heads(); ++h) {
         for (index_t i = 0; i < before.head_dim(); ++i) kept_keys[static_cast<std::size_t>(l)].push_back(before(h, r, i));
       }
     }
-    e.cache().layer(l).keep_rows(keep[static_cast<std::size_t>(l)]);
+    layer_of(e, l).keep_rows(keep[static_cast<std::size_t>(l)]);
     reference.keep_rows(l, keep[static_cast<std::size_t>(l)]);
   }
   // The kept rows moved down intact, with their positions.
   for (index_t l = 0; l < 2; ++l) {
-    const auto& layer = e.cache().layer(l);
+    const auto layer = layer_of(e, l);
     const auto& rows = keep[static_cast<std::size_t>(l)];
     ASSERT_EQ(layer.length(), static_cast<index_t>(rows.size()));
     std::size_t at = 0;
@@ -346,7 +370,7 @@ TEST(LlamaEngine, FullCachesRefuseTokensUntilRowsAreEvicted) {
   e.set_observer(&observer);
   for (int i = 4; i < 40; ++i) {
     for (index_t l = 0; l < 2; ++l) {
-      auto& layer = e.cache().layer(l);
+      auto layer = layer_of(e, l);
       if (layer.full()) layer.keep_rows(std::vector<index_t>{0, layer.length() - 2, layer.length() - 1});
     }
     const Eigen::VectorXf& logits = e.forward(some_tokens[static_cast<std::size_t>(i) % some_tokens.size()]);
@@ -367,7 +391,7 @@ TEST(LlamaEngine, BadRowSetsAreRefusedAndChangeNothing) {
   const model m = synthetic_model(true);
   engine e(m);
   for (int i = 0; i < 5; ++i) e.forward(some_tokens[static_cast<std::size_t>(i)]);
-  auto& layer = e.cache().layer(0);
+  auto layer = layer_of(e, 0);
   for (const std::vector<index_t>& bad : std::vector<std::vector<index_t>>{
            {0, 0, 1}, {2, 1}, {0, 5}, {-1, 2}, {0, 1, 2, 3, 4, 5}}) {
     EXPECT_THROW(layer.keep_rows(bad), std::invalid_argument);
@@ -392,7 +416,7 @@ TEST(LlamaEngine, EvictionOnTheSharedModel) {
   std::string text;
   for (int step = 0; step < 100; ++step) {
     for (index_t l = 0; l < m.config().n_layers; ++l) {
-      auto& layer = e.cache().layer(l);
+      auto layer = layer_of(e, l);
       if (layer.full()) {  // keep 4 sink rows and the 28 most recent
         std::vector<index_t> rows = {0, 1, 2, 3};
         for (index_t r = layer.length() - 28; r < layer.length(); ++r) rows.push_back(r);
@@ -427,3 +451,59 @@ TEST(LlamaEngine, PromptIsEchoedThenContinued) {
 }
 
 }  // namespace
+
+// The engine's three stores are kvcrush's caches: contiguous, one
+// single-head cache per KV head, and paged. Holding the same rows, they give
+// the same logits bit for bit, before and after evictions.
+TEST(LlamaEngine, ContiguousPagedAndPerHeadStoresAgree) {
+  const model m = synthetic_model(true);
+  const auto& c = m.config();
+  engine contiguous(m, 16);
+  engine paged(m, std::make_unique<kvcrush_llama::paged_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 16, 4));
+  engine per_head(m, std::make_unique<kvcrush_llama::per_head_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 16));
+  for (int i = 0; i < 40; ++i) {
+    for (index_t l = 0; l < c.n_layers; ++l) {
+      if (contiguous.cache().full(l)) {
+        // Keep a sink, every other middle row, and the last three.
+        std::vector<index_t> rows = {0};
+        const index_t n = contiguous.cache().length(l);
+        for (index_t r = 2; r < n - 3; r += 2) rows.push_back(r);
+        for (index_t r = n - 3; r < n; ++r) rows.push_back(r);
+        for (engine* e : {&contiguous, &paged, &per_head}) e->cache().keep_rows(l, rows);
+      }
+    }
+    const int token = some_tokens[static_cast<std::size_t>(i) % some_tokens.size()];
+    const Eigen::VectorXf expected = contiguous.forward(token);
+    ASSERT_EQ(paged.forward(token), expected) << "paged, token " << i;
+    ASSERT_EQ(per_head.forward(token), expected) << "per-head, token " << i;
+  }
+}
+
+TEST(LlamaEngine, PerHeadStoreHoldsRaggedHeads) {
+  const model m = synthetic_model(true);
+  const auto& c = m.config();
+  engine e(m, std::make_unique<kvcrush_llama::per_head_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 16));
+  for (int i = 0; i < 6; ++i) e.forward(some_tokens[static_cast<std::size_t>(i)]);
+  // Head 0 keeps 2 rows, head 1 keeps 5 (AdaKV-style head-wise budgets).
+  const std::vector<index_t> rows = {0, 5, -1, -1, -1, 0, 1, 2, 3, 5};
+  const std::vector<index_t> counts = {2, 5};
+  e.cache().evict(0, kvcrush::keep_view::ragged(kvcrush::make_matrix_view<const index_t>(rows.data(), 2, 5),
+                                                kvcrush::make_vector_view<const index_t>(counts.data(), 2)));
+  EXPECT_EQ(e.cache().length(0, 0), 2);
+  EXPECT_EQ(e.cache().length(0, 1), 5);
+  struct lengths_observer : kvcrush_llama::attention_observer {
+    std::vector<index_t> seen;
+    void on_attention(const kvcrush_llama::attention_event& event) override {
+      if (event.layer == 0) seen.assign(event.head_lengths.data(), event.head_lengths.data() + 2);
+    }
+  } observer;
+  e.set_observer(&observer);
+  EXPECT_TRUE(e.forward(3).allFinite());
+  EXPECT_EQ(observer.seen, (std::vector<index_t>{3, 6}));  // each head attends over its own rows + the new one
+  // A contiguous store refuses ragged keep sets (heads share one length).
+  engine shared(m, 16);
+  for (int i = 0; i < 6; ++i) shared.forward(some_tokens[static_cast<std::size_t>(i)]);
+  EXPECT_THROW(shared.cache().evict(0, kvcrush::keep_view::ragged(kvcrush::make_matrix_view<const index_t>(rows.data(), 2, 5),
+                                                                  kvcrush::make_vector_view<const index_t>(counts.data(), 2))),
+               std::invalid_argument);
+}
