@@ -165,6 +165,19 @@ class eviction_controller {
   }
 
   // True when appending new_tokens would take the layer above its limit.
+  // Changes a layer's budget from now on (e.g. once a head-wise allocation
+  // over the prompt has given this cache its share). The next make_room()
+  // holds the layer to the new budget + slack.
+  void set_budget(index_t layer, const layer_budget& budget) {
+    using kvcrush::detail::require;
+    require(budget.budget >= 0 && budget.sink >= 0 && budget.recent >= 0 && budget.budget >= budget.sink + budget.recent,
+            "eviction_controller::set_budget: budget ", budget.budget, " is below sink + recent (",
+            budget.sink + budget.recent, ")");
+    require(budget.budget + settings_.slack <= max_tokens_, "eviction_controller::set_budget: budget + slack exceeds "
+            "the controller's capacity of ", max_tokens_, " tokens");
+    state(layer).budget = budget;
+  }
+
   bool needs_eviction(index_t layer, index_t new_tokens = 1) const {
     return cache_->length(layer) + new_tokens > limit(layer);
   }
