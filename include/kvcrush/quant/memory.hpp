@@ -1,0 +1,126 @@
+// Memory accounting for key/value caches: what a cache's K/V data occupies,
+// in bytes, split by role, so that quantized, mixed-precision and plain
+// caches can be compared at equal byte budgets.
+//
+// What is counted:
+//   key_codes, value_codes   packed codes of quantized tokens
+//   key_params, value_params their scales and zero-points
+//   full_precision           K and V rows kept at full precision (the
+//                            recent window, a full-precision tier, or the
+//                            whole of a plain cache)
+//   positions                metadata: the original position of every
+//                            cached (head, token), sizeof(index_t) each
+// kv_bytes() (everything but positions) is what byte budgets are expressed
+// in: the positions cost the same per kept token whatever its precision,
+// and an engine may not need them. total_bytes() adds them. Per-head
+// counters and the fixed-size object itself are not counted. Bytes held,
+// not capacity: a cache also reports bytes_reserved() separately.
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+
+#include "kvcrush/float16.hpp"
+#include "kvcrush/quant/config.hpp"
+#include "kvcrush/tensor_view.hpp"
+
+namespace kvcrush {
+
+struct memory_usage {
+  std::size_t key_codes = 0;
+  std::size_t key_params = 0;
+  std::size_t value_codes = 0;
+  std::size_t value_params = 0;
+  std::size_t full_precision = 0;
+  std::size_t positions = 0;
+
+  std::size_t kv_bytes() const noexcept { return key_codes + key_params + value_codes + value_params + full_precision; }
+  std::size_t total_bytes() const noexcept { return kv_bytes() + positions; }
+
+  memory_usage& operator+=(const memory_usage& o) noexcept {
+    key_codes += o.key_codes;
+    key_params += o.key_params;
+    value_codes += o.value_codes;
+    value_params += o.value_params;
+    full_precision += o.full_precision;
+    positions += o.positions;
+    return *this;
+  }
+  friend memory_usage operator+(memory_usage a, const memory_usage& b) noexcept { return a += b; }
+  // The same usage n times (e.g. one head's usage for every head).
+  friend memory_usage operator*(memory_usage a, std::size_t n) noexcept {
+    a.key_codes *= n;
+    a.key_params *= n;
+    a.value_codes *= n;
+    a.value_params *= n;
+    a.full_precision *= n;
+    a.positions *= n;
+    return a;
+  }
+  friend bool operator==(const memory_usage& a, const memory_usage& b) noexcept {
+    return a.key_codes == b.key_codes && a.key_params == b.key_params && a.value_codes == b.value_codes &&
+           a.value_params == b.value_params && a.full_precision == b.full_precision && a.positions == b.positions;
+  }
+  friend bool operator!=(const memory_usage& a, const memory_usage& b) noexcept { return !(a == b); }
+};
+
+// A plain (unquantized) cache: `tokens` tokens of `heads` KV heads, K and V
+// rows of head_dim elements of T (float, float16 or bfloat16).
+template <class T>
+memory_usage plain_memory(index_t heads, index_t tokens, index_t head_dim) noexcept {
+  static_assert(is_storage_type_v<T>, "plain caches store float, float16 or bfloat16");
+  memory_usage m;
+  const auto cells = static_cast<std::size_t>(heads) * static_cast<std::size_t>(tokens);
+  m.full_precision = 2 * cells * static_cast<std::size_t>(head_dim) * sizeof(T);
+  m.positions = cells * sizeof(index_t);
+  return m;
+}
+
+// One layer of any cache with the shape accessors of contiguous_cache<T>
+// (storage_type, kv_heads(), head_dim(), length(layer)).
+template <class Cache>
+memory_usage plain_cache_memory(const Cache& cache, index_t layer) {
+  return plain_memory<typename Cache::storage_type>(cache.kv_heads(), cache.length(layer), cache.head_dim());
+}
+
+// A paged cache holds whole blocks: `blocks` blocks of block_size tokens
+// (the last one possibly partly used still occupies a block).
+template <class T>
+memory_usage paged_memory(index_t heads, index_t blocks, index_t block_size, index_t head_dim) noexcept {
+  return plain_memory<T>(heads, blocks * block_size, head_dim);
+}
+
+// Quantized storage of `groups` key groups (with their G value rows each)
+// and `window` full-precision tokens of W, for one head.
+template <class W>
+memory_usage quantized_memory(const quant_layout& l, index_t groups, index_t window) noexcept {
+  static_assert(is_storage_type_v<W>, "the window stores float, float16 or bfloat16");
+  memory_usage m;
+  const auto g = static_cast<std::size_t>(groups);
+  const std::size_t rows = g * static_cast<std::size_t>(l.group);
+  m.key_codes = g * l.key_group_code_bytes;
+  m.key_params = g * l.key_group_param_bytes;
+  m.value_codes = rows * l.value_row_bytes;
+  m.value_params = rows * l.value_row_param_bytes;
+  m.full_precision = 2 * static_cast<std::size_t>(window) * static_cast<std::size_t>(l.head_dim) * sizeof(W);
+  m.positions = (rows + static_cast<std::size_t>(window)) * sizeof(index_t);
+  return m;
+}
+
+// Key groups a layer holds after `tokens` tokens were appended to an empty
+// one (no eviction): the window keeps R to R + G - 1 tokens.
+inline index_t quantized_groups_for(const quant_config& cfg, index_t tokens) noexcept {
+  return tokens >= cfg.window + cfg.group_size ? (tokens - cfg.window) / cfg.group_size : 0;
+}
+
+// The memory of a quantized layer of `heads` heads after `tokens` tokens
+// were appended to it (no eviction): exactly what quantized_layer::memory()
+// then reports.
+template <class W>
+memory_usage quantized_memory_for(const quant_config& cfg, index_t heads, index_t head_dim, index_t tokens) {
+  const quant_layout l = quant_layout::make(cfg, head_dim);
+  const index_t groups = quantized_groups_for(cfg, tokens);
+  return quantized_memory<W>(l, groups, tokens - groups * cfg.group_size) * static_cast<std::size_t>(heads);
+}
+
+}  // namespace kvcrush

@@ -1,0 +1,314 @@
+// Group quantization: the error bound of quant/params.hpp for every element
+// (keys per channel, values per token, int8/int4/int2, float16 and float32
+// parameters) on random and adversarial data, float16 directed rounding,
+// code round trips and the int4/int2 byte layout.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kvcrush/quant/config.hpp"
+#include "kvcrush/quant/params.hpp"
+#include "kvcrush/simd/quant_encode.hpp"
+#include "test_support.hpp"
+
+namespace isa = kvcrush::isa;
+namespace simd = kvcrush::simd;
+using kvcrush::float16;
+using kvcrush::group_params;
+using kvcrush::index_t;
+
+namespace {
+
+// Named data sets, each G x d (token-major), that stress quantization.
+struct data_case {
+  const char* name;
+  std::vector<float> x;
+};
+
+std::vector<data_case> adversarial_cases(index_t rows, index_t d, float large, std::uint32_t seed) {
+  const auto n = static_cast<std::size_t>(rows * d);
+  std::vector<data_case> cases;
+  cases.push_back({"uniform", kvcrush_test::random_floats(n, seed, -2.0f, 2.0f)});
+  cases.push_back({"constant", std::vector<float>(n, 0.3f)});
+  cases.push_back({"zeros with negative zeros", std::vector<float>(n, -0.0f)});
+  cases[2].x[n / 2] = 0.0f;
+  cases.push_back({"negative constant", std::vector<float>(n, -1234.5f)});
+  auto plus_minus = kvcrush_test::random_floats(n, seed + 1, 0.0f, 1.0f);
+  for (auto& v : plus_minus) v = v < 0.5f ? -large : large;
+  cases.push_back({"+-large", plus_minus});
+  auto outlier = kvcrush_test::random_floats(n, seed + 2, -0.01f, 0.01f);
+  outlier[n / 3] = large;
+  cases.push_back({"single outlier", outlier});
+  auto offset = kvcrush_test::random_floats(n, seed + 3, 1000.0f, 1000.5f);
+  cases.push_back({"narrow range far from zero", offset});
+  auto tiny = kvcrush_test::random_floats(n, seed + 4, -1e-30f, 1e-30f);
+  cases.push_back({"tiny range", tiny});
+  std::vector<float> denormal(n);
+  for (std::size_t i = 0; i < n; ++i) denormal[i] = static_cast<float>(i % 5) * FLT_TRUE_MIN;
+  cases.push_back({"subnormals", denormal});
+  auto grid = kvcrush_test::tricky_floats(n, seed + 5, 7, 0.0);
+  cases.push_back({"ties on a grid", grid});
+  return cases;
+}
+
+template <class P>
+float largest_for() {
+  return std::is_same_v<P, float16> ? 60000.0f : 1e20f;
+}
+
+// Checks every element of a key group against the bound; returns the
+// largest error seen relative to scale / 2 (for the report).
+template <class P>
+void check_key_group(const std::vector<float>& x, index_t group, index_t d, int bits, const std::vector<std::uint8_t>& codes,
+                     const std::vector<P>& scale, const std::vector<P>& zero, const char* what) {
+  const std::size_t channel_bytes = kvcrush::packed_bytes(group, bits);
+  for (index_t c = 0; c < d; ++c) {
+    const group_params g = kvcrush::load_group_params(scale[c], zero[c]);
+    const float bound = kvcrush::quantization_error_bound(g, bits);
+    for (index_t t = 0; t < group; ++t) {
+      const int code = kvcrush::packed_code(codes.data() + c * channel_bytes, t, bits);
+      ASSERT_GE(code, 0);
+      ASSERT_LE(code, kvcrush::code_max(bits));
+      const float v = x[static_cast<std::size_t>(t * d + c)];
+      const float err = std::fabs(v - kvcrush::dequantize_value(code, g));
+      ASSERT_LE(err, bound) << what << " bits=" << bits << " c=" << c << " t=" << t << " x=" << v << " scale=" << g.scale
+                            << " zero=" << g.zero;
+    }
+  }
+}
+
+template <class P>
+void check_value_rows(const std::vector<float>& x, index_t rows, index_t d, index_t vg, int bits,
+                      const std::vector<std::uint8_t>& codes, const std::vector<P>& scale, const std::vector<P>& zero,
+                      const char* what) {
+  const std::size_t row_bytes = kvcrush::packed_bytes(d, bits);
+  const index_t groups = d / vg;
+  for (index_t t = 0; t < rows; ++t) {
+    for (index_t c = 0; c < d; ++c) {
+      const auto k = static_cast<std::size_t>(t * groups + c / vg);
+      const group_params g = kvcrush::load_group_params(scale[k], zero[k]);
+      const int code = kvcrush::packed_code(codes.data() + t * row_bytes, c, bits);
+      const float v = x[static_cast<std::size_t>(t * d + c)];
+      ASSERT_LE(std::fabs(v - kvcrush::dequantize_value(code, g)), kvcrush::quantization_error_bound(g, bits))
+          << what << " bits=" << bits << " t=" << t << " c=" << c << " x=" << v;
+    }
+    // Padding bits of the last byte are zero.
+    const std::size_t used_bits = static_cast<std::size_t>(d * bits) % 8;
+    if (used_bits != 0) {
+      const std::uint8_t last = codes[(t + 1) * row_bytes - 1];
+      ASSERT_EQ(last >> used_bits, 0) << what << " padding bits of row " << t;
+    }
+  }
+}
+
+template <class Isa, class P>
+void error_bounds_for_keys_and_values() {
+  const index_t d = 80, group = 32;
+  for (int bits : {2, 4, 8}) {
+    for (const auto& c : adversarial_cases(group, d, largest_for<P>(), static_cast<std::uint32_t>(bits))) {
+      const std::size_t code_bytes = kvcrush::packed_bytes(group, bits) * static_cast<std::size_t>(d);
+      std::vector<std::uint8_t> codes(code_bytes);
+      std::vector<P> scale(static_cast<std::size_t>(d)), zero(scale.size());
+      simd::quant_encode_kernel<Isa>::keys(c.x.data(), d, group, d, bits, codes.data(), scale.data(), zero.data());
+      check_key_group(c.x, group, d, bits, codes, scale, zero, c.name);
+      for (index_t vg : {index_t{80}, index_t{16}}) {
+        std::vector<std::uint8_t> vcodes(kvcrush::packed_bytes(d, bits) * static_cast<std::size_t>(group));
+        const auto params = static_cast<std::size_t>(group * (d / vg));
+        std::vector<P> vscale(params), vzero(params);
+        simd::quant_encode_kernel<Isa>::values(c.x.data(), d, group, d, vg, bits, vcodes.data(), vscale.data(), vzero.data());
+        check_value_rows(c.x, group, d, vg, bits, vcodes, vscale, vzero, c.name);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST(QuantGroup, Float16DirectedRounding) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-70000.0f, 70000.0f);
+  for (int i = 0; i < 20000; ++i) {
+    float x = u(rng);
+    if (i % 4 == 1) x *= 1e-6f;
+    if (i % 4 == 2) x *= 1e-9f;  // subnormal halves
+    if (std::fabs(x) > 65504.0f) continue;
+    const float16 down = kvcrush::impl::float16_round_down(x), up = kvcrush::impl::float16_round_up(x);
+    ASSERT_LE(kvcrush::to_float(down), x);
+    ASSERT_GE(kvcrush::to_float(up), x);
+    // Adjacent (or equal when x is a half).
+    if (kvcrush::to_float(down) == x) {
+      ASSERT_EQ(kvcrush::to_float(up), x);
+    } else {
+      ASSERT_EQ(kvcrush::to_float(kvcrush::impl::float16_next_up(down)), kvcrush::to_float(up)) << x;
+    }
+  }
+  EXPECT_EQ(kvcrush::to_float(kvcrush::impl::float16_round_down(0.0f)), 0.0f);
+  EXPECT_LT(kvcrush::to_float(kvcrush::impl::float16_round_down(-1e-10f)), 0.0f);
+  EXPECT_GT(kvcrush::to_float(kvcrush::impl::float16_round_up(1e-10f)), 0.0f);
+  EXPECT_EQ(kvcrush::to_float(kvcrush::impl::float16_round_up(65504.0f)), 65504.0f);
+}
+
+TEST(QuantGroup, ParametersCoverTheGroup) {
+  // zero <= lo and zero + qmax * scale >= hi (up to the float rounding of
+  // the division) for both parameter formats.
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-1000.0f, 1000.0f);
+  for (int bits : {2, 4, 8}) {
+    for (int i = 0; i < 5000; ++i) {
+      float lo = u(rng), hi = u(rng);
+      if (lo > hi) std::swap(lo, hi);
+      float s32, z32;
+      float16 s16, z16;
+      const group_params a = kvcrush::make_group_params(lo, hi, bits, s32, z32);
+      const group_params b = kvcrush::make_group_params(lo, hi, bits, s16, z16);
+      const auto qmax = static_cast<float>(kvcrush::code_max(bits));
+      EXPECT_EQ(a.zero, lo);
+      EXPECT_LE(b.zero, lo);
+      EXPECT_GE(b.scale * qmax + b.zero, hi - 1e-5f * std::max(std::fabs(hi), std::fabs(lo)));
+      EXPECT_EQ(kvcrush::to_float(s16), b.scale);
+      EXPECT_EQ(kvcrush::to_float(z16), b.zero);
+      EXPECT_EQ(s32, a.scale);
+    }
+  }
+  // A constant group is stored exactly (float32) and decodes to itself.
+  float s, z;
+  const group_params g = kvcrush::make_group_params(2.5f, 2.5f, 4, s, z);
+  EXPECT_EQ(g.scale, 0.0f);
+  EXPECT_EQ(g.inv, 0.0f);
+  EXPECT_EQ(kvcrush::dequantize_value(kvcrush::quantize_value(2.5f, g, 15.0f), g), 2.5f);
+}
+
+TEST(QuantGroup, ErrorBoundHoldsForEveryElementScalar) {
+  error_bounds_for_keys_and_values<isa::scalar, float>();
+  error_bounds_for_keys_and_values<isa::scalar, float16>();
+}
+
+TEST(QuantGroup, ErrorBoundHoldsForEveryElementActiveIsa) {
+  error_bounds_for_keys_and_values<isa::active, float>();
+  error_bounds_for_keys_and_values<isa::active, float16>();
+}
+
+TEST(QuantGroup, ErrorIsAtMostHalfAStepOnOrdinaryData) {
+  // Without the slack terms' help: on data of moderate magnitude the error
+  // stays within scale / 2 plus a few ulps.
+  const index_t d = 64, group = 64;
+  for (int bits : {2, 4, 8}) {
+    const auto x = kvcrush_test::random_floats(static_cast<std::size_t>(group * d), static_cast<std::uint32_t>(bits + 40), -3.0f, 5.0f);
+    std::vector<std::uint8_t> codes(kvcrush::packed_bytes(group, bits) * static_cast<std::size_t>(d));
+    std::vector<float> scale(static_cast<std::size_t>(d)), zero(scale.size());
+    simd::quant_encode_kernel<isa::active>::keys(x.data(), d, group, d, bits, codes.data(), scale.data(), zero.data());
+    float worst = 0.0f;
+    for (index_t c = 0; c < d; ++c) {
+      const group_params g = kvcrush::load_group_params(scale[c], zero[c]);
+      for (index_t t = 0; t < group; ++t) {
+        const int code = kvcrush::packed_code(codes.data() + c * kvcrush::packed_bytes(group, bits), t, bits);
+        const float err = std::fabs(x[static_cast<std::size_t>(t * d + c)] - kvcrush::dequantize_value(code, g));
+        worst = std::max(worst, err / (g.scale * 0.5f));
+      }
+    }
+    EXPECT_LE(worst, 1.0f + 1e-4f) << "bits=" << bits;
+    EXPECT_GT(worst, 0.5f) << "bits=" << bits;  // the bound is not vacuous
+  }
+}
+
+TEST(QuantGroup, CodesRoundTripThroughDequantization) {
+  // quantize(dequantize(code)) == code for every code of groups whose
+  // range is not negligible next to their offset.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-10.0f, 10.0f);
+  for (int bits : {2, 4, 8}) {
+    const auto qmax = static_cast<float>(kvcrush::code_max(bits));
+    for (int i = 0; i < 2000; ++i) {
+      float lo = u(rng), hi = u(rng);
+      if (lo > hi) std::swap(lo, hi);
+      if (hi - lo < 0.01f) continue;
+      float s32, z32;
+      float16 s16, z16;
+      const group_params a = kvcrush::make_group_params(lo, hi, bits, s32, z32);
+      const group_params b = kvcrush::make_group_params(lo, hi, bits, s16, z16);
+      for (int code = 0; code <= kvcrush::code_max(bits); ++code) {
+        ASSERT_EQ(kvcrush::quantize_value(kvcrush::dequantize_value(code, a), a, qmax), code) << bits;
+        ASSERT_EQ(kvcrush::quantize_value(kvcrush::dequantize_value(code, b), b, qmax), code) << bits;
+      }
+    }
+  }
+}
+
+TEST(QuantGroup, PackedCodeLayout) {
+  // int4: element 2i in the low nibble of byte i; int2: element 4i + k in
+  // bits 2k..2k+1 of byte i.
+  std::vector<std::uint8_t> b(4, 0);
+  for (int i = 0; i < 8; ++i) kvcrush::set_packed_code(b.data(), i, 4, i + 1);
+  EXPECT_EQ(b[0], 0x21);
+  EXPECT_EQ(b[1], 0x43);
+  EXPECT_EQ(b[3], 0x87);
+  std::fill(b.begin(), b.end(), 0);
+  const int twos[8] = {1, 2, 3, 0, 3, 3, 1, 2};
+  for (int i = 0; i < 8; ++i) kvcrush::set_packed_code(b.data(), i, 2, twos[i]);
+  EXPECT_EQ(b[0], 0x39);  // 01 | 10 << 2 | 11 << 4 | 00 << 6
+  EXPECT_EQ(b[1], 0x9f);  // 11 | 11 << 2 | 01 << 4 | 10 << 6
+  // Round trip of every code at every position, neighbours untouched.
+  for (int bits : {2, 4, 8}) {
+    std::mt19937 rng(static_cast<std::uint32_t>(bits));
+    std::vector<int> expected(37);
+    std::vector<std::uint8_t> packed(kvcrush::packed_bytes(37, bits), 0xff);
+    for (index_t i = 0; i < 37; ++i) {
+      expected[static_cast<std::size_t>(i)] = static_cast<int>(rng() % static_cast<unsigned>(kvcrush::code_max(bits) + 1));
+      kvcrush::set_packed_code(packed.data(), i, bits, expected[static_cast<std::size_t>(i)]);
+    }
+    for (index_t i = 0; i < 37; ++i) ASSERT_EQ(kvcrush::packed_code(packed.data(), i, bits), expected[static_cast<std::size_t>(i)]);
+  }
+  EXPECT_EQ(kvcrush::packed_bytes(80, 4), 40u);
+  EXPECT_EQ(kvcrush::packed_bytes(81, 4), 41u);
+  EXPECT_EQ(kvcrush::packed_bytes(81, 2), 21u);
+}
+
+TEST(QuantGroup, KeyCodesAreChannelMajorAndValuesRowMajor) {
+  // Keys: channel c's G codes are contiguous; values: one row per token.
+  const index_t d = 3, group = 16;
+  std::vector<float> x(static_cast<std::size_t>(group * d));
+  for (index_t t = 0; t < group; ++t)
+    for (index_t c = 0; c < d; ++c) x[static_cast<std::size_t>(t * d + c)] = static_cast<float>(t) * static_cast<float>(c + 1);
+  std::vector<std::uint8_t> codes(kvcrush::packed_bytes(group, 4) * d);
+  std::vector<float> scale(d), zero(d);
+  simd::quant_encode_kernel<isa::active>::keys(x.data(), d, group, d, 4, codes.data(), scale.data(), zero.data());
+  for (index_t c = 0; c < d; ++c) {
+    EXPECT_EQ(zero[static_cast<std::size_t>(c)], 0.0f);
+    for (index_t t = 0; t < group; ++t) EXPECT_EQ(kvcrush::packed_code(codes.data() + c * 8, t, 4), t) << c;
+  }
+}
+
+TEST(QuantGroup, ConfigValidation) {
+  kvcrush::quant_config cfg;
+  EXPECT_NO_THROW(kvcrush::validate(cfg, 128));
+  auto bad = [&](auto change, index_t d) {
+    kvcrush::quant_config c;
+    change(c);
+    EXPECT_THROW(kvcrush::validate(c, d), std::invalid_argument);
+  };
+  bad([](kvcrush::quant_config& c) { c.key_bits = 3; }, 128);
+  bad([](kvcrush::quant_config& c) { c.value_bits = 1; }, 128);
+  bad([](kvcrush::quant_config& c) { c.group_size = 24; }, 128);
+  bad([](kvcrush::quant_config& c) { c.group_size = 512; }, 128);
+  bad([](kvcrush::quant_config& c) { c.window = 48; }, 128);
+  bad([](kvcrush::quant_config& c) { c.value_group = 24; }, 96);
+  bad([](kvcrush::quant_config& c) { c.value_group = 7; }, 80);
+  bad([](kvcrush::quant_config&) {}, 0);
+  bad([](kvcrush::quant_config&) {}, 513);
+  try {
+    kvcrush::quant_config c;
+    c.key_bits = 5;
+    kvcrush::validate(c, 64);
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("kvcrush: ", 0), 0u) << e.what();
+  }
+  const auto l = kvcrush::quant_layout::make(cfg, 128);
+  EXPECT_EQ(l.key_group_code_bytes, 128u * 16u);   // 32 tokens x 4 bits per channel
+  EXPECT_EQ(l.key_group_param_bytes, 2u * 2u * 128u);
+  EXPECT_EQ(l.value_row_bytes, 64u);
+  EXPECT_EQ(l.value_row_param_bytes, 4u);
+}
