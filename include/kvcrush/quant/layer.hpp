@@ -172,6 +172,19 @@ class quantized_layer {
   // continuing the count of appended tokens).
   template <class Isa = isa::active, class U>
   void append(kv_view<const U> keys, kv_view<const U> values, vector_view<const index_t> positions = {}) {
+    append<Isa>(keys, values,
+                matrix_view<const index_t>(positions.data(), {positions.extent(0) ? 1 : 0, positions.extent(0)},
+                                           {0, positions.stride(0)}));
+  }
+  template <class Isa = isa::active, class U>
+  void append(kv_view<U> keys, kv_view<U> values, vector_view<const index_t> positions = {}) {
+    append<Isa>(kv_view<const U>(keys), kv_view<const U>(values), positions);
+  }
+
+  // The same with positions per head: (kv_heads, tokens), or (1, tokens)
+  // for all heads, or empty.
+  template <class Isa = isa::active, class U>
+  void append(kv_view<const U> keys, kv_view<const U> values, matrix_view<const index_t> positions) {
     using kvcrush::detail::require;
     const index_t d = head_dim();
     require(keys.heads() == heads_ && keys.head_dim() == d, "quantized_layer::append: keys are (", keys.heads(),
@@ -182,8 +195,10 @@ class quantized_layer {
     const index_t n = keys.tokens();
     require(length_ + n <= capacity_, "quantized_layer::append: the layer holds ", length_, " of ", capacity_,
             " tokens, no room for ", n, " more");
-    require(positions.extent(0) == 0 || positions.extent(0) == n, "quantized_layer::append: ", positions.extent(0),
-            " positions for ", n, " tokens");
+    require(positions.extent(0) == 0 ||
+                ((positions.extent(0) == 1 || positions.extent(0) == heads_) && positions.extent(1) == n),
+            "quantized_layer::append: positions are (", positions.extent(0), ", ", positions.extent(1), "), need (1 or ",
+            heads_, ", ", n, ")");
     check_rows(keys, "keys");
     check_rows(values, "values");
     if (cfg_.params == param_format::float16) {
@@ -191,10 +206,6 @@ class quantized_layer {
     } else {
       append_rows<Isa, float>(keys, values, positions);
     }
-  }
-  template <class Isa = isa::active, class U>
-  void append(kv_view<U> keys, kv_view<U> values, vector_view<const index_t> positions = {}) {
-    append<Isa>(kv_view<const U>(keys), kv_view<const U>(values), positions);
   }
 
   // Token-granular eviction (see the header comment): keep holds indices
@@ -413,7 +424,7 @@ class quantized_layer {
   }
 
   template <class Isa, class P, class U>
-  void append_rows(const kv_view<const U>& keys, const kv_view<const U>& values, vector_view<const index_t> positions) {
+  void append_rows(const kv_view<const U>& keys, const kv_view<const U>& values, matrix_view<const index_t> positions) {
     const index_t n = keys.tokens(), d = head_dim(), gs = cfg_.group_size, r = cfg_.window;
     float* key_rows = scratch(0);
     float* value_rows = scratch(1);
@@ -457,7 +468,8 @@ class quantized_layer {
       g += new_groups;
       window_[static_cast<std::size_t>(h)] = kept;
       index_t* pos = position_row(h) + length_;
-      for (index_t t = 0; t < n; ++t) pos[t] = positions.extent(0) ? positions[t] : appended_ + t;
+      const index_t source = positions.extent(0) == heads_ ? h : 0;
+      for (index_t t = 0; t < n; ++t) pos[t] = positions.extent(0) ? positions(source, t) : appended_ + t;
     }
     length_ += n;
     appended_ += n;

@@ -17,6 +17,7 @@
 // not capacity: a cache also reports bytes_reserved() separately.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <type_traits>
 
@@ -121,6 +122,80 @@ memory_usage quantized_memory_for(const quant_config& cfg, index_t heads, index_
   const quant_layout l = quant_layout::make(cfg, head_dim);
   const index_t groups = quantized_groups_for(cfg, tokens);
   return quantized_memory<W>(l, groups, tokens - groups * cfg.group_size) * static_cast<std::size_t>(heads);
+}
+
+// The K/V bytes of a tier of a layer (all KV heads) as a function of the
+// number of tokens it holds: full groups of `group` tokens cost group_bytes,
+// each token past the last full group token_bytes. A full-precision tier is
+// per token (group = 1); a quantized tier without window (R = 0) has the
+// group size of its keys and keeps its partial last group at full
+// precision. The cost need not grow monotonically (G - 1 full-precision
+// tokens may cost more than one quantized group).
+struct tier_cost {
+  std::size_t group_bytes = 0;
+  index_t group = 1;
+  std::size_t token_bytes = 0;
+
+  static tier_cost per_token(std::size_t bytes) noexcept { return {bytes, 1, bytes}; }
+
+  std::size_t bytes(index_t tokens) const noexcept {
+    const auto full = static_cast<std::size_t>(tokens / group), rest = static_cast<std::size_t>(tokens % group);
+    return full * group_bytes + rest * token_bytes;
+  }
+
+  // The most tokens, at most `limit`, whose cost fits in `budget` bytes.
+  // Larger groups counts always win (k groups hold more tokens than k - 1
+  // groups and any remainder), so: the most full groups that fit, then the
+  // most remaining tokens.
+  index_t max_tokens(std::size_t budget, index_t limit) const noexcept {
+    if (limit <= 0) return 0;
+    const index_t most_groups = limit / group;
+    index_t k = group_bytes == 0 ? most_groups : static_cast<index_t>(std::min<std::size_t>(budget / group_bytes, static_cast<std::size_t>(most_groups)));
+    const index_t room = k == most_groups ? limit - k * group : group - 1;  // remaining tokens allowed after k groups
+    const std::size_t left = budget - static_cast<std::size_t>(k) * group_bytes;
+    const index_t rest = token_bytes == 0 ? room : static_cast<index_t>(std::min<std::size_t>(left / token_bytes, static_cast<std::size_t>(room)));
+    return k * group + rest;
+  }
+};
+
+// Full-precision tokens of storage T: K and V rows of every head.
+template <class T>
+tier_cost full_precision_cost(index_t heads, index_t head_dim) noexcept {
+  static_assert(is_storage_type_v<T>, "full precision is float, float16 or bfloat16");
+  return tier_cost::per_token(2 * static_cast<std::size_t>(heads) * static_cast<std::size_t>(head_dim) * sizeof(T));
+}
+
+// A quantized tier of a layer without window (R = 0; cfg.window is not
+// used): what quantized_layer<W> holding those tokens reports as kv_bytes.
+template <class W>
+tier_cost quantized_cost(const quant_config& cfg, index_t heads, index_t head_dim) {
+  quant_config no_window = cfg;
+  no_window.window = 0;
+  const quant_layout l = quant_layout::make(no_window, head_dim);
+  const auto h = static_cast<std::size_t>(heads);
+  return {h * l.group_bytes(), cfg.group_size, full_precision_cost<W>(heads, head_dim).token_bytes};
+}
+
+// The most tokens a quantized layer (window included) can hold after
+// appending them, within `budget` K/V bytes (eviction + quantization at an
+// equal byte budget: evict down to this many tokens, then quantize).
+// With k >= 1 groups the window holds R..R+G-1 tokens; more groups always
+// hold more tokens, so: the most groups that fit with R window tokens, then
+// the most window tokens; or no group and up to R + G - 1 window tokens.
+template <class W>
+index_t quantized_tokens_within(const quant_config& cfg, index_t heads, index_t head_dim, std::size_t budget) {
+  const quant_layout l = quant_layout::make(cfg, head_dim);
+  const auto h = static_cast<std::size_t>(heads);
+  const std::size_t group_bytes = h * l.group_bytes();
+  const std::size_t token_bytes = full_precision_cost<W>(heads, head_dim).token_bytes;
+  const std::size_t window_floor = static_cast<std::size_t>(cfg.window) * token_bytes;
+  const index_t most_window = cfg.window + cfg.group_size - 1;
+  if (budget >= group_bytes + window_floor) {
+    const auto k = static_cast<index_t>((budget - window_floor) / group_bytes);
+    const std::size_t left = budget - static_cast<std::size_t>(k) * group_bytes;
+    return k * cfg.group_size + static_cast<index_t>(std::min<std::size_t>(left / token_bytes, static_cast<std::size_t>(most_window)));
+  }
+  return static_cast<index_t>(std::min<std::size_t>(budget / token_bytes, static_cast<std::size_t>(most_window)));
 }
 
 }  // namespace kvcrush
