@@ -84,6 +84,32 @@ constexpr float largest_storable() noexcept {
   return std::is_same_v<std::remove_cv_t<T>, float16> ? 65504.0f : 0x1p100f;
 }
 
+// The largest magnitude a quantized store accepts: what float16
+// parameters, and a float16 window W, can represent; 2^100 otherwise (far
+// from any overflow in ranges, scales and dequantization).
+template <class W>
+float quantizable_limit(param_format params) noexcept {
+  const float p = params == param_format::float16 ? 65504.0f : 0x1p100f;
+  return p < largest_storable<W>() ? p : largest_storable<W>();
+}
+
+// Throws unless every element is finite with |x| <= limit.
+template <class U>
+void check_quantizable(const kv_view<const U>& rows, float limit, const char* where, const char* what) {
+  for (index_t h = 0; h < rows.heads(); ++h) {
+    for (index_t t = 0; t < rows.tokens(); ++t) {
+      const U* row = rows.row(h, t);
+      bool ok = true;
+      for (index_t c = 0; c < rows.head_dim(); ++c) ok &= std::fabs(to_float(row[c])) <= limit;  // false for NaN
+      if (!ok) {
+        kvcrush::detail::throw_invalid(where, ": ", what, " of head ", h, ", token ", t,
+                                       " hold a NaN, an infinity or a value beyond +-", limit,
+                                       " (the largest the parameters and the full-precision rows can hold)");
+      }
+    }
+  }
+}
+
 }  // namespace impl
 
 template <class W = float16>
@@ -391,23 +417,9 @@ class quantized_layer {
     return scratch_.data() + static_cast<std::size_t>(which) * static_cast<std::size_t>(cfg_.group_size * head_dim());
   }
 
-  // Finite values that the stored parameters and the window can represent.
   template <class U>
   void check_rows(const kv_view<const U>& rows, const char* what) const {
-    const float limit = std::min(cfg_.params == param_format::float16 ? 65504.0f : 0x1p100f, impl::largest_storable<W>());
-    for (index_t h = 0; h < rows.heads(); ++h) {
-      for (index_t t = 0; t < rows.tokens(); ++t) {
-        const U* row = rows.row(h, t);
-        bool ok = true;
-        for (index_t c = 0; c < rows.head_dim(); ++c) ok &= std::fabs(to_float(row[c])) <= limit;  // false for NaN
-        if (!ok) {
-          kvcrush::detail::throw_invalid("quantized_layer::append: ", what, " of head ", h, ", token ", t,
-                                         " hold a NaN, an infinity or a value beyond +-", limit,
-                                         " (the largest the ", to_string(cfg_.params),
-                                         " parameters and the window can hold)");
-        }
-      }
-    }
+    impl::check_quantizable(rows, impl::quantizable_limit<W>(cfg_.params), "quantized_layer::append", what);
   }
 
   // Quantizes G rows (x + i * stride) into key group g and value rows
