@@ -495,6 +495,66 @@ TEST(DecodeController, RefusesWhatItCannotFollow) {
   EXPECT_EQ(cache.length(0), 16);
 }
 
+TEST(DecodeController, DrivesAnEnginesOwnBuffers) {
+  const shape s;
+  const index_t capacity = 30;
+  // The engine's storage: per layer K, V ([head][capacity][dim]), a length
+  // and per-head positions.
+  std::vector<std::vector<float>> keys(2, std::vector<float>(static_cast<std::size_t>(s.heads * capacity * s.d)));
+  auto values = keys;
+  std::vector<std::vector<index_t>> positions(2, std::vector<index_t>(static_cast<std::size_t>(s.heads * capacity)));
+  index_t lengths[2] = {0, 0};
+  kvcrush::contiguous_cache_ref<float> ref(s.layers, s.heads);
+  for (index_t l = 0; l < s.layers; ++l) {
+    ref.bind(l, {kvcrush::make_head_token_dim(keys[l].data(), s.heads, capacity, s.d),
+                 kvcrush::make_head_token_dim(values[l].data(), s.heads, capacity, s.d), &lengths[l],
+                 kvcrush::make_matrix_view(positions[l].data(), s.heads, capacity)});
+  }
+  kvcrush::contiguous_cache<float> owned(s.layers, s.heads, s.d, capacity);
+  kvcrush::eviction_settings settings;
+  settings.policy = h2o_policy(true, true);
+  settings.budgets = {kvcrush::layer_budget{20, 2, 4}};
+  settings.slack = 6;
+  settings.query_heads = s.query_heads;
+  kvcrush::eviction_controller<kvcrush::contiguous_cache_ref<float>> a(ref, settings);
+  kvcrush::eviction_controller<kvcrush::contiguous_cache<float>> b(owned, settings);
+  kvcrush::workspace ws;
+  for (int step = 0; step < 60; ++step) {
+    for (index_t l = 0; l < s.layers; ++l) {
+      const step_data data(s, step, l);
+      a.make_room(l, 1, ws);
+      b.make_room(l, 1, ws);
+      // The engine appends itself.
+      const index_t n = lengths[l];
+      for (index_t h = 0; h < s.heads; ++h) {
+        std::copy(data.k.begin() + h * s.d, data.k.begin() + (h + 1) * s.d, keys[l].begin() + (h * capacity + n) * s.d);
+        std::copy(data.v.begin() + h * s.d, data.v.begin() + (h + 1) * s.d, values[l].begin() + (h * capacity + n) * s.d);
+        positions[l][h * capacity + n] = step;
+      }
+      lengths[l] = n + 1;
+      append_row(owned, l, data.k.data(), data.v.data());
+      const auto rows = rows_of(owned, l);
+      ASSERT_EQ(rows.n, lengths[l]);
+      for (index_t h = 0; h < s.heads; ++h)
+        for (index_t t = 0; t < rows.n; ++t) {
+          ASSERT_EQ(positions[l][h * capacity + t], rows.positions[h * rows.n + t]);
+          for (index_t j = 0; j < s.d; ++j) ASSERT_EQ(keys[l][(h * capacity + t) * s.d + j], rows.keys[(h * rows.n + t) * s.d + j]);
+        }
+      const auto probs = probabilities_over(rows, s, data.q.data());
+      a.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+      b.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
+    }
+  }
+  EXPECT_EQ(a.selections(0), b.selections(0));
+  EXPECT_GT(a.selections(0), 3);
+  index_t unbound_length = 0;
+  kvcrush::contiguous_cache_ref<float> bad(1, s.heads);
+  EXPECT_THROW((void)bad.length(0), std::invalid_argument);
+  EXPECT_THROW(bad.bind(0, {kvcrush::make_head_token_dim(keys[0].data(), s.heads + 1, 2, s.d),
+                            kvcrush::make_head_token_dim(values[0].data(), s.heads + 1, 2, s.d), &unbound_length, {}}),
+               std::invalid_argument);
+}
+
 // ---- batches ----------------------------------------------------------------
 
 namespace {

@@ -180,5 +180,87 @@ class contiguous_cache {
   std::vector<layer_data> layers_;
 };
 
+// The same interface over an engine's own buffers (non-owning): per layer,
+// K and V views over the whole capacity, the engine's token count, and
+// optionally its positions (1 or H rows). Evictions compact those buffers in
+// place and update the engine's count, so the eviction controller can drive
+// an engine that keeps its cache in its own structures.
+template <class T>
+class contiguous_cache_ref {
+  static_assert(is_storage_type_v<T> && !std::is_const_v<T>, "storage must be float, float16 or bfloat16");
+
+ public:
+  using storage_type = T;
+
+  struct layer_ref {
+    kv_view<T> keys, values;         // (kv_heads, capacity, head_dim)
+    index_t* length = nullptr;       // tokens in use, owned by the engine
+    matrix_view<index_t> positions;  // optional: (1 or kv_heads, >= capacity)
+  };
+
+  contiguous_cache_ref(index_t layers, index_t kv_heads) : heads_(kv_heads) {
+    kvcrush::detail::require(layers >= 1 && kv_heads >= 1, "contiguous_cache_ref: layers and kv_heads must be >= 1");
+    layers_.resize(static_cast<std::size_t>(layers));
+  }
+
+  // Points `layer` at the engine's buffers (checked here, once).
+  void bind(index_t layer, const layer_ref& ref) {
+    using kvcrush::detail::require;
+    check_layer(layer);
+    require(ref.length != nullptr, "contiguous_cache_ref::bind: layer ", layer, " has no length");
+    require(ref.keys.heads() == heads_ && ref.values.heads() == heads_ && ref.values.tokens() == ref.keys.tokens(),
+            "contiguous_cache_ref::bind: keys and values must be (", heads_, " heads, same capacity)");
+    require(*ref.length >= 0 && *ref.length <= ref.keys.tokens(), "contiguous_cache_ref::bind: length ", *ref.length,
+            " outside the capacity ", ref.keys.tokens());
+    require(ref.positions.extent(0) == 0 ||
+                ((ref.positions.extent(0) == 1 || ref.positions.extent(0) == heads_) &&
+                 ref.positions.extent(1) >= ref.keys.tokens()),
+            "contiguous_cache_ref::bind: positions must be (1 or ", heads_, ", >= capacity)");
+    layers_[static_cast<std::size_t>(layer)] = ref;
+  }
+
+  index_t layers() const noexcept { return static_cast<index_t>(layers_.size()); }
+  index_t kv_heads() const noexcept { return heads_; }
+  index_t block_size() const noexcept { return 1; }
+  index_t length(index_t layer) const { return *bound(layer).length; }
+  kv_view<const T> keys(index_t layer) const { return bound(layer).keys.first_tokens(length(layer)); }
+
+  void evict_tokens(index_t layer, const keep_view& keep) {
+    const layer_ref& l = bound(layer);
+    const index_t n = *l.length;
+    validate_keep(keep, heads_, n, "contiguous_cache_ref::evict_tokens");
+    kvcrush::detail::require(keep_is_uniform(keep), "contiguous_cache_ref::evict_tokens: per-head keep sets must "
+                             "hold the same number of tokens (the engine keeps one length per layer)");
+    kvcrush::detail::require(keep.is_shared() || l.positions.extent(0) != 1 || heads_ == 1,
+                             "contiguous_cache_ref::evict_tokens: per-head keep sets need one positions row per head");
+    impl::compact_rows(l.keys.first_tokens(n), keep);
+    impl::compact_rows(l.values.first_tokens(n), keep);
+    if (l.positions.extent(0) != 0) impl::compact_positions(l.positions.slice(1, 0, n), keep);
+    *l.length = keep.count(0);
+  }
+
+  void evict_blocks(index_t layer, vector_view<const index_t> blocks, index_t block_size) {
+    const layer_ref& l = bound(layer);
+    const index_t n = *l.length;
+    matrix_view<index_t> positions = l.positions.extent(0) != 0 ? l.positions.slice(1, 0, n) : matrix_view<index_t>{};
+    *l.length = compact_blocks(l.keys.first_tokens(n), l.values.first_tokens(n), blocks, block_size, positions);
+  }
+
+ private:
+  void check_layer(index_t layer) const {
+    kvcrush::detail::require(layer >= 0 && layer < layers(), "contiguous_cache_ref: layer ", layer,
+                             " out of range [0, ", layers(), ")");
+  }
+  const layer_ref& bound(index_t layer) const {
+    check_layer(layer);
+    const layer_ref& l = layers_[static_cast<std::size_t>(layer)];
+    kvcrush::detail::require(l.length != nullptr, "contiguous_cache_ref: layer ", layer, " is not bound");
+    return l;
+  }
+
+  index_t heads_;
+  std::vector<layer_ref> layers_;
+};
+
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush
