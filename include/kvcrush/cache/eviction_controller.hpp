@@ -206,6 +206,11 @@ class eviction_controller {
     const index_t b = settings_.policy.layout.block_size;
     layer_budget target = s.budget;
     if (b == 1) target.budget = std::min(s.budget.budget, lim - new_tokens);
+    // StreamingLLM's recent window is everything after the sink, whatever
+    // room the step needs (SPEC 3: its budget is sink + recent).
+    if (settings_.policy.base == base_policy::streaming && !settings_.policy.kvcrush) {
+      target.recent = std::max<index_t>(target.budget - target.sink, 0);
+    }
     require(target.budget >= target.sink + target.recent, "eviction_controller: appending ", new_tokens,
             " tokens at once leaves room for ", target.budget, " cached tokens, below sink + recent (",
             target.sink + target.recent, "); append at most slack (", settings_.slack, ") tokens per step");

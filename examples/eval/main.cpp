@@ -1,0 +1,156 @@
+// kvcrush-eval: what each eviction policy costs in accuracy at a given
+// memory budget, on a real pretrained model (see options.hpp for the flags,
+// runner.hpp for one run).
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "corpus.hpp"
+#include "kvcrush/kvcrush.hpp"
+#include "model.hpp"
+#include "options.hpp"
+#include "progress.hpp"
+#include "report.hpp"
+#include "runner.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+using namespace kvcrush_eval;
+
+struct job {
+  std::string policy;
+  std::string variant;
+  kvcrush::policy_config config;
+  double budget;
+};
+
+kvcrush::policy_config configure(const std::string& name, const options& o) {
+  kvcrush::policy_config cfg = kvcrush::policy_config::parse(name);
+  cfg.crush = o.crush;
+  cfg.seed = o.seed;
+  cfg.window.kernel = 7;
+  return cfg;
+}
+
+std::vector<job> plan(const options& o) {
+  std::vector<job> jobs;
+  if (!o.ablation) {
+    for (const auto& name : o.policies) {
+      if (name == "full") {
+        jobs.push_back({name, "", configure(name, o), 1.0});
+        continue;
+      }
+      for (double b : o.budgets) jobs.push_back({name, "", configure(name, o), b});
+    }
+    return jobs;
+  }
+  // The KVCrush ablation: snapkv, then snapkv+kvcrush over every anchor x
+  // representative x crush fraction x signature heads, at one budget.
+  jobs.push_back({"full", "", configure("full", o), 1.0});
+  jobs.push_back({"snapkv", "", configure("snapkv", o), o.ablation_budget});
+  for (auto heads : {kvcrush::signature_heads::kv, kvcrush::signature_heads::query}) {
+    for (double fraction : {0.25, 0.5, 0.75}) {
+      for (auto anchor : {kvcrush::anchor_mode::mean, kvcrush::anchor_mode::inv_mean, kvcrush::anchor_mode::zeros,
+                          kvcrush::anchor_mode::ones, kvcrush::anchor_mode::alternating, kvcrush::anchor_mode::random}) {
+        for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
+                          kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
+          job j{"snapkv+kvcrush", "", configure("snapkv+kvcrush", o), o.ablation_budget};
+          j.config.crush.heads = heads;
+          j.config.crush.fraction = fraction;
+          j.config.crush.anchor = anchor;
+          j.config.crush.representative = rule;
+          j.variant = std::string(kvcrush::to_string(heads)) + " heads, crush " + fixed(fraction, 2) + ", " +
+                      std::string(kvcrush::to_string(anchor)) + ", " + std::string(kvcrush::to_string(rule));
+          jobs.push_back(j);
+        }
+      }
+    }
+  }
+  return jobs;
+}
+
+int run(const options& o) {
+  const auto model = kvcrush_llama::model::load(o.model);
+  const auto tok = kvcrush_llama::tokenizer::load(o.tokenizer, model.config().vocab_size);
+  if (o.context > model.config().seq_len) {
+    throw usage_error("--context " + std::to_string(o.context) + " exceeds the model's " +
+                      std::to_string(model.config().seq_len) + " positions");
+  }
+  std::vector<text_chunks> corpora;
+  for (const auto& path : o.text_paths()) corpora.push_back(make_chunks(path, tok, o.context, o.chunks));
+  const std::vector<job> jobs = plan(o);
+  long total = 0;
+  for (const auto& c : corpora) total += static_cast<long>(c.chunks.size() * (jobs.size() + 1));
+  progress_bar bar(total, o.progress);
+  std::fprintf(stderr, "kvcrush-eval: %zu runs per chunk, %s kernels\n", jobs.size(), std::string(kvcrush::isa::name()).c_str());
+
+  std::vector<result_row> rows;
+  kvcrush::workspace ws;
+  for (const auto& corpus : corpora) {
+    std::vector<result_row> text_rows(jobs.size());
+    for (const auto& chunk : corpus.chunks) {
+      const auto full = full_cache_predictions(model, chunk);
+      bar.step(corpus.name + ": full cache");
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const auto tokens = static_cast<kvcrush::index_t>(jobs[j].budget * static_cast<double>(chunk.size()));
+        const run_result r = run_policy(model, chunk, full, o, jobs[j].config, tokens, ws);
+        auto& row = text_rows[j];
+        row.text = corpus.name;
+        row.policy = jobs[j].policy;
+        row.variant = jobs[j].variant;
+        row.budget = jobs[j].budget;
+        row.budget_tokens = tokens;
+        row.peak_tokens = std::max(row.peak_tokens, r.peak_tokens);
+        row.over_budget = std::max(row.over_budget, r.over_budget);
+        row.acc.merge(r.acc);
+        bar.step(corpus.name + ": " + jobs[j].policy + " @ " + budget_label(jobs[j].budget));
+      }
+    }
+    rows.insert(rows.end(), text_rows.begin(), text_rows.end());
+  }
+
+  const std::string table = o.format == "csv" ? csv(rows) : markdown(rows, o.ablation);
+  if (o.output.empty()) {
+    std::cout << table;
+  } else {
+    std::ofstream out(o.output);
+    if (!(out << table)) throw std::runtime_error("cannot write " + o.output);
+  }
+  if (!o.plot.empty()) {
+    std::ofstream out(o.plot);
+    if (!(out << svg_plot(rows))) throw std::runtime_error("cannot write " + o.plot);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  try {
+    o = parse_options(argc, argv);
+  } catch (const usage_error& e) {
+    if (std::string(e.what()).empty()) {
+      std::cout << usage();
+      return 0;
+    }
+    std::cerr << "kvcrush-eval: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kvcrush-eval: error: " << e.what() << "\n";
+    return 2;
+  }
+  try {
+    return run(o);
+  } catch (const usage_error& e) {
+    std::cerr << "kvcrush-eval: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kvcrush-eval: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,210 @@
+// kvcrush-eval's command line. Defaults point at ../shared (the CMake cache
+// variable KVCRUSH_SHARED_DIR), so that running it without arguments
+// reproduces the README's tables.
+#pragma once
+
+#include <charconv>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kvcrush/policy/runtime.hpp"
+
+namespace kvcrush_eval {
+
+class usage_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+#ifndef KVCRUSH_EVAL_SHARED_DIR
+#define KVCRUSH_EVAL_SHARED_DIR "../shared"
+#endif
+
+struct options {
+  std::string model = std::string(KVCRUSH_EVAL_SHARED_DIR) + "/models/stories260K.bin";
+  std::string tokenizer = std::string(KVCRUSH_EVAL_SHARED_DIR) + "/models/tok512.bin";
+  std::vector<std::string> texts;  // default: both shared texts
+  std::vector<std::string> policies = {"full",      "streaming",         "random", "h2o",   "snapkv",
+                                       "tova",      "knorm",             "pyramidkv", "adakv", "h2o+kvcrush",
+                                       "snapkv+kvcrush", "tova+kvcrush", "pyramidkv+kvcrush"};
+  std::vector<double> budgets = {0.5, 0.25, 0.125};
+  kvcrush::crush_options crush{};
+  long context = 512;
+  double prefill = 0.5;  // fraction of the chunk (< 1), or a token count (>= 1)
+  long chunks = 8;
+  long sink = 4;
+  long window = 16;  // recent tokens kept, and SnapKV's observation window
+  long slack = 0;    // decode-time eviction: cache <= budget + slack
+  std::uint64_t seed = 0;
+  std::string format = "md";
+  std::string plot;      // SVG file, empty: no plot
+  std::string output;    // table file, empty: stdout
+  bool ablation = false;
+  double ablation_budget = 0.25;
+  bool paged = false;    // run the engine on the paged cache
+  bool progress = true;
+
+  std::vector<std::string> text_paths() const {
+    if (!texts.empty()) return texts;
+    return {std::string(KVCRUSH_EVAL_SHARED_DIR) + "/data/pride_and_prejudice.txt",
+            std::string(KVCRUSH_EVAL_SHARED_DIR) + "/data/stories_sampled.txt"};
+  }
+};
+
+inline const char* usage() {
+  return R"(kvcrush-eval - accuracy of KV-cache eviction policies on a real model
+
+usage: kvcrush-eval [options]
+
+For every text chunk (BOS + context - 1 tokens): prefill the first part with the full cache,
+compress each layer to the budget with the policy, then decode the rest teacher-forced with
+decode-time eviction (the cache never exceeds budget + slack tokens per layer), and compare
+every next-token prediction with the full cache's: perplexity and its change, top-1 agreement,
+mean KL(full || policy).
+
+  --model FILE          llama2.c checkpoint (default ../shared/models/stories260K.bin)
+  --tokenizer FILE      llama2.c tokenizer (default ../shared/models/tok512.bin)
+  --text FILE           evaluation text, repeatable (default: both texts in ../shared/data)
+  --policies LIST       comma-separated: full streaming random h2o snapkv tova knorm pyramidkv
+                        adakv, and compositions like snapkv+kvcrush (default: all bases and
+                        h2o/snapkv/tova/pyramidkv+kvcrush)
+  --budgets LIST        fractions of the context (default 0.5,0.25,0.125)
+  --crush F             KVCrush share of the unprotected budget (default 0.5)
+  --anchor A            mean inv_mean zeros ones alternating random (default mean)
+  --representative R    bucket_center bucket_start linspace stride (default bucket_center)
+  --threshold T         median mean (default median)
+  --signature-heads H   kv query (default kv)
+  --seed N              random policy and random anchor seed (default 0)
+  --context N           tokens per chunk, at most the model's 512 (default 512)
+  --prefill P           prefill length: a fraction of the chunk if < 1, else tokens (default 0.5)
+  --chunks N            chunks per text, spread over it (default 8)
+  --sink N              first tokens always kept (default 4)
+  --window N            recent tokens always kept, and SnapKV's window (default 16)
+  --slack N             decode-time eviction every N+1 tokens: cache <= budget + N (default 0)
+  --paged               run the engine on the paged cache (block size 16)
+  --ablation            instead: the KVCrush ablation (anchor x representative x crush
+                        fraction x signature heads) for snapkv+kvcrush at --ablation-budget
+  --ablation-budget F   (default 0.25)
+  --format md|csv       table format (default md)
+  --output FILE         write the table there instead of stdout
+  --plot FILE.svg       accuracy-against-budget plot
+  --quiet               no progress bar on stderr
+  --help
+)";
+}
+
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+inline double parse_real(const std::string& option, const std::string& value) {
+  std::size_t used = 0;
+  double out = 0;
+  try {
+    out = std::stod(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || value.empty()) throw usage_error(option + " expects a number, got '" + value + "'");
+  return out;
+}
+
+inline long parse_integer(const std::string& option, const std::string& value) {
+  long out = 0;
+  const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), out);
+  if (error != std::errc() || end != value.data() + value.size()) {
+    throw usage_error(option + " expects an integer, got '" + value + "'");
+  }
+  return out;
+}
+
+inline options parse_options(int argc, char** argv) {
+  options o;
+  bool policies_given = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw usage_error("option " + arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      throw usage_error("");
+    } else if (arg == "--model") {
+      o.model = value();
+    } else if (arg == "--tokenizer") {
+      o.tokenizer = value();
+    } else if (arg == "--text") {
+      o.texts.push_back(value());
+    } else if (arg == "--policies") {
+      o.policies = split_list(value());
+      policies_given = true;
+    } else if (arg == "--budgets") {
+      o.budgets.clear();
+      for (const auto& b : split_list(value())) o.budgets.push_back(parse_real("--budgets", b));
+    } else if (arg == "--crush") {
+      o.crush.fraction = parse_real(arg, value());
+    } else if (arg == "--anchor") {
+      o.crush.anchor = kvcrush::parse_anchor_mode(value());
+    } else if (arg == "--representative") {
+      o.crush.representative = kvcrush::parse_representative_rule(value());
+    } else if (arg == "--threshold") {
+      o.crush.threshold = kvcrush::parse_threshold_mode(value());
+    } else if (arg == "--signature-heads") {
+      o.crush.heads = kvcrush::parse_signature_heads(value());
+    } else if (arg == "--seed") {
+      o.seed = static_cast<std::uint64_t>(parse_integer(arg, value()));
+      o.crush.seed = o.seed;
+    } else if (arg == "--context") {
+      o.context = parse_integer(arg, value());
+    } else if (arg == "--prefill") {
+      o.prefill = parse_real(arg, value());
+    } else if (arg == "--chunks") {
+      o.chunks = parse_integer(arg, value());
+    } else if (arg == "--sink") {
+      o.sink = parse_integer(arg, value());
+    } else if (arg == "--window") {
+      o.window = parse_integer(arg, value());
+    } else if (arg == "--slack") {
+      o.slack = parse_integer(arg, value());
+    } else if (arg == "--paged") {
+      o.paged = true;
+    } else if (arg == "--ablation") {
+      o.ablation = true;
+    } else if (arg == "--ablation-budget") {
+      o.ablation_budget = parse_real(arg, value());
+    } else if (arg == "--format") {
+      o.format = value();
+    } else if (arg == "--output") {
+      o.output = value();
+    } else if (arg == "--plot") {
+      o.plot = value();
+    } else if (arg == "--quiet") {
+      o.progress = false;
+    } else {
+      throw usage_error("unknown option " + arg + " (see kvcrush-eval --help)");
+    }
+  }
+  if (o.format != "md" && o.format != "csv") throw usage_error("--format must be md or csv");
+  if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
+  if (o.context < 16) throw usage_error("--context must be >= 16");
+  if (o.sink < 0 || o.window < 1 || o.slack < 0) throw usage_error("--sink >= 0, --window >= 1, --slack >= 0 required");
+  if (o.prefill <= 0) throw usage_error("--prefill must be positive");
+  for (double b : o.budgets) {
+    if (!(b > 0.0 && b <= 1.0)) throw usage_error("--budgets are fractions in (0, 1]");
+  }
+  if (!(o.crush.fraction >= 0.0 && o.crush.fraction <= 1.0)) throw usage_error("--crush must be in [0, 1]");
+  for (const auto& p : o.policies) (void)kvcrush::policy_config::parse(p);  // unknown names fail here
+  (void)policies_given;
+  return o;
+}
+
+}  // namespace kvcrush_eval

@@ -1,0 +1,163 @@
+// Result tables (Markdown or CSV) and the accuracy-against-budget plot (SVG).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "metrics.hpp"
+
+namespace kvcrush_eval {
+
+struct result_row {
+  std::string text;
+  std::string policy;     // e.g. "snapkv+kvcrush"
+  std::string variant;    // ablation settings, empty otherwise
+  double budget = 1.0;    // fraction of the context
+  long budget_tokens = 0; // per KV head and layer
+  double peak_tokens = 0;  // most tokens a layer held while decoding (mean over KV heads)
+  double over_budget = -1e30;  // most a layer held above its own budget
+  accuracy acc;
+};
+
+inline std::string fixed(double v, int digits) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*f", digits, v);
+  return buffer;
+}
+
+inline std::string budget_label(double b) {
+  if (b >= 1.0) return "1";
+  const double inverse = 1.0 / b;
+  if (std::abs(inverse - std::round(inverse)) < 1e-9) return "1/" + std::to_string(static_cast<long>(std::round(inverse)));
+  return fixed(b, 3);
+}
+
+inline std::string markdown(const std::vector<result_row>& rows, bool with_variant) {
+  std::ostringstream out;
+  std::vector<std::string> texts;
+  for (const auto& r : rows)
+    if (std::find(texts.begin(), texts.end(), r.text) == texts.end()) texts.push_back(r.text);
+  for (const auto& text : texts) {
+    out << "### " << text << "\n\n";
+    out << "| policy |" << (with_variant ? " variant |" : "")
+        << " budget | tokens kept | perplexity | Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
+    out << "|---|" << (with_variant ? "---|" : "") << "---|---:|---:|---:|---:|---:|\n";
+    for (const auto& r : rows) {
+      if (r.text != text) continue;
+      out << "| " << r.policy << " |" << (with_variant ? " " + r.variant + " |" : "") << " " << budget_label(r.budget)
+          << " | " << r.budget_tokens << " | " << fixed(r.acc.perplexity(), 3) << " | "
+          << (r.acc.perplexity_change() >= 0 ? "+" : "") << fixed(100.0 * r.acc.perplexity_change(), 2) << "% | "
+          << fixed(100.0 * r.acc.agreement(), 2) << "% | " << fixed(r.acc.mean_kl(), 4) << " |\n";
+    }
+    if (!rows.empty()) {
+      for (const auto& r : rows) {
+        if (r.text == text) {
+          out << "\nFull-cache perplexity " << fixed(r.acc.perplexity_full(), 3) << " over " << r.acc.positions
+              << " predicted tokens.\n\n";
+          break;
+        }
+      }
+    }
+  }
+  return out.str();
+}
+
+inline std::string csv(const std::vector<result_row>& rows) {
+  std::ostringstream out;
+  out << "text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,"
+         "perplexity_change,top1_agreement,kl\n";
+  for (const auto& r : rows) {
+    out << r.text << "," << r.policy << "," << r.variant << "," << fixed(r.budget, 6) << "," << r.budget_tokens << ","
+        << fixed(r.peak_tokens, 2) << "," << fixed(r.over_budget, 2) << "," << r.acc.positions << "," << fixed(r.acc.perplexity_full(), 6) << ","
+        << fixed(r.acc.perplexity(), 6) << "," << fixed(r.acc.perplexity_change(), 6) << ","
+        << fixed(r.acc.agreement(), 6) << "," << fixed(r.acc.mean_kl(), 6) << "\n";
+  }
+  return out.str();
+}
+
+// One panel per text: top-1 agreement with the full cache against the
+// budget (log2 axis), one line per policy; +kvcrush dashed in its base's
+// colour, so each composition sits next to what it composes.
+inline std::string svg_plot(const std::vector<result_row>& rows) {
+  std::vector<std::string> texts, policies;
+  for (const auto& r : rows) {
+    if (std::find(texts.begin(), texts.end(), r.text) == texts.end()) texts.push_back(r.text);
+    if (r.policy != "full" && std::find(policies.begin(), policies.end(), r.policy) == policies.end())
+      policies.push_back(r.policy);
+  }
+  std::set<double> budgets;
+  for (const auto& r : rows) budgets.insert(r.budget);
+  budgets.insert(1.0);
+  const double x_min = std::log2(*budgets.begin()), x_max = 0.0;
+  const int panel_w = 420, panel_h = 300, margin_l = 60, margin_t = 50, legend_w = 190;
+  const int width = margin_l + static_cast<int>(texts.size()) * (panel_w + 40) + legend_w;
+  const int height = margin_t + panel_h + 70;
+  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  std::map<std::string, std::string> colour;
+  int next = 0;
+  for (const auto& p : policies) {
+    const std::string base = p.substr(0, p.find('+'));
+    if (!colour.count(base)) colour[base] = palette[next++ % 10];
+  }
+  // y range: the lowest agreement, rounded down to 10%.
+  double y_min = 100.0;
+  for (const auto& r : rows) y_min = std::min(y_min, 100.0 * r.acc.agreement());
+  y_min = std::max(0.0, std::floor(y_min / 10.0) * 10.0);
+  std::ostringstream s;
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+    << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  s << "<text x=\"" << margin_l << "\" y=\"22\" font-size=\"15\">Top-1 agreement with the full cache vs. KV budget "
+       "(fraction of the context)</text>\n";
+  for (std::size_t p = 0; p < texts.size(); ++p) {
+    const double x0 = margin_l + static_cast<double>(p) * (panel_w + 40), y0 = margin_t;
+    auto X = [&](double b) { return x0 + (std::log2(b) - x_min) / (x_max - x_min) * panel_w; };
+    auto Y = [&](double a) { return y0 + panel_h - (a - y_min) / (100.0 - y_min) * panel_h; };
+    s << "<text x=\"" << x0 << "\" y=\"" << y0 - 8 << "\" font-weight=\"bold\">" << texts[p] << "</text>\n";
+    s << "<rect x=\"" << x0 << "\" y=\"" << y0 << "\" width=\"" << panel_w << "\" height=\"" << panel_h
+      << "\" fill=\"none\" stroke=\"#444\"/>\n";
+    for (double yv = y_min; yv <= 100.0 + 1e-9; yv += 10.0) {
+      s << "<line x1=\"" << x0 << "\" x2=\"" << x0 + panel_w << "\" y1=\"" << Y(yv) << "\" y2=\"" << Y(yv)
+        << "\" stroke=\"#ddd\"/><text x=\"" << x0 - 6 << "\" y=\"" << Y(yv) + 4 << "\" text-anchor=\"end\">" << yv
+        << "%</text>\n";
+    }
+    for (double b : budgets) {
+      s << "<text x=\"" << X(b) << "\" y=\"" << y0 + panel_h + 16 << "\" text-anchor=\"middle\">" << budget_label(b)
+        << "</text>\n";
+    }
+    for (const auto& policy : policies) {
+      std::vector<std::pair<double, double>> points;
+      for (const auto& r : rows)
+        if (r.text == texts[p] && r.policy == policy && r.variant.empty()) points.push_back({r.budget, 100.0 * r.acc.agreement()});
+      points.push_back({1.0, 100.0});  // every policy keeps everything at budget 1
+      std::sort(points.begin(), points.end());
+      const std::string base = policy.substr(0, policy.find('+'));
+      const bool dashed = policy.find("+kvcrush") != std::string::npos;
+      s << "<polyline fill=\"none\" stroke=\"" << colour[base] << "\" stroke-width=\"2\""
+        << (dashed ? " stroke-dasharray=\"6 4\"" : "") << " points=\"";
+      for (const auto& [b, a] : points) s << X(b) << "," << Y(a) << " ";
+      s << "\"/>\n";
+      for (const auto& [b, a] : points)
+        s << "<circle cx=\"" << X(b) << "\" cy=\"" << Y(a) << "\" r=\"2.5\" fill=\"" << colour[base] << "\"/>\n";
+    }
+  }
+  const double lx = margin_l + static_cast<double>(texts.size()) * (panel_w + 40);
+  for (std::size_t i = 0; i < policies.size(); ++i) {
+    const double ly = margin_t + 10 + static_cast<double>(i) * 18;
+    const std::string base = policies[i].substr(0, policies[i].find('+'));
+    const bool dashed = policies[i].find("+kvcrush") != std::string::npos;
+    s << "<line x1=\"" << lx << "\" x2=\"" << lx + 28 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
+      << colour[base] << "\" stroke-width=\"2\"" << (dashed ? " stroke-dasharray=\"6 4\"" : "") << "/><text x=\""
+      << lx + 34 << "\" y=\"" << ly + 4 << "\">" << policies[i] << "</text>\n";
+  }
+  s << "</svg>\n";
+  return s.str();
+}
+
+}  // namespace kvcrush_eval
