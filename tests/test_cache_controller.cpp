@@ -687,3 +687,85 @@ TEST(Batch, ExecutorRunsEveryTaskOnceAndRethrows) {
   kvcrush::parallel_for(ex, 1, [&](index_t) { ++after; });
   EXPECT_EQ(after, 1) << "the pool still works after a failed batch";
 }
+
+TEST(Batch, PagedForksEvictConcurrently) {
+  // Children of one parent share its blocks and evict, append and copy on
+  // write at the same time on different threads; the parent must not change
+  // and the pool must stay consistent.
+  const index_t heads = 2, d = 4, b = 4, children = 6;
+  kvcrush::paged_cache_config cfg;
+  cfg.layers = 2;
+  cfg.kv_heads = heads;
+  cfg.head_dim = d;
+  cfg.block_size = b;
+  cfg.blocks = 120;
+  cfg.max_sequences = children + 1;
+  kvcrush::paged_cache<float> pool(cfg);
+  const auto parent = pool.create();
+  auto encoded_rows = [&](int origin, index_t first, index_t n, int salt) {
+    std::vector<float> rows(static_cast<std::size_t>(heads * n * d));
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t t = 0; t < n; ++t)
+        for (index_t j = 0; j < d; ++j) rows[(h * n + t) * d + j] = cache_test::encode(origin, first + t, h, j, salt);
+    return rows;
+  };
+  for (index_t l = 0; l < 2; ++l) {
+    const auto k = encoded_rows(0, 0, 30, 0), v = encoded_rows(0, 0, 30, 1);
+    pool.append(parent, l, kvcrush::make_head_token_dim(k.data(), heads, 30, d), kvcrush::make_head_token_dim(v.data(), heads, 30, d));
+  }
+  std::vector<kvcrush::sequence_id> ids;
+  for (index_t c = 0; c < children; ++c) ids.push_back(pool.fork(parent));
+  // Per child and layer: the (origin, position) of each token, shared by the heads.
+  std::vector<std::vector<std::vector<std::pair<int, index_t>>>> model(
+      static_cast<std::size_t>(children), std::vector<std::vector<std::pair<int, index_t>>>(2));
+  for (auto& m : model)
+    for (auto& layer : m)
+      for (index_t t = 0; t < 30; ++t) layer.push_back({0, t});
+  kvcrush::thread_executor ex(3);
+  kvcrush::parallel_for(ex, children * 2, [&](index_t task) {
+    const index_t c = task / 2, l = task % 2;
+    auto& tokens = model[static_cast<std::size_t>(c)][static_cast<std::size_t>(l)];
+    std::mt19937 rng(static_cast<std::uint32_t>(task + 1));
+    for (int round = 0; round < 25; ++round) {
+      const index_t n = static_cast<index_t>(tokens.size());
+      const auto keep = cache_test::random_subset(n, n / 2 + 1, rng);
+      pool.evict_tokens(ids[static_cast<std::size_t>(c)], l, kvcrush::keep_view::shared(keep.data(), static_cast<index_t>(keep.size())));
+      std::vector<std::pair<int, index_t>> kept;
+      for (index_t i : keep) kept.push_back(tokens[static_cast<std::size_t>(i)]);
+      tokens = kept;
+      const index_t first = pool.appended(ids[static_cast<std::size_t>(c)], l);
+      const index_t add = 1 + round % 5;
+      const auto k = encoded_rows(static_cast<int>(c + 1), first, add, 0), v = encoded_rows(static_cast<int>(c + 1), first, add, 1);
+      pool.append(ids[static_cast<std::size_t>(c)], l, kvcrush::make_head_token_dim(k.data(), heads, add, d),
+                  kvcrush::make_head_token_dim(v.data(), heads, add, d));
+      for (index_t t = 0; t < add; ++t) tokens.push_back({static_cast<int>(c + 1), first + t});
+    }
+  });
+  pool.check_invariants();
+  auto check = [&](kvcrush::sequence_id id, index_t l, const std::vector<std::pair<int, index_t>>& tokens) {
+    const index_t n = pool.length(id, l);
+    ASSERT_EQ(n, static_cast<index_t>(tokens.size()));
+    std::vector<float> k(static_cast<std::size_t>(heads * n * d)), v(k.size());
+    std::vector<index_t> positions(static_cast<std::size_t>(heads * n));
+    pool.gather(id, l, kvcrush::make_head_token_dim(k.data(), heads, n, d), kvcrush::make_head_token_dim(v.data(), heads, n, d),
+                kvcrush::make_matrix_view(positions.data(), heads, n));
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t t = 0; t < n; ++t) {
+        ASSERT_EQ(positions[h * n + t], tokens[t].second);
+        for (index_t j = 0; j < d; ++j) {
+          ASSERT_EQ(k[(h * n + t) * d + j], cache_test::encode(tokens[t].first, tokens[t].second, h, j, 0));
+          ASSERT_EQ(v[(h * n + t) * d + j], cache_test::encode(tokens[t].first, tokens[t].second, h, j, 1));
+        }
+      }
+  };
+  std::vector<std::pair<int, index_t>> original;
+  for (index_t t = 0; t < 30; ++t) original.push_back({0, t});
+  for (index_t l = 0; l < 2; ++l) {
+    check(parent, l, original);
+    for (index_t c = 0; c < children; ++c) check(ids[static_cast<std::size_t>(c)], l, model[static_cast<std::size_t>(c)][static_cast<std::size_t>(l)]);
+  }
+  for (const auto& id : ids) pool.release(id);
+  pool.release(parent);
+  EXPECT_EQ(pool.free_blocks(0), 120);
+  EXPECT_EQ(pool.free_blocks(1), 120);
+}
