@@ -133,6 +133,26 @@ inline float reduce_tree16(__m256 lo, __m256 hi) noexcept {
   return _mm_cvtss_f32(q);
 }
 
+// In place: r[i][j] -> r[j][i] for an 8 x 8 tile (24 shuffles).
+inline void transpose8(__m256 (&r)[8]) noexcept {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  // u[4k + m], 128-bit lane L: column 4L + m of rows 4k..4k+3.
+  for (int k = 0; k < 2; ++k) {
+    u[4 * k + 0] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0xee);
+    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xee);
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
+    r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+  }
+}
+
 inline __m256i quantize8(__m256 x, __m256 zero, __m256 inv, __m256 qmax) noexcept {
   const __m256 y = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(x, zero), inv), qmax);
   return _mm256_cvtps_epi32(y);  // rounds to nearest even (MXCSR default)

@@ -14,8 +14,10 @@
 #if KVCRUSH_HAS_AVX512
 #include <immintrin.h>
 
+#include <cfloat>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kvcrush/float16.hpp"
 #include "kvcrush/simd/quant_codes_avx2.hpp"
@@ -60,6 +62,64 @@ inline float reduce_tree16(__m512 x) noexcept {
   q = _mm_add_ps(q, _mm_movehl_ps(q, q));
   q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 0x55));
   return _mm_cvtss_f32(q);
+}
+
+// In place: rows[i][j] -> rows[j][i] for a 16 x 16 tile (unpack pairs of
+// rows, shuffle pairs of pairs inside 128-bit lanes, then two rounds of
+// 128-bit lane shuffles: 64 shuffles).
+inline void transpose16(__m512 (&r)[16]) noexcept {
+  __m512 t[16], u[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_maskz_unpacklo_ps(all16, r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_maskz_unpackhi_ps(all16, r[2 * k], r[2 * k + 1]);
+  }
+  // u[4k + m], 128-bit lane L: column 4L + m of rows 4k..4k+3.
+  for (int k = 0; k < 4; ++k) {
+    u[4 * k + 0] = _mm512_maskz_shuffle_ps(all16, t[4 * k], t[4 * k + 2], 0x44);
+    u[4 * k + 1] = _mm512_maskz_shuffle_ps(all16, t[4 * k], t[4 * k + 2], 0xee);
+    u[4 * k + 2] = _mm512_maskz_shuffle_ps(all16, t[4 * k + 1], t[4 * k + 3], 0x44);
+    u[4 * k + 3] = _mm512_maskz_shuffle_ps(all16, t[4 * k + 1], t[4 * k + 3], 0xee);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 even_lo = _mm512_maskz_shuffle_f32x4(all16, u[m], u[4 + m], 0x88);      // lanes 0, 2 of rows 0-7
+    const __m512 odd_lo = _mm512_maskz_shuffle_f32x4(all16, u[m], u[4 + m], 0xdd);       // lanes 1, 3 of rows 0-7
+    const __m512 even_hi = _mm512_maskz_shuffle_f32x4(all16, u[8 + m], u[12 + m], 0x88);  // rows 8-15
+    const __m512 odd_hi = _mm512_maskz_shuffle_f32x4(all16, u[8 + m], u[12 + m], 0xdd);
+    r[m] = _mm512_maskz_shuffle_f32x4(all16, even_lo, even_hi, 0x88);
+    r[8 + m] = _mm512_maskz_shuffle_f32x4(all16, even_lo, even_hi, 0xdd);
+    r[4 + m] = _mm512_maskz_shuffle_f32x4(all16, odd_lo, odd_hi, 0x88);
+    r[12 + m] = _mm512_maskz_shuffle_f32x4(all16, odd_lo, odd_hi, 0xdd);
+  }
+}
+
+// make_group_params for 16 groups at once (lanes of lo / hi), with the
+// same bits: IEEE conversion to float16 rounding toward -inf / +inf is the
+// "largest half <= x" / "smallest half >= x" of quant/params.hpp. Stores
+// the parameters (P) and returns zero and inv for the codes.
+template <class P>
+void group_params16(__m512 lo, __m512 hi, int bits, __mmask16 m, P* scale_out, P* zero_out, __m512& zero,
+                    __m512& inv) noexcept {
+  const __m512 plus_zero = _mm512_setzero_ps();
+  lo = _mm512_add_ps(lo, plus_zero);
+  hi = _mm512_add_ps(hi, plus_zero);
+  const __m512 qmax = _mm512_set1_ps(static_cast<float>((1 << bits) - 1));
+  __m512 scale;
+  if constexpr (std::is_same_v<P, float>) {
+    zero = lo;
+    scale = _mm512_div_ps(_mm512_sub_ps(hi, zero), qmax);
+    _mm512_mask_storeu_ps(zero_out, m, zero);
+    _mm512_mask_storeu_ps(scale_out, m, scale);
+  } else {
+    const __m256i zero_h = _mm512_maskz_cvt_roundps_ph(all16, lo, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    zero = _mm512_maskz_cvtph_ps(all16, zero_h);
+    const __m256i scale_h = _mm512_maskz_cvt_roundps_ph(all16, _mm512_div_ps(_mm512_sub_ps(hi, zero), qmax),
+                                                        _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    scale = _mm512_maskz_cvtph_ps(all16, scale_h);
+    _mm256_mask_storeu_epi16(zero_out, m, zero_h);
+    _mm256_mask_storeu_epi16(scale_out, m, scale_h);
+  }
+  const __mmask16 normal = _mm512_cmp_ps_mask(scale, _mm512_set1_ps(FLT_MIN), _CMP_GE_OQ);
+  inv = _mm512_maskz_div_ps(normal, _mm512_set1_ps(1.0f), scale);
 }
 
 // codes = nearbyint(min((x - zero) * inv, qmax)) as 16 int32 lanes.

@@ -1,5 +1,7 @@
 // AVX2 quantization kernels: the AVX-512 structure (quant_encode_avx512.hpp)
-// on 8-lane registers; codes are packed 16 at a time from two registers.
+// on 8-lane registers (8 x 8 register transposes for the key tiles); codes
+// are packed 16 at a time from two registers. The parameters are computed
+// by the scalar code of quant/params.hpp (AVX2 has no float16 conversion).
 #pragma once
 
 #include "kvcrush/config.hpp"
@@ -43,44 +45,47 @@ struct quant_encode_kernel<isa::avx2> {
                         std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                         P* KVCRUSH_RESTRICT zero) noexcept {
     namespace q = quant_avx2;
-    alignas(32) float lo[max_quant_head_dim];
-    alignas(32) float hi[max_quant_head_dim];
-    index_t c0 = 0;
-    for (; c0 + 8 <= head_dim; c0 += 8) {
-      __m256 vlo = _mm256_loadu_ps(x + c0);
+    // + 8: the last 8-channel store may run past head_dim.
+    alignas(32) float lo[max_quant_head_dim + 8];
+    alignas(32) float hi[max_quant_head_dim + 8];
+    for (index_t c0 = 0; c0 < head_dim; c0 += 8) {
+      const index_t channels = head_dim - c0 < 8 ? head_dim - c0 : 8;
+      __m256 vlo = q::load_row(x + c0, channels);
       __m256 vhi = vlo;
       for (index_t t = 1; t < group; ++t) {
-        const __m256 v = _mm256_loadu_ps(x + t * stride + c0);
+        const __m256 v = q::load_row(x + t * stride + c0, channels);
         vlo = _mm256_min_ps(vlo, v);
         vhi = _mm256_max_ps(vhi, v);
       }
-      _mm256_storeu_ps(lo + c0, vlo);
-      _mm256_storeu_ps(hi + c0, vhi);
-    }
-    for (index_t c = c0; c < head_dim; ++c) {
-      float l = x[c], h = x[c];
-      for (index_t t = 1; t < group; ++t) {
-        const float v = x[t * stride + c];
-        l = v < l ? v : l;
-        h = v > h ? v : h;
-      }
-      lo[c] = l;
-      hi[c] = h;
+      _mm256_store_ps(lo + c0, vlo);
+      _mm256_store_ps(hi + c0, vhi);
     }
     const index_t channel_bytes = group * Bits / 8;
-    const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                            _mm256_set1_epi32(static_cast<int>(stride)));
     const __m256 qmax = _mm256_set1_ps(static_cast<float>(code_max(Bits)));
+    alignas(32) float zeros[max_quant_head_dim];
+    alignas(32) float invs[max_quant_head_dim];
     for (index_t c = 0; c < head_dim; ++c) {
       const group_params g = make_group_params(lo[c], hi[c], Bits, scale[c], zero[c]);
-      const __m256 vzero = _mm256_set1_ps(g.zero), vinv = _mm256_set1_ps(g.inv);
-      std::uint8_t* out = codes + c * channel_bytes;
+      zeros[c] = g.zero;
+      invs[c] = g.inv;
+    }
+    // Codes: 8 channels x 16 tokens at a time, as two 8 x 8 tiles transposed
+    // in registers, so that each channel's 16 codes pack as one unit.
+    for (index_t c0 = 0; c0 < head_dim; c0 += 8) {
+      const index_t channels = head_dim - c0 < 8 ? head_dim - c0 : 8;
       for (index_t t0 = 0; t0 < group; t0 += 16) {
-        const float* column = x + t0 * stride + c;
-        const __m256 a = _mm256_i32gather_ps(column, rows, 4);
-        const __m256 b = _mm256_i32gather_ps(column + 8 * stride, rows, 4);
-        quant_bytes::store<Bits>(out + t0 * Bits / 8, q::pack16<Bits>(q::quantize8(a, vzero, vinv, qmax),
-                                                                         q::quantize8(b, vzero, vinv, qmax)));
+        __m256 first[8], second[8];
+        for (int i = 0; i < 8; ++i) {
+          first[i] = q::load_row(x + (t0 + i) * stride + c0, channels);
+          second[i] = q::load_row(x + (t0 + 8 + i) * stride + c0, channels);
+        }
+        q::transpose8(first);
+        q::transpose8(second);
+        for (index_t j = 0; j < channels; ++j) {
+          const __m256 vzero = _mm256_set1_ps(zeros[c0 + j]), vinv = _mm256_set1_ps(invs[c0 + j]);
+          const __m128i packed = q::pack16<Bits>(q::quantize8(first[j], vzero, vinv, qmax), q::quantize8(second[j], vzero, vinv, qmax));
+          quant_bytes::store<Bits>(codes + (c0 + j) * channel_bytes + t0 * Bits / 8, packed);
+        }
       }
     }
   }

@@ -1,7 +1,8 @@
 // AVX-512 quantization kernels. Keys: per-channel minimum and maximum over
-// the group's rows 16 channels at a time, then each channel's G codes from
-// a gather down the column (16 tokens per gather) so that they pack straight
-// into the [channel][token] layout. Values: per-group minimum and maximum by
+// the group's rows 16 channels at a time, their parameters 16 at a time
+// (vcvtps2ph rounds toward -inf / +inf exactly as quant/params.hpp
+// prescribes), then 16 x 16 tiles of rows transposed in registers so that
+// each channel's 16 codes pack straight into the [channel][token] layout. Values: per-group minimum and maximum by
 // a horizontal reduction, codes 16 channels at a time.
 #pragma once
 
@@ -46,10 +47,15 @@ struct quant_encode_kernel<isa::avx512> {
                         std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                         P* KVCRUSH_RESTRICT zero) noexcept {
     namespace q = quant_avx512;
-    alignas(64) float lo[max_quant_head_dim];
-    alignas(64) float hi[max_quant_head_dim];
+    const index_t channel_bytes = group * Bits / 8;
+    const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));
+    alignas(64) float zeros[16];
+    alignas(64) float invs[16];
     for (index_t c0 = 0; c0 < head_dim; c0 += 16) {
-      const __mmask16 m = q::lanes_mask(head_dim - c0);
+      const index_t channels = head_dim - c0 < 16 ? head_dim - c0 : 16;
+      const __mmask16 m = q::lanes_mask(channels);
+      // Minimum and maximum of 16 channels over the group's rows, then their
+      // parameters, 16 at a time.
       __m512 vlo = _mm512_maskz_loadu_ps(m, x + c0);
       __m512 vhi = vlo;
       for (index_t t = 1; t < group; ++t) {
@@ -57,20 +63,20 @@ struct quant_encode_kernel<isa::avx512> {
         vlo = q::min_ps(vlo, v);
         vhi = q::max_ps(vhi, v);
       }
-      _mm512_mask_storeu_ps(lo + c0, m, vlo);
-      _mm512_mask_storeu_ps(hi + c0, m, vhi);
-    }
-    const index_t channel_bytes = group * Bits / 8;
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32(static_cast<int>(stride)));
-    const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));
-    for (index_t c = 0; c < head_dim; ++c) {
-      const group_params g = make_group_params(lo[c], hi[c], Bits, scale[c], zero[c]);
-      const __m512 vzero = _mm512_set1_ps(g.zero), vinv = _mm512_set1_ps(g.inv);
-      std::uint8_t* out = codes + c * channel_bytes;
+      __m512 vzero, vinv;
+      q::group_params16(vlo, vhi, Bits, m, scale + c0, zero + c0, vzero, vinv);
+      _mm512_store_ps(zeros, vzero);
+      _mm512_store_ps(invs, vinv);
+      // Codes: 16 x 16 tiles (tokens x channels) transposed in registers,
+      // so that each channel's 16 tokens quantize and pack as one vector.
       for (index_t t0 = 0; t0 < group; t0 += 16) {
-        const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), q::all16, rows, x + t0 * stride + c, 4);
-        q::store16<Bits>(out + t0 * Bits / 8, q::pack16<Bits>(q::quantize16(v, vzero, vinv, qmax)));
+        __m512 tile[16];
+        for (int i = 0; i < 16; ++i) tile[i] = _mm512_maskz_loadu_ps(m, x + (t0 + i) * stride + c0);
+        q::transpose16(tile);
+        for (index_t j = 0; j < channels; ++j) {
+          const __m512i code = q::quantize16(tile[j], _mm512_set1_ps(zeros[j]), _mm512_set1_ps(invs[j]), qmax);
+          q::store16<Bits>(codes + (c0 + j) * channel_bytes + t0 * Bits / 8, q::pack16<Bits>(code));
+        }
       }
     }
   }
