@@ -181,6 +181,31 @@ void decode16_partial(const std::uint8_t* p, index_t lanes, __m256& lo, __m256& 
   widen16(quant_bytes::unpack<Bits>(quant_bytes::load_prefix(p, (lanes * Bits + 7) / 8)), lo, hi);
 }
 
+// The hot-loop decode: 16 codes as two registers in element order. int4 and
+// int2 from broadcast 32-bit words and per-lane variable shifts (no
+// shuffle-port work); int8 by zero extension.
+template <int Bits>
+void decode16_lanes(const std::uint8_t* p, __m256& lo, __m256& hi) noexcept {
+  if constexpr (Bits == 8) {
+    decode16<8>(p, lo, hi);
+  } else if constexpr (Bits == 4) {
+    std::uint32_t words[2];
+    std::memcpy(words, p, 8);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i nibble = _mm256_set1_epi32(0x0f);
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(words[0])), shifts), nibble));
+    hi = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(words[1])), shifts), nibble));
+  } else {
+    static_assert(Bits == 2, "2, 4 or 8 bits");
+    std::uint32_t word;
+    std::memcpy(&word, p, 4);
+    const __m256i all = _mm256_set1_epi32(static_cast<int>(word));
+    const __m256i two = _mm256_set1_epi32(0x03);
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(all, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), two));
+    hi = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(all, _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30)), two));
+  }
+}
+
 // IEEE half to float without F16C (not part of the AVX2 level): the
 // exponent and mantissa shifted into float position and scaled by 2^112 is
 // exact for normal and subnormal halves; infinities and NaNs keep their

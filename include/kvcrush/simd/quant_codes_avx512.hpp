@@ -158,6 +158,43 @@ __m512 decode16_partial(const std::uint8_t* p, index_t lanes) noexcept {
   return to_float(_mm512_maskz_cvtepu8_epi32(all16, quant_bytes::unpack<Bits>(x)));
 }
 
+// The hot-loop decode: 16 codes as floats from one broadcast load and
+// per-lane variable shifts (no shuffle-port work). int2 and int8 lanes are
+// in element order; int4 lanes hold element 8 * (j % 2) + j / 2 (a 64-bit
+// broadcast gives even lanes the low and odd lanes the high 32 bits), so
+// sums kept per lane are put back in order once, with unshuffle16<4>.
+template <int Bits>
+__m512 decode16_lanes(const std::uint8_t* p) noexcept {
+  if constexpr (Bits == 8) {
+    return decode16<8>(p);
+  } else if constexpr (Bits == 4) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    const __m512i shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i x = _mm512_maskz_srlv_epi32(all16, _mm512_set1_epi64(static_cast<long long>(word)), shifts);
+    return to_float(_mm512_and_si512(x, _mm512_set1_epi32(0x0f)));
+  } else {
+    static_assert(Bits == 2, "2, 4 or 8 bits");
+    std::uint32_t word;
+    std::memcpy(&word, p, 4);
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i x = _mm512_maskz_srlv_epi32(all16, _mm512_set1_epi32(static_cast<int>(word)), shifts);
+    return to_float(_mm512_and_si512(x, _mm512_set1_epi32(0x03)));
+  }
+}
+
+// Lanes of decode16_lanes<Bits> order back to element order.
+template <int Bits>
+__m512 unshuffle16(__m512 x) noexcept {
+  if constexpr (Bits == 4) {
+    // element i < 8 sits in lane 2i, element 8 + i in lane 2i + 1
+    const __m512i from = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm512_maskz_permutexvar_ps(all16, from, x);
+  } else {
+    return x;
+  }
+}
+
 // Up to 16 elements of a float, float16 or bfloat16 row as floats (exact
 // conversions; masked-off lanes are 0 and are not read).
 inline __m512 load_row(const float* p, __mmask16 m) noexcept { return _mm512_maskz_loadu_ps(m, p); }

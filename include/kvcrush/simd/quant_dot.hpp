@@ -16,9 +16,10 @@
 //     factored form: one fma per code).
 //
 //   value sum, weights p[t], token t with scale s[t][g] and zero z[t][g]:
-//       acc[c] = 0, bias[g] = 0; for t in order:
+//       acc[c] = 0; for t in order:
 //         acc[c] = fma(p[t] * s[t][g(c)], code[t][c], acc[c]);
-//         bias[g] = fma(p[t], z[t][g], bias[g]);
+//       bias[g]: 16 lanes b[l] = +0; for t in order:
+//         b[t % 16] = fma(p[t], z[t][g], b[t % 16]); then the tree of dot16
 //       out[c] = acc[c] + bias[g(c)]            (out is written)
 //
 //   row scores: score[t] = dot16(q, row[t], d)
@@ -92,19 +93,21 @@ struct quant_dot_kernel<isa::scalar> {
   static void value_sum(const value_row_span<P>& v, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
     const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
     const std::size_t row_bytes = v.row_bytes();
-    float bias[max_quant_head_dim / 16] = {};
+    float lanes[max_quant_head_dim / 16][16] = {};
+    float bias[max_quant_head_dim / 16];
     float ps[max_quant_head_dim / 16];
     for (index_t c = 0; c < d; ++c) out[c] = 0.0f;
     for (index_t t = 0; t < v.rows; ++t) {
       for (index_t g = 0; g < groups; ++g) {
         ps[g] = p[t] * impl::load_param(v.scale[t * groups + g]);
-        bias[g] = std::fma(p[t], impl::load_param(v.zero[t * groups + g]), bias[g]);
+        lanes[g][t % 16] = std::fma(p[t], impl::load_param(v.zero[t * groups + g]), lanes[g][t % 16]);
       }
       const std::uint8_t* row = v.codes + static_cast<std::size_t>(t) * row_bytes;
       for (index_t c = 0; c < d; ++c) {
         out[c] = std::fma(ps[c / gsize], static_cast<float>(packed_code(row, c, v.bits)), out[c]);
       }
     }
+    for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(lanes[g]);
     for (index_t c = 0; c < d; ++c) out[c] = out[c] + bias[c / gsize];
   }
 

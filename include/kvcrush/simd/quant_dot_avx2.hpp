@@ -124,7 +124,7 @@ struct quant_dot_kernel<isa::avx2> {
       for (int i = 0; i < Tiles; ++i) {
         const __m256 w = _mm256_set1_ps(tile_qs[i][c]);
         __m256 a, b;
-        qa::decode16<Bits>(base[i] + c * channel_bytes, a, b);
+        qa::decode16_lanes<Bits>(base[i] + c * channel_bytes, a, b);
         lo[i] = _mm256_fmadd_ps(w, a, lo[i]);
         hi[i] = _mm256_fmadd_ps(w, b, hi[i]);
       }
@@ -149,9 +149,13 @@ struct quant_dot_kernel<isa::avx2> {
   }
 
   // Channels [c0, c0 + 16 * Chunks) of the value sum (the last chunk may be
-  // partial); the first pass also accumulates every group's bias.
+  // partial); the first pass also accumulates every group's bias lanes
+  // (bias_lanes[g][t % 16]) and reduces them into bias. Tokens go 16 at a
+  // time: with one group per row, p[t] * scale[t] and the bias lanes are
+  // vector operations (lanes 0-7 and 8-15).
   template <int Bits, int Chunks, class P>
-  static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float* bias) noexcept {
+  static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float (*bias_lanes)[16],
+                         float* bias) noexcept {
     namespace qa = quant_avx2;
     const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
     const auto row_bytes = static_cast<index_t>(v.row_bytes());
@@ -159,32 +163,71 @@ struct quant_dot_kernel<isa::avx2> {
     const index_t last_lanes = d - (c0 + 16 * (Chunks - 1));
     __m256 lo[Chunks], hi[Chunks];
     for (int i = 0; i < Chunks; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
-    for (index_t t = 0; t < v.rows; ++t) {
-      const float pt = p[t];
-      const P* scale = v.scale + t * groups;
-      if (first_pass) {
-        const P* zero = v.zero + t * groups;
-        for (index_t g = 0; g < groups; ++g) bias[g] = std::fma(pt, impl::load_param(zero[g]), bias[g]);
-      }
-      const std::uint8_t* row = v.codes + t * row_bytes + c0 * Bits / 8;
-      for (int i = 0; i < Chunks; ++i) {
-        const __m256 ps = _mm256_set1_ps(pt * impl::load_param(scale[groups == 1 ? 0 : (c0 + 16 * i) / gsize]));
-        __m256 a, b;
-        if (i + 1 < Chunks || last_lanes >= 16) {
-          qa::decode16<Bits>(row + i * 2 * Bits, a, b);
-        } else {
-          qa::decode16_partial<Bits>(row + i * 2 * Bits, last_lanes, a, b);
+    __m256 bias_lo = _mm256_loadu_ps(bias_lanes[0]), bias_hi = _mm256_loadu_ps(bias_lanes[0] + 8);
+    alignas(32) float ps[16];
+    for (index_t t0 = 0; t0 < v.rows; t0 += 16) {
+      const index_t count = v.rows - t0 < 16 ? v.rows - t0 : 16;
+      if (groups == 1) {
+        const index_t second = count > 8 ? count - 8 : 0;
+        const __m256 w_lo = qa::load_row(p + t0, count < 8 ? count : 8);
+        const __m256 w_hi = second > 0 ? qa::load_row(p + t0 + 8, second) : _mm256_setzero_ps();
+        _mm256_store_ps(ps, _mm256_mul_ps(w_lo, qa::load_row(v.scale + t0, count < 8 ? count : 8)));
+        _mm256_store_ps(ps + 8, second > 0 ? _mm256_mul_ps(w_hi, qa::load_row(v.scale + t0 + 8, second)) : _mm256_setzero_ps());
+        if (first_pass) {
+          // Lanes past the last token keep their sum (blend, not an fma with 0).
+          const __m256 m_lo = _mm256_castsi256_ps(qa::lanes_mask(count));
+          bias_lo = _mm256_blendv_ps(bias_lo, _mm256_fmadd_ps(w_lo, qa::load_row(v.zero + t0, count < 8 ? count : 8), bias_lo), m_lo);
+          if (second > 0) {
+            const __m256 m_hi = _mm256_castsi256_ps(qa::lanes_mask(second));
+            bias_hi = _mm256_blendv_ps(bias_hi, _mm256_fmadd_ps(w_hi, qa::load_row(v.zero + t0 + 8, second), bias_hi), m_hi);
+          }
         }
-        lo[i] = _mm256_fmadd_ps(ps, a, lo[i]);
-        hi[i] = _mm256_fmadd_ps(ps, b, hi[i]);
+      }
+      for (index_t i = 0; i < count; ++i) {
+        const index_t t = t0 + i;
+        const std::uint8_t* row = v.codes + t * row_bytes + c0 * Bits / 8;
+        if (groups == 1) {
+          const __m256 scaled = _mm256_set1_ps(ps[i]);
+          for (int k = 0; k < Chunks; ++k) {
+            __m256 a, b;
+            if (k + 1 < Chunks || last_lanes >= 16) {
+              qa::decode16_lanes<Bits>(row + k * 2 * Bits, a, b);
+            } else {
+              qa::decode16_partial<Bits>(row + k * 2 * Bits, last_lanes, a, b);
+            }
+            lo[k] = _mm256_fmadd_ps(scaled, a, lo[k]);
+            hi[k] = _mm256_fmadd_ps(scaled, b, hi[k]);
+          }
+        } else {
+          const P* scale = v.scale + t * groups;
+          if (first_pass) {
+            const P* zero = v.zero + t * groups;
+            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], impl::load_param(zero[g]), bias_lanes[g][i]);
+          }
+          // Groups are multiples of 16 channels here, so chunks are full.
+          for (int k = 0; k < Chunks; ++k) {
+            const __m256 scaled = _mm256_set1_ps(p[t] * impl::load_param(scale[(c0 + 16 * k) / gsize]));
+            __m256 a, b;
+            qa::decode16_lanes<Bits>(row + k * 2 * Bits, a, b);
+            lo[k] = _mm256_fmadd_ps(scaled, a, lo[k]);
+            hi[k] = _mm256_fmadd_ps(scaled, b, hi[k]);
+          }
+        }
       }
     }
-    for (int i = 0; i < Chunks; ++i) {
-      const index_t c = c0 + 16 * i;
+    if (first_pass) {
+      if (groups == 1) {
+        _mm256_storeu_ps(bias_lanes[0], bias_lo);
+        _mm256_storeu_ps(bias_lanes[0] + 8, bias_hi);
+      }
+      for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(bias_lanes[g]);
+    }
+    for (int k = 0; k < Chunks; ++k) {
+      const index_t c = c0 + 16 * k;
       const __m256 b = _mm256_set1_ps(bias[c / gsize]);
       alignas(32) float result[16];
-      _mm256_store_ps(result, _mm256_add_ps(lo[i], b));
-      _mm256_store_ps(result + 8, _mm256_add_ps(hi[i], b));
+      _mm256_store_ps(result, _mm256_add_ps(lo[k], b));
+      _mm256_store_ps(result + 8, _mm256_add_ps(hi[k], b));
       const index_t lanes = d - c < 16 ? d - c : 16;
       for (index_t l = 0; l < lanes; ++l) out[c + l] = result[l];
     }
@@ -192,14 +235,15 @@ struct quant_dot_kernel<isa::avx2> {
 
   template <int Bits, class P>
   static void value_sum_bits(const value_row_span<P>& v, const float* p, float* out) noexcept {
-    float bias[max_quant_head_dim / 16] = {};
+    alignas(32) float bias_lanes[max_quant_head_dim / 16][16] = {};
+    float bias[max_quant_head_dim / 16];
     for (index_t c0 = 0; c0 < v.head_dim; c0 += 64) {
       const index_t chunks = (v.head_dim - c0 + 15) / 16;
       switch (chunks >= 4 ? 4 : chunks) {
-        case 1: value_tile<Bits, 1>(v, p, out, c0, bias); break;
-        case 2: value_tile<Bits, 2>(v, p, out, c0, bias); break;
-        case 3: value_tile<Bits, 3>(v, p, out, c0, bias); break;
-        default: value_tile<Bits, 4>(v, p, out, c0, bias); break;
+        case 1: value_tile<Bits, 1>(v, p, out, c0, bias_lanes, bias); break;
+        case 2: value_tile<Bits, 2>(v, p, out, c0, bias_lanes, bias); break;
+        case 3: value_tile<Bits, 3>(v, p, out, c0, bias_lanes, bias); break;
+        default: value_tile<Bits, 4>(v, p, out, c0, bias_lanes, bias); break;
       }
     }
   }

@@ -118,10 +118,10 @@ struct quant_dot_kernel<isa::avx512> {
     }
     for (index_t c = 0; c < k.head_dim; ++c) {
       for (int i = 0; i < Tiles; ++i) {
-        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(tile_qs[i][c]), qa::decode16<Bits>(base[i] + c * channel_bytes), acc[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(tile_qs[i][c]), qa::decode16_lanes<Bits>(base[i] + c * channel_bytes), acc[i]);
       }
     }
-    for (int i = 0; i < Tiles; ++i) _mm512_storeu_ps(out + (first_tile + i) * 16, acc[i]);
+    for (int i = 0; i < Tiles; ++i) _mm512_storeu_ps(out + (first_tile + i) * 16, qa::unshuffle16<Bits>(acc[i]));
   }
 
   template <int Bits, class P>
@@ -142,9 +142,13 @@ struct quant_dot_kernel<isa::avx512> {
   }
 
   // Channels [c0, c0 + 16 * Chunks) (the last chunk may be partial) of the
-  // value sum; the first pass also accumulates every group's bias.
+  // value sum; the first pass also accumulates every group's bias lanes
+  // (bias_lanes[g][t % 16]) and reduces them into bias. Tokens go 16 at a
+  // time: with one group per row, p[t] * scale[t] and the bias lanes are
+  // one vector operation per 16 tokens.
   template <int Bits, int Chunks, class P>
-  static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float* bias) noexcept {
+  static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float (*bias_lanes)[16],
+                         float* bias) noexcept {
     namespace qa = quant_avx512;
     const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
     const auto row_bytes = static_cast<index_t>(v.row_bytes());
@@ -152,50 +156,70 @@ struct quant_dot_kernel<isa::avx512> {
     const index_t last_lanes = d - (c0 + 16 * (Chunks - 1));  // lanes of the last chunk, 1..16
     __m512 acc[Chunks];
     for (int i = 0; i < Chunks; ++i) acc[i] = _mm512_setzero_ps();
-    for (index_t t = 0; t < v.rows; ++t) {
-      const float pt = p[t];
-      const P* scale = v.scale + t * groups;
-      if (first_pass) {
-        const P* zero = v.zero + t * groups;
-        for (index_t g = 0; g < groups; ++g) bias[g] = std::fma(pt, impl::load_param(zero[g]), bias[g]);
-      }
-      const std::uint8_t* row = v.codes + t * row_bytes + c0 * Bits / 8;
+    __m512 bias_vector = _mm512_loadu_ps(bias_lanes[0]);
+    alignas(64) float ps[16];
+    for (index_t t0 = 0; t0 < v.rows; t0 += 16) {
+      const index_t count = v.rows - t0 < 16 ? v.rows - t0 : 16;
       if (groups == 1) {
-        const __m512 ps = _mm512_set1_ps(pt * impl::load_param(scale[0]));
-        for (int i = 0; i < Chunks; ++i) {
-          const __m512 codes = (i + 1 < Chunks || last_lanes >= 16) ? qa::decode16<Bits>(row + i * 2 * Bits)
-                                                                     : qa::decode16_partial<Bits>(row + i * 2 * Bits, last_lanes);
-          acc[i] = _mm512_fmadd_ps(ps, codes, acc[i]);
-        }
-      } else {
-        // Groups are multiples of 16 channels here, so chunks are full.
-        for (int i = 0; i < Chunks; ++i) {
-          const __m512 ps = _mm512_set1_ps(pt * impl::load_param(scale[(c0 + 16 * i) / gsize]));
-          acc[i] = _mm512_fmadd_ps(ps, qa::decode16<Bits>(row + i * 2 * Bits), acc[i]);
+        const __mmask16 m = qa::lanes_mask(count);
+        const __m512 weights = _mm512_maskz_loadu_ps(m, p + t0);
+        _mm512_store_ps(ps, _mm512_mul_ps(weights, qa::load_row(v.scale + t0, m)));
+        if (first_pass) bias_vector = _mm512_mask3_fmadd_ps(weights, qa::load_row(v.zero + t0, m), bias_vector, m);
+      }
+      for (index_t i = 0; i < count; ++i) {
+        const index_t t = t0 + i;
+        const std::uint8_t* row = v.codes + t * row_bytes + c0 * Bits / 8;
+        if (groups == 1) {
+          const __m512 scaled = _mm512_set1_ps(ps[i]);
+          // Full chunks in decode16_lanes order, a partial last chunk (it is
+          // always the same chunk) in element order.
+          for (int k = 0; k < Chunks; ++k) {
+            const __m512 codes = (k + 1 < Chunks || last_lanes >= 16) ? qa::decode16_lanes<Bits>(row + k * 2 * Bits)
+                                                                       : qa::decode16_partial<Bits>(row + k * 2 * Bits, last_lanes);
+            acc[k] = _mm512_fmadd_ps(scaled, codes, acc[k]);
+          }
+        } else {
+          const P* scale = v.scale + t * groups;
+          if (first_pass) {
+            const P* zero = v.zero + t * groups;
+            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], impl::load_param(zero[g]), bias_lanes[g][i]);
+          }
+          // Groups are multiples of 16 channels here, so chunks are full.
+          for (int k = 0; k < Chunks; ++k) {
+            const __m512 scaled = _mm512_set1_ps(p[t] * impl::load_param(scale[(c0 + 16 * k) / gsize]));
+            acc[k] = _mm512_fmadd_ps(scaled, qa::decode16_lanes<Bits>(row + k * 2 * Bits), acc[k]);
+          }
         }
       }
     }
-    for (int i = 0; i < Chunks; ++i) {
-      const index_t c = c0 + 16 * i;
-      const __m512 result = _mm512_add_ps(acc[i], _mm512_set1_ps(bias[c / gsize]));
+    if (first_pass) {
+      if (groups == 1) _mm512_storeu_ps(bias_lanes[0], bias_vector);
+      for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(bias_lanes[g]);
+    }
+    for (int k = 0; k < Chunks; ++k) {
+      const index_t c = c0 + 16 * k;
+      const bool full = k + 1 < Chunks || last_lanes >= 16;
+      const __m512 sum = full ? qa::unshuffle16<Bits>(acc[k]) : acc[k];
+      const __m512 result = _mm512_add_ps(sum, _mm512_set1_ps(bias[c / gsize]));
       _mm512_mask_storeu_ps(out + c, qa::lanes_mask(d - c), result);
     }
   }
 
   template <int Bits, class P>
   static void value_sum_bits(const value_row_span<P>& v, const float* p, float* out) noexcept {
-    float bias[max_quant_head_dim / 16] = {};
+    alignas(64) float bias_lanes[max_quant_head_dim / 16][16] = {};
+    float bias[max_quant_head_dim / 16];
     for (index_t c0 = 0; c0 < v.head_dim; c0 += 128) {
       const index_t chunks = (v.head_dim - c0 + 15) / 16;
       switch (chunks >= 8 ? 8 : chunks) {
-        case 1: value_tile<Bits, 1>(v, p, out, c0, bias); break;
-        case 2: value_tile<Bits, 2>(v, p, out, c0, bias); break;
-        case 3: value_tile<Bits, 3>(v, p, out, c0, bias); break;
-        case 4: value_tile<Bits, 4>(v, p, out, c0, bias); break;
-        case 5: value_tile<Bits, 5>(v, p, out, c0, bias); break;
-        case 6: value_tile<Bits, 6>(v, p, out, c0, bias); break;
-        case 7: value_tile<Bits, 7>(v, p, out, c0, bias); break;
-        default: value_tile<Bits, 8>(v, p, out, c0, bias); break;
+        case 1: value_tile<Bits, 1>(v, p, out, c0, bias_lanes, bias); break;
+        case 2: value_tile<Bits, 2>(v, p, out, c0, bias_lanes, bias); break;
+        case 3: value_tile<Bits, 3>(v, p, out, c0, bias_lanes, bias); break;
+        case 4: value_tile<Bits, 4>(v, p, out, c0, bias_lanes, bias); break;
+        case 5: value_tile<Bits, 5>(v, p, out, c0, bias_lanes, bias); break;
+        case 6: value_tile<Bits, 6>(v, p, out, c0, bias_lanes, bias); break;
+        case 7: value_tile<Bits, 7>(v, p, out, c0, bias_lanes, bias); break;
+        default: value_tile<Bits, 8>(v, p, out, c0, bias_lanes, bias); break;
       }
     }
   }
