@@ -342,3 +342,58 @@ TEST(QuantCache, ExplicitPositionsAreKept) {
   EXPECT_EQ(layer.positions()(0, 2), 300);
   EXPECT_EQ(layer.positions()(0, 3), 3);  // the default continues the count of appended tokens
 }
+
+namespace {
+
+// Deterministic data from an integer generator (no std distributions), so
+// that the expected hash below only depends on kvcrush's arithmetic.
+float lcg_float(std::uint64_t& state) {
+  state = state * 6364136223846793005ull + 1442695040888963407ull;
+  return static_cast<float>(static_cast<std::int32_t>(state >> 40) - (1 << 23)) / static_cast<float>(1 << 21);
+}
+
+void hash_bytes(std::uint64_t& h, const void* data, std::size_t bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+}
+
+}  // namespace
+
+TEST(QuantCache, SameBitsInEveryBuild) {
+  // Codes, parameters, scores and weighted sums of one fixed layer hash to
+  // the same value in the scalar, AVX2 and AVX-512 builds (and on every
+  // ISA of this build): the arithmetic order of quant/params.hpp and
+  // simd/quant_dot.hpp, with explicit fma, leaves nothing to the compiler.
+  const index_t heads = 2, d = 80, n = 203;
+  std::uint64_t state = 42;
+  kv_rows k(heads, n, d), v(heads, n, d);
+  for (auto& x : k.data) x = lcg_float(state);
+  for (auto& x : v.data) x = lcg_float(state);
+  std::vector<float> q(static_cast<std::size_t>(d)), w(static_cast<std::size_t>(n));
+  for (auto& x : q) x = lcg_float(state);
+  for (auto& x : w) x = std::fabs(lcg_float(state));
+  auto run = [&](auto tag) {
+    using Isa = decltype(tag);
+    std::uint64_t h = 14695981039346656037ull;
+    for (auto params : {kvcrush::param_format::float16, kvcrush::param_format::float32}) {
+      const auto cfg = make_config(4, 2, 16, 32, params, 16);
+      const auto layer = kvcrush::quantize_layer<float16, Isa>(k.view(), v.view(), cfg);
+      std::vector<float> scores(static_cast<std::size_t>(n)), sum(static_cast<std::size_t>(d));
+      for (index_t head = 0; head < heads; ++head) {
+        for (bool keys : {true, false}) {
+          const auto rows = dequantized(layer, head, keys);
+          hash_bytes(h, rows.data(), rows.size() * sizeof(float));
+        }
+        kvcrush::key_scores<Isa>(layer, head, kvcrush::make_vector_view(q.data(), d), kvcrush::make_vector_view(scores.data(), n));
+        kvcrush::value_sum<Isa>(layer, head, kvcrush::make_vector_view(w.data(), n), kvcrush::make_vector_view(sum.data(), d));
+        hash_bytes(h, scores.data(), scores.size() * sizeof(float));
+        hash_bytes(h, sum.data(), sum.size() * sizeof(float));
+      }
+    }
+    return h;
+  };
+  constexpr std::uint64_t expected = 0xc35bee27895013d4ull;
+  const std::uint64_t scalar = run(isa::scalar{});
+  EXPECT_EQ(scalar, expected) << std::hex << "0x" << scalar;
+  kvcrush_test::for_each_simd_isa([&](auto tag) { EXPECT_EQ(run(tag), scalar) << decltype(tag)::name; });
+}
