@@ -164,7 +164,6 @@ class eviction_controller {
                      make_vector_view<const index_t>(s.counts.data(), s.keep_rows));
   }
 
-  // True when appending new_tokens would take the layer above its limit.
   // Changes a layer's budget from now on (e.g. once a head-wise allocation
   // over the prompt has given this cache its share). The next make_room()
   // holds the layer to the new budget + slack.
@@ -178,6 +177,7 @@ class eviction_controller {
     state(layer).budget = budget;
   }
 
+  // True when appending new_tokens would take the layer above its limit.
   bool needs_eviction(index_t layer, index_t new_tokens = 1) const {
     return cache_->length(layer) + new_tokens > limit(layer);
   }
