@@ -114,3 +114,30 @@ TEST(QuantCompress, ThreeSchemesAtOneBudget) {
   EXPECT_GT(plan.high + plan.low, 200);
   EXPECT_EQ(kvcrush::plain_memory<float16>(heads, 200, d).kv_bytes(), budget);
 }
+
+TEST(QuantCompress, PlainCachesReportTheirBytes) {
+  // The helper for plain caches, on the library's own caches.
+  const index_t heads = 3, d = 32, n = 70;
+  const auto k = quant_test::model_like_keys(heads, n, d, 7), v = quant_test::model_like_values(heads, n, d, 8);
+  kvcrush::contiguous_cache<float16> cache(2, heads, d, 128);
+  cache.append(1, k.view(), v.view());
+  const auto m = kvcrush::plain_cache_memory(cache, 1);
+  EXPECT_EQ(m.full_precision, 2u * heads * n * d * sizeof(float16));
+  EXPECT_EQ(m.positions, static_cast<std::size_t>(heads * n) * sizeof(index_t));
+  EXPECT_EQ(m.key_codes + m.key_params + m.value_codes + m.value_params, 0u);
+  EXPECT_EQ(kvcrush::plain_cache_memory(cache, 0).total_bytes(), 0u);
+  const std::vector<index_t> keep = {0, 5, 9};
+  cache.evict_tokens(1, kvcrush::keep_view::shared(keep.data(), 3));
+  EXPECT_EQ(kvcrush::plain_cache_memory(cache, 1), kvcrush::plain_memory<float16>(heads, 3, d));
+  // A paged cache holds whole blocks: 70 tokens in blocks of 16 take 5.
+  kvcrush::paged_cache_config pc;
+  pc.kv_heads = heads;
+  pc.head_dim = d;
+  pc.block_size = 16;
+  pc.blocks = 8;
+  kvcrush::paged_cache<float> pool(pc);
+  const auto seq = pool.create();
+  pool.append(seq, 0, k.view(), v.view());
+  EXPECT_EQ(kvcrush::paged_memory<float>(heads, pool.block_table(seq, 0).extent(0), 16, d).full_precision,
+            2u * heads * 80u * d * sizeof(float));
+}
