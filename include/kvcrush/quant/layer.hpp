@@ -7,8 +7,10 @@
 // with window_tokens(h) < R + G after every call: appending tokens fills
 // the window and, whenever it reaches R + G tokens, its oldest G tokens
 // become one key group (per channel over those G tokens) and G value rows
-// (per token). Tokens that go straight past the window (a long prefill) are
-// quantized from the caller's rows without passing through W.
+// (per token). Float tokens that go straight past the window (a long
+// prefill) are quantized from the caller's rows without passing through W;
+// with a float16 window, tokens quantized after a stay in it carry its
+// rounding (2^-11 relative, far below any code step).
 //
 // Eviction keeps groups aligned:
 //   evict_blocks(blocks, b) with b a multiple of G (SPEC 4.4 block mode,
