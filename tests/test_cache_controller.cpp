@@ -1,7 +1,8 @@
 // The decode-time eviction controller over contiguous and paged caches:
 // bounded caches, one selection per `slack` tokens, the same result as
-// select() + compaction by hand, window/TOVA tracking, block mode, prefill
-// compression, refusals; and batches on threads against a serial run.
+// select() + compaction by hand, choose() (a selection that evicts nothing)
+// equal to select(), window/TOVA tracking, block mode, prefill compression,
+// refusals; and batches on threads against a serial run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -199,6 +200,28 @@ void check_h2o_against_manual(Cache& cache, const kvcrush::policy_config& policy
       const auto probs = probabilities_over(rows, s, data.q.data());
       controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
       manual.observe(l, probs);
+      // choose(): the selection over the tracked scores, nothing evicted.
+      if (rows.n > 12) {
+        const kvcrush::layer_budget smaller{12, 2, 3};
+        const index_t keep_rows = policy.layout.per_head ? s.heads : 1;
+        std::vector<index_t> chosen(static_cast<std::size_t>(keep_rows * 12)), expected(chosen.size());
+        std::vector<index_t> chosen_counts(static_cast<std::size_t>(keep_rows)), expected_counts(chosen_counts.size());
+        controller.choose(l, policy, smaller,
+                          {kvcrush::make_matrix_view(chosen.data(), keep_rows, 12),
+                           kvcrush::make_vector_view(chosen_counts.data(), keep_rows)},
+                          ws);
+        kvcrush::layer_inputs in;
+        in.kv_heads = s.heads;
+        in.tokens = rows.n;
+        in.h2o = &manual.acc[static_cast<std::size_t>(l)];
+        kvcrush::select(policy, in, smaller,
+                        {kvcrush::make_matrix_view(expected.data(), keep_rows, 12),
+                         kvcrush::make_vector_view(expected_counts.data(), keep_rows)},
+                        manual.ws);
+        ASSERT_EQ(chosen, expected) << "step " << step << " layer " << l;
+        ASSERT_EQ(chosen_counts, expected_counts);
+        ASSERT_TRUE(rows_of(cache, l) == rows) << "choose() must not change the cache";
+      }
     }
   }
   // Evictions at steps B + S + k S: one selection per `slack` tokens.

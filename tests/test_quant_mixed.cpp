@@ -1,9 +1,10 @@
 // Mixed precision as a policy output: the byte rule (budget respected and
-// tight), the two tiers (disjoint, protected tokens at full precision, the
-// low tier MiKV-style or KVCrush representatives drawn only from the
-// candidates, both against the plain SPEC reference), the tiered layer's
-// bytes equal to the plan's, attention over both tiers, the policy_config
-// entry point, and bad input.
+// tight), sizes at which every smaller count fits too (tiers resized while
+// decoding, quantized layers that evict a token at a time), the two tiers
+// (disjoint, protected tokens at full precision, the low tier MiKV-style or
+// KVCrush representatives drawn only from the candidates, both against the
+// plain SPEC reference), the tiered layer's bytes equal to the plan's,
+// attention over both tiers, the policy_config entry point, and bad input.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <set>
 #include <vector>
 
+#include "kvcrush/quant/layer.hpp"
 #include "kvcrush/quant/memory.hpp"
 #include "kvcrush/quant/mixed_precision.hpp"
 #include "kvcrush/quant/tiered_layer.hpp"
@@ -114,6 +116,89 @@ TEST(MixedPrecision, TierCostsCountGroupsAndLeftovers) {
       for (index_t t = 0; t <= limit; ++t)
         if (low.bytes(t) <= budget) best = t;
       EXPECT_EQ(low.max_tokens(budget, limit), best) << "budget " << budget << " limit " << limit;
+    }
+  }
+}
+
+TEST(MixedPrecision, TierSizesWhereEveryCountFits) {
+  // A tier resized token by token passes through every count: the bound is
+  // the largest T with every count <= T fitting, not the largest that fits.
+  const auto high = kvcrush::full_precision_cost<float16>(2, 8);
+  for (int bits : {2, 4, 8}) {
+    for (index_t g : {16, 32}) {
+      const auto low = kvcrush::quantized_cost<float16>(low_config(bits, g), 2, 8);
+      for (const tier_cost& cost : {low, high}) {
+        for (std::size_t budget = 0; budget < cost.bytes(200); budget += 37) {
+          for (index_t limit : {0, 1, 15, 16, 17, 63, 150, 400}) {
+            index_t best = 0;
+            while (best < limit && cost.bytes(best + 1) <= budget) ++best;
+            ASSERT_EQ(cost.max_tokens_at_every_count(budget, limit), best)
+                << "bits " << bits << " G " << g << " budget " << budget << " limit " << limit;
+            ASSERT_LE(best, cost.max_tokens(budget, limit));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MixedPrecision, QuantizedLayerBytesStayWithinTheEveryCountBound) {
+  // Bound by brute force over the append-only layer, the worst case for
+  // each count...
+  kvcrush::quant_config cfg;
+  cfg.key_bits = 4;
+  cfg.value_bits = 2;
+  cfg.group_size = 16;
+  cfg.window = 16;
+  const index_t heads = 2, d = 16;
+  for (std::size_t budget = 0; budget < 40000; budget += 211) {
+    index_t best = 0;
+    while (kvcrush::quantized_memory_for<float16>(cfg, heads, d, best + 1).kv_bytes() <= budget) ++best;
+    ASSERT_EQ(kvcrush::quantized_tokens_at_every_count<float16>(cfg, heads, d, budget), best) << budget;
+    ASSERT_LE(best, kvcrush::quantized_tokens_within<float16>(cfg, heads, d, budget));
+  }
+  // ...which a layer that appends and evicts at random never exceeds.
+  const auto k = quant_test::model_like_keys(heads, 600, d, 5);
+  const auto v = quant_test::model_like_values(heads, 600, d, 6);
+  kvcrush::quantized_layer<float16> layer(heads, d, 200, cfg);
+  std::mt19937 rng(7);
+  index_t next = 0;
+  std::vector<index_t> keep;
+  for (int step = 0; step < 400 && next < 600; ++step) {
+    if (layer.length() < 150 || rng() % 3 != 0) {
+      const index_t n = std::min<index_t>(1 + static_cast<index_t>(rng() % 20), 600 - next);
+      if (layer.length() + n > layer.capacity()) continue;
+      layer.append(k.slice(next, n), v.slice(next, n));
+      next += n;
+    } else {
+      keep.clear();
+      for (index_t t = 0; t < layer.length(); ++t)
+        if (rng() % 4 != 0) keep.push_back(t);
+      layer.evict_tokens(kvcrush::keep_view::shared(keep.data(), static_cast<index_t>(keep.size())));
+    }
+    ASSERT_LE(layer.memory().kv_bytes(), kvcrush::quantized_memory_for<float16>(cfg, heads, d, layer.length()).kv_bytes())
+        << "step " << step << ": " << layer.length() << " tokens, window " << layer.window_tokens(0);
+  }
+}
+
+TEST(MixedPrecision, EveryCountPlansFitAtEveryLowCount) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 300; ++trial) {
+    const index_t heads = 1 + static_cast<index_t>(rng() % 4), d = 16 * (1 + static_cast<index_t>(rng() % 4));
+    const index_t n = 40 + static_cast<index_t>(rng() % 300), guarded = static_cast<index_t>(rng() % 40);
+    mixed_precision_config mp;
+    mp.high = kvcrush::full_precision_cost<float16>(heads, d);
+    mp.low = kvcrush::quantized_cost<float16>(low_config(2 << (rng() % 3), 16), heads, d);
+    mp.budget_bytes = mp.high.bytes(guarded) + static_cast<std::size_t>(rng() % 100000);
+    mp.every_count = true;
+    const mixed_plan p = kvcrush::plan_mixed_precision(n, guarded, mp);
+    ASSERT_LE(p.bytes(), mp.budget_bytes);
+    for (index_t l = 0; l <= p.low; ++l) ASSERT_LE(p.high_bytes + mp.low.bytes(l), mp.budget_bytes) << "low " << l;
+    mp.every_count = false;
+    const mixed_plan tight = kvcrush::plan_mixed_precision(n, guarded, mp);
+    ASSERT_GE(tight.high, p.high);
+    if (tight.high == p.high) {
+      ASSERT_GE(tight.low, p.low);
     }
   }
 }

@@ -1,7 +1,9 @@
 cmake_minimum_required(VERSION 3.25)
 # kvcrush-eval rejects bad arguments with one line on stderr and exit code 2.
 foreach(args "--budgets;1.5" "--budgets;abc" "--policies;snapkv+magic" "--crush;2" "--format;xml" "--chunks;0"
-             "--wat" "--model" "--anchor;middle" "--context;8" "--prefill;-1")
+             "--wat" "--model" "--anchor;middle" "--context;8" "--prefill;-1" "--byte-budgets;0"
+             "--precisions;int3" "--precisions;mixed-fp8" "--byte-policies;knorm" "--quant-group;20"
+             "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming")
   execute_process(COMMAND "${EVAL}" ${args} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT result EQUAL 2)
     message(FATAL_ERROR "kvcrush-eval ${args}: exit ${result}, expected 2")

@@ -1,9 +1,10 @@
 cmake_minimum_required(VERSION 3.25)  # list() keeps empty CSV fields (CMP0007)
 # Runs kvcrush-eval on one chunk per shared text (CSV) and checks the output:
 # the full-cache row is exact (zero KL, 100% agreement, unchanged
-# perplexity), every policy x budget row is present for both texts, numbers
-# are finite and in range, and no layer ever held more than its budget
-# (slack 0; the mean over KV heads for head-wise budgets).
+# perplexity), every policy x budget row and every storage x byte budget row
+# is present for both texts, numbers are finite and in range, and no layer
+# ever held more than its budget (tokens with slack 0, the mean over KV heads
+# for head-wise budgets; bytes for the equal-byte rows).
 #   cmake -DEVAL=<kvcrush-eval> -DSHARED_DIR=<dir> -DOUTPUT=<csv> [-DEXTRA_ARGS=...] -P eval_smoke.cmake
 if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
   set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
@@ -29,7 +30,7 @@ endif()
 
 file(STRINGS "${OUTPUT}" lines)
 list(POP_FRONT lines header)
-if(NOT header MATCHES "^text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,perplexity_change,top1_agreement,kl$")
+if(NOT header MATCHES "^text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,perplexity_change,top1_agreement,kl,precision,budget_bytes,high_tokens,low_tokens,peak_bytes$")
   message(FATAL_ERROR "unexpected CSV header: ${header}")
 endif()
 set(seen "")
@@ -44,7 +45,13 @@ foreach(line IN LISTS lines)
   list(GET f 10 change)
   list(GET f 11 agreement)
   list(GET f 12 kl)
-  list(APPEND seen "${text}/${policy}/${budget}")
+  list(GET f 13 precision)
+  list(GET f 14 budget_bytes)
+  list(GET f 17 peak_bytes)
+  list(APPEND seen "${text}/${policy}/${budget}/${precision}")
+  if(NOT precision STREQUAL "" AND (budget_bytes LESS 1 OR peak_bytes GREATER budget_bytes))
+    message(FATAL_ERROR "${line}: a layer held ${peak_bytes} bytes, the budget is ${budget_bytes}")
+  endif()
   if(positions LESS 100)
     message(FATAL_ERROR "${line}: only ${positions} predictions evaluated")
   endif()
@@ -78,11 +85,21 @@ foreach(text pride_and_prejudice stories_sampled)
       set(budgets 0.500000 0.250000 0.125000)
     endif()
     foreach(budget IN LISTS budgets)
-      if(NOT "${text}/${policy}/${budget}" IN_LIST seen)
+      if(NOT "${text}/${policy}/${budget}/" IN_LIST seen)
         message(FATAL_ERROR "row missing: ${text} ${policy} @ ${budget}")
       endif()
     endforeach()
   endforeach()
+  # The equal-byte rows: every storage at 1/4 and 1/8 of the float16 bytes.
+  if(NOT EXTRA_ARGS MATCHES "--byte-budgets;none")
+    foreach(precision fp16 int8 int4 int2 mixed-int4 mixed-int2 crush-int4 crush-int2)
+      foreach(budget 0.250000 0.125000)
+        if(NOT "${text}/snapkv/${budget}/${precision}" IN_LIST seen)
+          message(FATAL_ERROR "row missing: ${text} snapkv ${precision} @ ${budget} of the bytes")
+        endif()
+      endforeach()
+    endforeach()
+  endif()
 endforeach()
 list(LENGTH lines count)
 message("eval smoke: ${count} rows, full cache exact, budgets held")

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "byte_runner.hpp"
 #include "corpus.hpp"
 #include "kvcrush/kvcrush.hpp"
 #include "model.hpp"
@@ -26,6 +27,8 @@ struct job {
   std::string variant;
   kvcrush::policy_config config;
   double budget;
+  bool bytes = false;  // budget is a fraction of the full cache's float16 bytes
+  precision storage{};
 };
 
 kvcrush::policy_config configure(const std::string& name, const options& o) {
@@ -45,6 +48,16 @@ std::vector<job> plan(const options& o) {
         continue;
       }
       for (double b : o.budgets) jobs.push_back({name, "", configure(name, o), b});
+    }
+    // Equal-byte rows: every storage kind at every byte budget.
+    for (const auto& name : o.byte_policies) {
+      for (const auto& storage : o.precisions) {
+        const precision p = parse_precision(storage);
+        if (name == "streaming" && p.kind == storage_kind::mixed) {
+          throw usage_error("streaming ranks no tokens, so it has no " + storage + " tiers");
+        }
+        for (double b : o.byte_budgets) jobs.push_back({name, "", configure(name, o), b, true, p});
+      }
     }
     return jobs;
   }
@@ -74,6 +87,7 @@ std::vector<job> plan(const options& o) {
 }
 
 int run(const options& o) {
+  const std::vector<job> jobs = plan(o);
   const auto model = kvcrush_llama::model::load(o.model);
   const auto tok = kvcrush_llama::tokenizer::load(o.tokenizer, model.config().vocab_size);
   if (o.context > model.config().seq_len) {
@@ -82,7 +96,6 @@ int run(const options& o) {
   }
   std::vector<text_chunks> corpora;
   for (const auto& path : o.text_paths()) corpora.push_back(make_chunks(path, tok, o.context, o.chunks));
-  const std::vector<job> jobs = plan(o);
   long total = 0;
   for (const auto& c : corpora) total += static_cast<long>(c.chunks.size() * (jobs.size() + 1));
   progress_bar bar(total, o.progress);
@@ -96,18 +109,31 @@ int run(const options& o) {
       const auto full = full_cache_predictions(model, chunk);
       bar.step(corpus.name + ": full cache");
       for (std::size_t j = 0; j < jobs.size(); ++j) {
-        const auto tokens = static_cast<kvcrush::index_t>(jobs[j].budget * static_cast<double>(chunk.size()));
-        const run_result r = run_policy(model, chunk, full, o, jobs[j].config, tokens, ws);
         auto& row = text_rows[j];
+        run_result r;
+        if (jobs[j].bytes) {
+          const byte_result b = run_bytes(model, chunk, full, o, jobs[j].config, jobs[j].storage, jobs[j].budget, ws);
+          r = b.run;
+          row.precision = jobs[j].storage.name;
+          row.budget_bytes = static_cast<long>(b.plan.budget_bytes);
+          row.high_tokens = b.plan.high;
+          row.low_tokens = b.plan.low;
+          row.peak_bytes = std::max(row.peak_bytes, b.peak_bytes);
+          row.budget_tokens = b.plan.tokens();
+        } else {
+          const auto tokens = static_cast<kvcrush::index_t>(jobs[j].budget * static_cast<double>(chunk.size()));
+          r = run_policy(model, chunk, full, o, jobs[j].config, tokens, ws);
+          row.budget_tokens = tokens;
+        }
         row.text = corpus.name;
         row.policy = jobs[j].policy;
         row.variant = jobs[j].variant;
         row.budget = jobs[j].budget;
-        row.budget_tokens = tokens;
         row.peak_tokens = std::max(row.peak_tokens, r.peak_tokens);
         row.over_budget = std::max(row.over_budget, r.over_budget);
         row.acc.merge(r.acc);
-        bar.step(corpus.name + ": " + jobs[j].policy + " @ " + budget_label(jobs[j].budget));
+        bar.step(corpus.name + ": " + jobs[j].policy + (jobs[j].bytes ? "/" + jobs[j].storage.name : "") + " @ " +
+                 budget_label(jobs[j].budget));
       }
     }
     rows.insert(rows.end(), text_rows.begin(), text_rows.end());

@@ -46,6 +46,15 @@ struct options {
   double ablation_budget = 0.25;
   bool paged = false;    // run the engine on the paged cache
   bool progress = true;
+  // Equal-byte comparisons (byte_runner.hpp): fractions of the full float16
+  // cache's bytes, storage kinds, and the ranking policies they use.
+  std::vector<double> byte_budgets = {0.25, 0.125};
+  std::vector<std::string> precisions = {"fp16",       "int8",       "int4",       "int2",
+                                         "mixed-int4", "mixed-int2", "crush-int4", "crush-int2"};
+  std::vector<std::string> byte_policies = {"snapkv"};
+  long quant_group = 16;        // G: tokens per key group
+  std::string quant_eviction = "group";  // intN storage: evict whole groups, or tokens (regrouping)
+  double high_fraction = 0.5;   // share of the bytes the float16 tier may take (mixed precision)
 
   std::vector<std::string> text_paths() const {
     if (!texts.empty()) return texts;
@@ -85,6 +94,22 @@ mean KL(full || policy).
   --window N            recent tokens always kept, and SnapKV's window (default 16)
   --slack N             decode-time eviction every N+1 tokens: cache <= budget + N (default 0)
   --paged               run the engine on the paged cache (block size 16)
+  --byte-budgets LIST   equal-byte rows: fractions of the full cache's float16 bytes
+                        (default 0.25,0.125; 'none' for no such rows)
+  --precisions LIST     storage at those budgets: fp16 (eviction only), int8 int4 int2
+                        (eviction + KIVI quantization with a float16 recent window),
+                        mixed-intN (float16 top tokens + intN next ones, MiKV-style),
+                        crush-intN (float16 top tokens + intN KVCrush representatives)
+                        (default: all of fp16 int8 int4 int2 mixed-int4 mixed-int2
+                        crush-int4 crush-int2)
+  --byte-policies LIST  ranking policies of the equal-byte rows: streaming random h2o
+                        snapkv tova (default snapkv; streaming ranks nothing, so only
+                        fp16 and intN)
+  --quant-group N       tokens per key group, a multiple of 16 (default 16)
+  --quant-eviction E    intN storage evicts whole groups (group: blocks of G, sink and
+                        recent rounded up to G) or tokens (token: the groups after an
+                        evicted token are requantized) (default group)
+  --high-fraction F     mixed precision: share of the bytes for float16 (default 0.5)
   --ablation            instead: the KVCrush ablation (anchor x representative x crush
                         fraction x signature heads) for snapkv+kvcrush at --ablation-budget
   --ablation-budget F   (default 0.25)
@@ -95,6 +120,8 @@ mean KL(full || policy).
   --help
 )";
 }
+
+inline long round_up(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 inline std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -177,6 +204,21 @@ inline options parse_options(int argc, char** argv) {
       o.slack = parse_integer(arg, value());
     } else if (arg == "--paged") {
       o.paged = true;
+    } else if (arg == "--byte-budgets") {
+      o.byte_budgets.clear();
+      const std::string list = value();
+      if (list != "none")
+        for (const auto& b : split_list(list)) o.byte_budgets.push_back(parse_real(arg, b));
+    } else if (arg == "--precisions") {
+      o.precisions = split_list(value());
+    } else if (arg == "--byte-policies") {
+      o.byte_policies = split_list(value());
+    } else if (arg == "--quant-eviction") {
+      o.quant_eviction = value();
+    } else if (arg == "--quant-group") {
+      o.quant_group = parse_integer(arg, value());
+    } else if (arg == "--high-fraction") {
+      o.high_fraction = parse_real(arg, value());
     } else if (arg == "--ablation") {
       o.ablation = true;
     } else if (arg == "--ablation-budget") {
@@ -203,6 +245,17 @@ inline options parse_options(int argc, char** argv) {
   }
   if (!(o.crush.fraction >= 0.0 && o.crush.fraction <= 1.0)) throw usage_error("--crush must be in [0, 1]");
   for (const auto& p : o.policies) (void)kvcrush::policy_config::parse(p);  // unknown names fail here
+  for (double b : o.byte_budgets) {
+    if (!(b > 0.0 && b <= 1.0)) throw usage_error("--byte-budgets are fractions in (0, 1]");
+  }
+  if (o.quant_group < 16 || o.quant_group > 256 || o.quant_group % 16 != 0)
+    throw usage_error("--quant-group must be a multiple of 16 in [16, 256]");
+  if (o.quant_eviction != "group" && o.quant_eviction != "token") throw usage_error("--quant-eviction must be group or token");
+  if (!(o.high_fraction > 0.0 && o.high_fraction <= 1.0)) throw usage_error("--high-fraction must be in (0, 1]");
+  for (const auto& p : o.byte_policies) {
+    if (p != "streaming" && p != "random" && p != "h2o" && p != "snapkv" && p != "tova")
+      throw usage_error("--byte-policies takes streaming random h2o snapkv tova, not '" + p + "'");
+  }
   (void)policies_given;
   return o;
 }

@@ -23,12 +23,32 @@ struct result_row {
   double peak_tokens = 0;  // most tokens a layer held while decoding (mean over KV heads)
   double over_budget = -1e30;  // most a layer held above its own budget
   accuracy acc;
+  // Equal-byte rows (precision not empty): budget is a fraction of the full
+  // cache's float16 bytes; budget_tokens = high_tokens + low_tokens.
+  std::string precision;
+  long budget_bytes = 0;   // per layer
+  long high_tokens = 0;    // float16 tokens (all tokens for intN storage)
+  long low_tokens = 0;     // quantized tokens of mixed precision
+  double peak_bytes = 0;   // most K/V bytes a layer held while decoding
 };
+
+// What a row's storage is, in words.
+inline std::string storage_label(const result_row& r) {
+  if (r.precision == "fp16") return "float16, evict";
+  if (r.precision.rfind("int", 0) == 0) return r.precision + " KIVI, evict";
+  const std::string bits = r.precision.substr(6);
+  return r.precision.rfind("crush-", 0) == 0 ? "float16 + " + bits + " KVCrush reps" : "float16 + " + bits + " next";
+}
+
 
 inline std::string fixed(double v, int digits) {
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, "%.*f", digits, v);
   return buffer;
+}
+
+inline std::string signed_percent(double change) {
+  return (change >= 0 ? "+" : "") + fixed(100.0 * change, 2) + "%";
 }
 
 inline std::string budget_label(double b) {
@@ -49,11 +69,28 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
         << " budget | tokens kept | perplexity | Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
     out << "|---|" << (with_variant ? "---|" : "") << "---|---:|---:|---:|---:|---:|\n";
     for (const auto& r : rows) {
-      if (r.text != text) continue;
+      if (r.text != text || !r.precision.empty()) continue;
       out << "| " << r.policy << " |" << (with_variant ? " " + r.variant + " |" : "") << " " << budget_label(r.budget)
           << " | " << r.budget_tokens << " | " << fixed(r.acc.perplexity(), 3) << " | "
-          << (r.acc.perplexity_change() >= 0 ? "+" : "") << fixed(100.0 * r.acc.perplexity_change(), 2) << "% | "
-          << fixed(100.0 * r.acc.agreement(), 2) << "% | " << fixed(r.acc.mean_kl(), 4) << " |\n";
+          << signed_percent(r.acc.perplexity_change()) << " | " << fixed(100.0 * r.acc.agreement(), 2) << "% | "
+          << fixed(r.acc.mean_kl(), 4) << " |\n";
+    }
+    const bool any_bytes =
+        std::any_of(rows.begin(), rows.end(), [&](const result_row& r) { return r.text == text && !r.precision.empty(); });
+    if (any_bytes) {
+      out << "\nAt equal bytes (fraction of the full cache's float16 K/V bytes, per layer):\n\n";
+      out << "| policy | storage | bytes | budget (bytes) | tokens kept (float16 + quantized) | peak bytes | perplexity "
+             "| Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
+      out << "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+      for (const auto& r : rows) {
+        if (r.text != text || r.precision.empty()) continue;
+        out << "| " << r.policy << " | " << storage_label(r) << " | " << budget_label(r.budget) << " | " << r.budget_bytes
+            << " | " << r.budget_tokens;
+        if (r.low_tokens > 0) out << " (" << r.high_tokens << " + " << r.low_tokens << ")";
+        out << " | " << static_cast<long>(r.peak_bytes) << " | " << fixed(r.acc.perplexity(), 3) << " | "
+            << signed_percent(r.acc.perplexity_change()) << " | " << fixed(100.0 * r.acc.agreement(), 2) << "% | "
+            << fixed(r.acc.mean_kl(), 4) << " |\n";
+      }
     }
     if (!rows.empty()) {
       for (const auto& r : rows) {
@@ -71,12 +108,13 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
 inline std::string csv(const std::vector<result_row>& rows) {
   std::ostringstream out;
   out << "text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,"
-         "perplexity_change,top1_agreement,kl\n";
+         "perplexity_change,top1_agreement,kl,precision,budget_bytes,high_tokens,low_tokens,peak_bytes\n";
   for (const auto& r : rows) {
     out << r.text << "," << r.policy << "," << r.variant << "," << fixed(r.budget, 6) << "," << r.budget_tokens << ","
         << fixed(r.peak_tokens, 2) << "," << fixed(r.over_budget, 2) << "," << r.acc.positions << "," << fixed(r.acc.perplexity_full(), 6) << ","
         << fixed(r.acc.perplexity(), 6) << "," << fixed(r.acc.perplexity_change(), 6) << ","
-        << fixed(r.acc.agreement(), 6) << "," << fixed(r.acc.mean_kl(), 6) << "\n";
+        << fixed(r.acc.agreement(), 6) << "," << fixed(r.acc.mean_kl(), 6) << "," << r.precision << ","
+        << r.budget_bytes << "," << r.high_tokens << "," << r.low_tokens << "," << fixed(r.peak_bytes, 0) << "\n";
   }
   return out.str();
 }
@@ -87,12 +125,14 @@ inline std::string csv(const std::vector<result_row>& rows) {
 inline std::string svg_plot(const std::vector<result_row>& rows) {
   std::vector<std::string> texts, policies;
   for (const auto& r : rows) {
+    if (!r.precision.empty()) continue;  // equal-byte rows have their own axis
     if (std::find(texts.begin(), texts.end(), r.text) == texts.end()) texts.push_back(r.text);
     if (r.policy != "full" && std::find(policies.begin(), policies.end(), r.policy) == policies.end())
       policies.push_back(r.policy);
   }
   std::set<double> budgets;
-  for (const auto& r : rows) budgets.insert(r.budget);
+  for (const auto& r : rows)
+    if (r.precision.empty()) budgets.insert(r.budget);
   budgets.insert(1.0);
   const double x_min = std::log2(*budgets.begin()), x_max = 0.0;
   const int panel_w = 420, panel_h = 300, margin_l = 60, margin_t = 50, legend_w = 190;
@@ -108,7 +148,8 @@ inline std::string svg_plot(const std::vector<result_row>& rows) {
   }
   // y range: the lowest agreement, rounded down to 10%.
   double y_min = 100.0;
-  for (const auto& r : rows) y_min = std::min(y_min, 100.0 * r.acc.agreement());
+  for (const auto& r : rows)
+    if (r.precision.empty()) y_min = std::min(y_min, 100.0 * r.acc.agreement());
   y_min = std::max(0.0, std::floor(y_min / 10.0) * 10.0);
   std::ostringstream s;
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
@@ -134,7 +175,7 @@ inline std::string svg_plot(const std::vector<result_row>& rows) {
     for (const auto& policy : policies) {
       std::vector<std::pair<double, double>> points;
       for (const auto& r : rows)
-        if (r.text == texts[p] && r.policy == policy && r.variant.empty()) points.push_back({r.budget, 100.0 * r.acc.agreement()});
+        if (r.text == texts[p] && r.policy == policy && r.variant.empty() && r.precision.empty()) points.push_back({r.budget, 100.0 * r.acc.agreement()});
       points.push_back({1.0, 100.0});  // every policy keeps everything at budget 1
       std::sort(points.begin(), points.end());
       const std::string base = policy.substr(0, policy.find('+'));

@@ -127,6 +127,14 @@ inline kvcrush::layer_budget budget_of(const options& o, const kvcrush::policy_c
 
 }  // namespace impl
 
+// Tokens prefilled before compression, of a chunk of `length`.
+inline index_t prefill_length(const options& o, index_t length) {
+  const index_t prefill = o.prefill < 1.0 ? static_cast<index_t>(o.prefill * static_cast<double>(length))
+                                          : static_cast<index_t>(o.prefill);
+  if (prefill < 1 || prefill >= length) throw usage_error("--prefill leaves no tokens to decode");
+  return prefill;
+}
+
 // Runs one chunk under `policy` with a budget of `budget_tokens` per KV head
 // and layer.
 inline run_result run_policy(const kvcrush_llama::model& m, const std::vector<int>& chunk,
@@ -134,9 +142,7 @@ inline run_result run_policy(const kvcrush_llama::model& m, const std::vector<in
                              const kvcrush::policy_config& policy, index_t budget_tokens, kvcrush::workspace& ws) {
   const auto& c = m.config();
   const auto length = static_cast<index_t>(chunk.size());
-  const index_t prefill = o.prefill < 1.0 ? static_cast<index_t>(o.prefill * static_cast<double>(length))
-                                          : static_cast<index_t>(o.prefill);
-  if (prefill < 1 || prefill >= length) throw usage_error("--prefill leaves no tokens to decode");
+  const index_t prefill = prefill_length(o, length);
   run_result result;
   auto score = [&](const Eigen::VectorXf& logits, index_t p) {
     if (p + 1 < length) result.acc.add(full[static_cast<std::size_t>(p)], log_softmax(logits), chunk[static_cast<std::size_t>(p + 1)]);

@@ -12,7 +12,8 @@
 // (cache().evict(l, keep) or cache().keep_rows(l, rows)); attention then
 // covers fewer rows than the position, and the next token still takes the
 // next position. The cache is one of kvcrush's (kv_cache.hpp): contiguous by
-// default, per-head (ragged) or paged when given.
+// default, per-head (ragged) or paged when given, or a quantized or
+// mixed-precision one (quantized_stores.hpp), whose rows the store reads.
 #pragma once
 
 #include <Eigen/Core>
@@ -170,6 +171,15 @@ class engine {
       const float* q = q_.data() + h * head_dim;
       float* probabilities = attention_.data() + h * capacity_;
       const index_t rows = head_lengths_[static_cast<std::size_t>(h / group)];
+      float* out = xb_.data() + h * head_dim;
+      if (cache_->computes_attention()) {
+        // Quantized or float16 rows: the store reads them.
+        cache_->key_scores(layer, h / group, q, probabilities);
+        for (index_t t = 0; t < rows; ++t) probabilities[t] /= score_divisor;
+        softmax_in_place(probabilities, rows);
+        cache_->value_sum(layer, h / group, probabilities, out);
+        continue;
+      }
       index_t t = 0;
       cache_->for_each_run(layer, h / group, [&](const row_run& run) {
         const float* k = run.keys;
@@ -181,7 +191,6 @@ class engine {
       });
       softmax_in_place(probabilities, rows);
 
-      float* out = xb_.data() + h * head_dim;
       std::fill(out, out + head_dim, 0.0f);
       t = 0;
       cache_->for_each_run(layer, h / group, [&](const row_run& run) {

@@ -29,6 +29,7 @@
 #include "kvcrush/cache/keep_view.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
 #include "kvcrush/kv_view.hpp"
+#include "kvcrush/quant/memory.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush_llama {
@@ -64,6 +65,21 @@ class kv_store {
   // store allows); checked by the library before anything moves.
   virtual void evict(index_t layer, const kvcrush::keep_view& keep) = 0;
   virtual void clear() = 0;
+  // What one layer's K/V data occupies (kvcrush/quant/memory.hpp).
+  virtual kvcrush::memory_usage memory(index_t layer) const = 0;
+
+  // Stores whose rows are not float32 (quantized, float16) do the
+  // arithmetic that reads them: with computes_attention() the engine calls
+  // key_scores (q . k of every row of a KV head, in cache order) and
+  // value_sum (sum over rows of p[t] * v_t, written to out) instead of
+  // walking runs, and for_each_run is never called.
+  virtual bool computes_attention() const { return false; }
+  virtual void key_scores(index_t /*layer*/, index_t /*kv_head*/, const float* /*q*/, float* /*scores*/) const {
+    throw std::logic_error("kv_store::key_scores: this store's rows are read with for_each_run");
+  }
+  virtual void value_sum(index_t /*layer*/, index_t /*kv_head*/, const float* /*probabilities*/, float* /*out*/) const {
+    throw std::logic_error("kv_store::value_sum: this store's rows are read with for_each_run");
+  }
 
   // Longest head of a layer (all heads, unless the store is ragged).
   index_t length(index_t layer) const {
@@ -107,6 +123,7 @@ class contiguous_store final : public kv_store {
   void clear() override {
     for (index_t l = 0; l < cache_.layers(); ++l) cache_.clear(l);
   }
+  kvcrush::memory_usage memory(index_t layer) const override { return kvcrush::plain_cache_memory(cache_, layer); }
 
   // One token's rows for all heads of a layer into a library cache.
   template <class Cache>
@@ -171,6 +188,11 @@ class per_head_store final : public kv_store {
     for (auto& c : heads_)
       for (index_t l = 0; l < c->layers(); ++l) c->clear(l);
   }
+  kvcrush::memory_usage memory(index_t layer) const override {
+    kvcrush::memory_usage m;
+    for (const auto& c : heads_) m += kvcrush::plain_cache_memory(*c, layer);
+    return m;
+  }
 
  private:
   index_t head_dim_;
@@ -208,6 +230,12 @@ class paged_store final : public kv_store {
   void clear() override {
     pool_.release(sequence_.id());
     sequence_ = kvcrush::paged_sequence<float>(pool_, pool_.create());
+  }
+  // Whole blocks: a partly used last block occupies a block.
+  kvcrush::memory_usage memory(index_t layer) const override {
+    index_t blocks = 0;
+    pool_.for_each_block(sequence_.id(), layer, [&](const kvcrush::paged_block<float>&) { ++blocks; });
+    return kvcrush::paged_memory<float>(kv_heads(), blocks, pool_.block_size(), head_dim());
   }
 
  private:

@@ -285,6 +285,20 @@ class eviction_controller {
     }
   }
 
+  // What `policy` would keep of the layer at `budget`, from the scores the
+  // controller tracks, written to out; nothing is evicted and a pending
+  // plan() is left alone. For engines that act on a ranking in other ways
+  // than eviction: which tokens stay at full precision in a mixed-precision
+  // cache, which go to host memory, ...
+  void choose(index_t layer, const policy_config& policy, const layer_budget& budget, keep_sets out, workspace& ws) {
+    state(layer);
+    layer_inputs in;
+    in.kv_heads = heads_;
+    in.tokens = cache_->length(layer);
+    fill_tracked(layer, in);
+    kvcrush::select(policy, in, budget, out, ws);
+  }
+
   // One-shot compression of a layer with any policy (e.g. SnapKV over the
   // prompt's window attention at prefill), down to `budget`. Fields of `in`
   // left empty are filled from what the controller tracks (kv_heads, tokens,

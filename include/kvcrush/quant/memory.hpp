@@ -156,6 +156,24 @@ struct tier_cost {
     const index_t rest = token_bytes == 0 ? room : static_cast<index_t>(std::min<std::size_t>(left / token_bytes, static_cast<std::size_t>(room)));
     return k * group + rest;
   }
+
+  // The most tokens T, at most `limit`, such that every count up to T fits
+  // in `budget` bytes: what a tier that grows and shrinks a token at a time
+  // (decode-time eviction) may be sized to. max_tokens may answer k full
+  // groups while k*G - 1 tokens (G - 1 of them at full precision) do not fit.
+  index_t max_tokens_at_every_count(std::size_t budget, index_t limit) const noexcept {
+    // Within group k the cost rises token by token, so the first count that
+    // does not fit is the first one past budget in the first group where
+    // that happens.
+    for (index_t k = 0; k * group <= limit; ++k) {
+      const std::size_t base = static_cast<std::size_t>(k) * group_bytes;
+      if (base > budget) return std::min(limit, k * group - 1);
+      const index_t fit = token_bytes == 0 ? group : static_cast<index_t>(std::min<std::size_t>(
+                                                         (budget - base) / token_bytes + 1, static_cast<std::size_t>(group)));
+      if (fit < group) return std::min(limit, k * group + fit - 1);
+    }
+    return limit;
+  }
 };
 
 // Full-precision tokens of storage T: K and V rows of every head.
@@ -196,6 +214,33 @@ index_t quantized_tokens_within(const quant_config& cfg, index_t heads, index_t 
     return k * cfg.group_size + static_cast<index_t>(std::min<std::size_t>(left / token_bytes, static_cast<std::size_t>(most_window)));
   }
   return static_cast<index_t>(std::min<std::size_t>(budget / token_bytes, static_cast<std::size_t>(most_window)));
+}
+
+// The most tokens T such that a quantized layer holding any count up to T
+// stays within `budget` K/V bytes, however it got there (appending, or
+// token or group eviction): for n tokens the layer holds the most bytes
+// with the longest window (R + G - 1 at most, as after appending), so its
+// bytes peak just before each group forms and a layer that evicts a token
+// per step passes through those peaks. quantized_tokens_within answers a
+// single count and may exceed this.
+template <class W>
+index_t quantized_tokens_at_every_count(const quant_config& cfg, index_t heads, index_t head_dim, std::size_t budget) {
+  const quant_layout l = quant_layout::make(cfg, head_dim);
+  const std::size_t group_bytes = static_cast<std::size_t>(heads) * l.group_bytes();
+  const std::size_t token_bytes = full_precision_cost<W>(heads, head_dim).token_bytes;
+  const index_t g = cfg.group_size, r = cfg.window;
+  // k = 0: up to R + G - 1 window tokens; k >= 1: k groups and R..R+G-1.
+  const auto fitting_window = [&](std::size_t base) {
+    return static_cast<index_t>(std::min<std::size_t>((budget - base) / token_bytes, static_cast<std::size_t>(r + g - 1)));
+  };
+  index_t w = fitting_window(0);
+  if (w < r + g - 1) return w;
+  for (index_t k = 1;; ++k) {
+    const std::size_t base = static_cast<std::size_t>(k) * group_bytes;
+    if (base + static_cast<std::size_t>(r) * token_bytes > budget) return k * g + r - 1;
+    w = fitting_window(base);
+    if (w < r + g - 1) return k * g + w;
+  }
 }
 
 }  // namespace kvcrush

@@ -19,6 +19,9 @@
 //   5. If high + low = N (nothing is dropped), spare bytes upgrade tokens:
 //      high becomes the largest h in [high, N] with
 //      cost_high(h) + cost_low(N - h) <= budget, low = N - h.
+//   With every_count (tiers resized while decoding), step 4 takes the most
+//   tokens such that every smaller low count fits too, and step 5 is
+//   skipped.
 // So bytes used <= budget, and the plan is tight: unless every token is
 // kept, no further low-precision token fits; when every token is kept, no
 // further token can move up to full precision.
@@ -57,6 +60,10 @@ struct mixed_precision_config {
   tier_cost low;                 // low-precision tier, e.g. quantized_cost<float16>(cfg, heads, d)
   double high_fraction = 0.5;    // share of the budget the full-precision tier may take
   low_tier tier = low_tier::next_important;
+  // Size the low tier so that every smaller count fits too
+  // (tier_cost::max_tokens_at_every_count): for tiers that grow and shrink
+  // a token at a time while decoding. The plan is then not tight.
+  bool every_count = false;
 };
 
 struct mixed_plan {
@@ -97,8 +104,10 @@ inline mixed_plan plan_mixed_precision(index_t tokens, index_t protected_tokens,
     const auto share = static_cast<std::size_t>(std::floor(cfg.high_fraction * static_cast<double>(budget)));
     p.high = cfg.high.max_tokens(share, max_high);
     if (p.high < protected_tokens) p.high = protected_tokens;
-    p.low = cfg.low.max_tokens(budget - cfg.high.bytes(p.high), tokens - p.high);
-    if (p.high + p.low == tokens) {
+    const std::size_t rest = budget - cfg.high.bytes(p.high);
+    p.low = cfg.every_count ? cfg.low.max_tokens_at_every_count(rest, tokens - p.high)
+                            : cfg.low.max_tokens(rest, tokens - p.high);
+    if (p.high + p.low == tokens && !cfg.every_count) {
       for (index_t h = max_high; h > p.high; --h) {
         if (cfg.high.bytes(h) <= budget && cfg.low.bytes(tokens - h) <= budget - cfg.high.bytes(h)) {
           p.high = h;
