@@ -7,19 +7,25 @@
 //   int8/int4/int2  eviction + KIVI group quantization (keys per channel over
 //                 groups of G tokens, values per token, float16 scales and
 //                 zero-points) with a float16 window of R recent tokens
-//                 (R = the protected recent window rounded up to G): as many
-//                 tokens as the bytes allow are kept (quantized_tokens_within).
+//                 (R = the protected recent window rounded up to G), holding
+//                 as many tokens as the bytes allow at every count
+//                 (quantized_tokens_at_every_count). Eviction is token by
+//                 token, one selection per G new tokens (the groups after an
+//                 evicted token are requantized), or with --quant-eviction
+//                 group whole groups (SPEC 4.4 blocks of G; nothing is
+//                 requantized, but selection is coarser).
 //   mixed-intN    MiKV-style mixed precision: the importance policy's top
 //                 tokens in float16 (at most high_fraction of the bytes), the
 //                 next most important in intN instead of being dropped.
 //   crush-intN    the same, the low tier being KVCrush representatives of
 //                 the tokens the float16 tier leaves out.
 // Mixed precision while decoding: new tokens enter the float16 tier; before
-// each step the controller evicts the union down to its token count and the
-// float16 tier keeps the policy's top tokens, the others of it moving down
-// to the quantized tier (precision only goes down: a quantized token is not
-// restored). Demotion never adds bytes, so no layer ever holds more than the
-// byte budget; the runner records the peak to show it.
+// each step the float16 tier keeps the policy's top tokens, the others of it
+// moving down to the quantized tier (precision only goes down: a quantized
+// token is not restored), and once per G steps the controller evicts the
+// union down to its budget. Demotion never adds bytes and the tiers are
+// sized so that every smaller count fits, so no layer ever holds more than
+// the byte budget; the runner records the peak to show it.
 #pragma once
 
 #include <Eigen/Core>

@@ -53,7 +53,7 @@ struct options {
                                          "mixed-int4", "mixed-int2", "crush-int4", "crush-int2"};
   std::vector<std::string> byte_policies = {"snapkv"};
   long quant_group = 16;        // G: tokens per key group
-  std::string quant_eviction = "group";  // intN storage: evict whole groups, or tokens (regrouping)
+  std::string quant_eviction = "token";  // intN storage: evict tokens (regrouping) or whole groups
   double high_fraction = 0.5;   // share of the bytes the float16 tier may take (mixed precision)
 
   std::vector<std::string> text_paths() const {
@@ -106,9 +106,10 @@ mean KL(full || policy).
                         snapkv tova (default snapkv; streaming ranks nothing, so only
                         fp16 and intN)
   --quant-group N       tokens per key group, a multiple of 16 (default 16)
-  --quant-eviction E    intN storage evicts whole groups (group: blocks of G, sink and
-                        recent rounded up to G) or tokens (token: the groups after an
-                        evicted token are requantized) (default group)
+  --quant-eviction E    intN storage evicts tokens, one selection per G new tokens (token:
+                        the groups after an evicted token are requantized), or whole groups
+                        (group: blocks of G, sink and recent rounded up to G, no
+                        requantization) (default token)
   --high-fraction F     mixed precision: share of the bytes for float16 (default 0.5)
   --ablation            instead: the KVCrush ablation (anchor x representative x crush
                         fraction x signature heads) for snapkv+kvcrush at --ablation-budget

@@ -79,7 +79,7 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
         std::any_of(rows.begin(), rows.end(), [&](const result_row& r) { return r.text == text && !r.precision.empty(); });
     if (any_bytes) {
       out << "\nAt equal bytes (fraction of the full cache's float16 K/V bytes, per layer):\n\n";
-      out << "| policy | storage | bytes | budget (bytes) | tokens kept (float16 + quantized) | peak bytes | perplexity "
+      out << "| policy | storage | bytes | budget (bytes) | most tokens held (float16 + quantized) | peak bytes | perplexity "
              "| Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
       out << "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
       for (const auto& r : rows) {

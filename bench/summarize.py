@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Turns the benchmarks' JSON output into the README's speed tables.
+
+  for b in kernels select cache quant; do
+    build/default/bench/kvcrush_bench_$b --benchmark_format=json --benchmark_out=$b.json \
+        --benchmark_out_format=json --benchmark_min_time=0.2 > /dev/null
+  done
+  python3 bench/summarize.py kernels.json select.json cache.json quant.json
+
+Every ratio is taken between two rows of the same run: a kernel's time over
+the read pass (or memcpy) of the same bytes measured in the same process.
+"""
+import json
+import sys
+
+
+def load(paths):
+    rows, context = {}, {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        context = data.get("context", context)
+        for b in data["benchmarks"]:
+            if b.get("run_type", "iteration") == "iteration":
+                rows[b["name"]] = b
+    return rows, context
+
+
+def micros(row):
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[row["time_unit"]]
+    return row["real_time"] * scale
+
+
+def fmt(x, digits=1):
+    return f"{x:.{digits}f}"
+
+
+def giga(x):
+    return f"{x / 1e9:.2f}"
+
+
+def table(header, lines):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def kernels(rows):
+    isas = [i for i in ("scalar", "avx2", "avx512") if any(k.startswith(f"signatures/{i}/") for k in rows)]
+    header = ["H", "N", "read pass (µs)"]
+    header += [f"signatures {i} (× read)" for i in isas]
+    header += [f"Hamming {i} (G tok/s)" for i in isas]
+    header += ["buckets (µs)"]
+    lines = []
+    for h in (8, 32, 64, 128):
+        for n in (4096, 32768, 131072):
+            key = f"{h}/{n}"
+            if f"read_pass/{key}" not in rows:
+                continue
+            line = [str(h), str(n), fmt(micros(rows[f"read_pass/{key}"]))]
+            for i in isas:
+                r = rows.get(f"signatures/{i}/{key}")
+                line.append(fmt(r["x_read_pass"], 2) if r else "—")
+            for i in isas:
+                r = rows.get(f"hamming/{i}/{key}")
+                line.append(giga(r["tokens/s"]) if r else "—")
+            buckets = [k for k in rows if k.startswith("buckets/") and k.endswith("/" + key)]
+            line.append(fmt(micros(rows[buckets[0]])) if buckets else "—")
+            lines.append(line)
+    return table(header, lines)
+
+
+def select(rows):
+    policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
+    header = ["H", "N", "read pass (µs)"] + [f"{p} µs (× read)" for p in policies]
+    header += ["decode step (µs)", "snapkv+kvcrush / decode step"]
+    lines = []
+    for h in (8, 32):
+        for n in (4096, 32768, 131072):
+            key = f"{h}/{n}"
+            if f"select/snapkv/{key}" not in rows:
+                continue
+            line = [str(h), str(n), fmt(micros(rows[f"read_pass/{key}"]))]
+            for p in policies:
+                r = rows[f"select/{p}/{key}"]
+                line.append(f"{fmt(micros(r))} ({fmt(r['x_read_pass'], 2)})")
+            decode = micros(rows[f"decode_attention/{key}"])
+            line += [fmt(decode), fmt(micros(rows[f"select/snapkv+kvcrush/{key}"]) / decode, 3)]
+            lines.append(line)
+    return table(header, lines)
+
+
+def cache(rows):
+    header = ["H", "N", "memcpy (GB/s)", "compact [head][token][dim] (× memcpy)", "compact [token][head][dim] (× memcpy)",
+              "paged token eviction (× memcpy, ns per freed block)", "paged block eviction (ns per freed block)"]
+    lines = []
+    for n in (4096, 32768):
+        key = f"8/{n}"
+        if f"memcpy/{key}" not in rows:
+            continue
+        tokens = rows[f"paged_evict_tokens/{key}"]
+        lines.append([
+            "8", str(n), fmt(rows[f"memcpy/{key}"]["memcpy_GB/s"]),
+            fmt(rows[f"compact/head_token_dim/{key}"]["x_memcpy"], 2),
+            fmt(rows[f"compact/token_head_dim/{key}"]["x_memcpy"], 2),
+            f"{fmt(tokens['x_memcpy'], 2)}, {fmt(tokens['ns_per_freed_block'], 0)}",
+            fmt(rows[f"paged_evict_blocks/{key}"]["ns_per_freed_block"], 0),
+        ])
+    return table(header, lines)
+
+
+def quant(rows):
+    isas = [i for i in ("scalar", "avx2", "avx512") if any(k.startswith(f"quant_dot/{i}/") for k in rows)]
+    header = ["kernel", "bits"] + [f"{i} (× read, G tok/s)" for i in isas]
+    lines = []
+    key = "128/32768"
+    for kernel in ("quantize", "quant_dot", "quant_sum"):
+        for bits in (8, 4, 2):
+            line = [kernel, str(bits)]
+            for i in isas:
+                r = rows.get(f"{kernel}/{i}/int{bits}/{key}")
+                line.append(f"{fmt(r['x_read_pass'], 2)}, {giga(r['tokens/s'])}" if r else "—")
+            lines.append(line)
+    line = ["f16_dot", "16"]
+    for i in isas:
+        r = rows.get(f"f16_dot/{i}/f16/{key}")
+        line.append(f"{fmt(r['x_read_pass'], 2)}, {giga(r['tokens/s'])}" if r else "—")
+    lines.append(line)
+    return table(header, lines)
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    rows, context = load(sys.argv[1:])
+    sections = [("KVCrush kernels", "signatures/", kernels), ("Selection, scores to keep set", "select/", select),
+                ("Cache compaction and paged eviction (float16, head_dim 128)", "compact/", cache),
+                ("Quantized cache kernels (head_dim 128, N = 32768, one head)", "quant_dot/", quant)]
+    print(f"<!-- {context.get('num_cpus', '?')} CPUs at {context.get('mhz_per_cpu', '?')} MHz, "
+          f"{context.get('date', '')} -->")
+    for title, prefix, fn in sections:
+        if any(k.startswith(prefix) for k in rows):
+            print(f"\n#### {title}\n")
+            print(fn(rows))
+
+
+if __name__ == "__main__":
+    main()
