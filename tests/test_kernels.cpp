@@ -201,7 +201,7 @@ TEST(SignatureKernel, ReportsNaN) {
 TEST(HammingKernel, MatchesScalarForEveryWordCountAndTail) {
   const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
     using Isa = decltype(tag);
-    for (index_t words : {1, 2, 3, 8, 9}) {
+    for (index_t words : {1, 2, 3, 4, 8, 9}) {
       for (long n : kvcrush_test::tail_sizes()) {
         std::mt19937_64 rng(static_cast<std::uint64_t>(words * 100000 + n));
         std::vector<std::uint64_t> sig(static_cast<std::size_t>(n * words) + 1);
