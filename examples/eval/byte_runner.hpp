@@ -185,12 +185,7 @@ inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<in
   kvcrush::policy_config high_policy = policy;
   high_policy.kvcrush = false;
 
-  kvcrush::eviction_settings settings;
-  settings.policy = union_policy;
-  settings.slack = plan.slack;
-  settings.query_heads = c.n_heads;
-  settings.window = o.window;
-  settings.max_tokens = length;
+  kvcrush::eviction_settings settings = impl::settings_for(o, c, union_policy, length, plan.slack);
   settings.budgets = {plan.budget};
   if (policy.base == kvcrush::base_policy::streaming) {
     settings.budgets[0].recent = plan.budget.budget - plan.budget.sink;  // StreamingLLM: the rest is recent

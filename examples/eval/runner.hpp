@@ -125,6 +125,19 @@ inline kvcrush::layer_budget budget_of(const options& o, const kvcrush::policy_c
   return {tokens, o.sink, o.window};
 }
 
+// The controller settings every run shares: decode-time policy, Hq of the
+// attention rows, the window of rows kept, the longest layer.
+inline kvcrush::eviction_settings settings_for(const options& o, const kvcrush_llama::model_config& c,
+                                               const kvcrush::policy_config& policy, index_t length, index_t slack) {
+  kvcrush::eviction_settings settings;
+  settings.policy = policy;
+  settings.slack = slack;
+  settings.query_heads = c.n_heads;
+  settings.window = o.window;
+  settings.max_tokens = length;
+  return settings;
+}
+
 }  // namespace impl
 
 // Tokens prefilled before compression, of a chunk of `length`.
@@ -163,12 +176,7 @@ inline run_result run_policy(const kvcrush_llama::model& m, const std::vector<in
   // (The pyramid's "window" is everything always kept: sink + recent.)
   const std::vector<index_t> budgets =
       kvcrush::layer_budgets(policy, budget_tokens, o.sink + o.window, c.n_layers, prefill);
-  kvcrush::eviction_settings settings;
-  settings.policy = policy;
-  settings.slack = o.slack;
-  settings.query_heads = c.n_heads;
-  settings.window = o.window;
-  settings.max_tokens = length;
+  kvcrush::eviction_settings settings = impl::settings_for(o, c, policy, length, o.slack);
   for (index_t b : budgets) settings.budgets.push_back(impl::budget_of(o, policy, b));
 
   auto track_peak = [&](const kvcrush_llama::kv_store& store) {
