@@ -81,7 +81,7 @@ void buckets(benchmark::State& state) {
   std::vector<std::uint32_t> dist(static_cast<std::size_t>(tokens));
   for (auto& d : dist) d = static_cast<std::uint32_t>(bits(rng));
   std::vector<std::uint8_t> flags(static_cast<std::size_t>(tokens));
-  std::vector<index_t> histogram(static_cast<std::size_t>(heads) + 2), order(static_cast<std::size_t>(tokens));
+  std::vector<index_t> histogram(kvcrush::representative_histogram_size(heads)), order(static_cast<std::size_t>(tokens));
   const std::size_t bytes = dist.size() * sizeof(std::uint32_t) + flags.size();
   const double baseline = kvcrush_bench::read_pass_seconds(dist.data(), dist.size() * sizeof(std::uint32_t));
   kvcrush_bench::loop_timer timer;

@@ -320,6 +320,10 @@ TEST(CacheAllocation, BatchOnThreadsAllocatesNothing) {
   }
   counting_executor ex(3);
   kvcrush::worker_workspaces spaces(ex);
+  // Which worker runs which selection is up to the scheduler: a worker that
+  // happened to run no eviction while warming up would grow its workspace
+  // later. Reserved workspaces never grow.
+  spaces.reserve(s.heads, s.budget.budget + s.slack + 1, s.query_heads);
   step_buffers buffers(s);
   auto cycle = [&](int step) {
     // Sequences start staggered so that they evict at different steps.

@@ -3,6 +3,8 @@
 // OpenVINO GenAI block-mode vectors.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -264,11 +266,62 @@ TEST(Representatives, CountingSortOrdersByDistanceThenPosition) {
   // Candidates are the items with flag 0; distances up to 4.
   const std::vector<std::uint32_t> dist = {3, 0, 4, 0, 2, 3, 1, 0, 2, 4};
   std::vector<std::uint8_t> flags = {0, 0, 1, 0, 0, 0, 0, 1, 0, 0};
-  std::vector<index_t> histogram(6), order(10);
+  std::vector<index_t> histogram(kvcrush::representative_histogram_size(4)), order(10);
   // Ordered candidates: (0,1) (0,3) (1,6) (2,4) (2,8) (3,0) (3,5) (4,9); stride k=4 -> 0,2,4,6.
   kvcrush::impl::mark_representatives(dist.data(), flags.data(), 10, 0, 2, 4,
                                         kvcrush::representative_rule::stride, 4, histogram.data(), order.data());
   EXPECT_EQ(flags, (std::vector<std::uint8_t>{0, 2, 1, 0, 0, 2, 2, 1, 2, 0}));
+}
+
+TEST(Representatives, IncrementalIndicesEqualTheFormula) {
+  for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
+                    kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
+    for (index_t n : {1, 2, 3, 7, 10, 64, 97, 1000, 65537}) {
+      for (index_t k : {1, 2, 3, 5, 9, 64, 333, 1000, 40000}) {
+        if (k > n) continue;
+        std::vector<index_t> got;
+        kvcrush::for_each_representative_index(rule, n, k, [&](index_t p) { got.push_back(p); });
+        ASSERT_EQ(static_cast<index_t>(got.size()), k);
+        for (index_t i = 0; i < k; ++i)
+          ASSERT_EQ(got[static_cast<std::size_t>(i)], kvcrush::representative_index(rule, i, n, k)) << n << " " << k << " " << i;
+      }
+    }
+  }
+}
+
+TEST(Representatives, MatchAStableSortForEverySizeAndRule) {
+  // The counting sort runs on quarters of the range at once; sizes around
+  // multiples of 4 and heavy ties check that the order stays stable.
+  std::mt19937 rng(5);
+  for (index_t n = 1; n <= 70; ++n) {
+    for (index_t max_distance : {0, 1, 3, 64}) {
+      std::vector<std::uint32_t> dist(static_cast<std::size_t>(n));
+      std::vector<std::uint8_t> flags(static_cast<std::size_t>(n));
+      for (index_t t = 0; t < n; ++t) {
+        dist[static_cast<std::size_t>(t)] = static_cast<std::uint32_t>(rng() % static_cast<unsigned>(max_distance + 1));
+        flags[static_cast<std::size_t>(t)] = static_cast<std::uint8_t>(rng() % 3 == 0);  // 0: candidate
+      }
+      std::vector<index_t> sorted;
+      for (index_t t = 0; t < n; ++t)
+        if (flags[static_cast<std::size_t>(t)] == 0) sorted.push_back(t);
+      std::stable_sort(sorted.begin(), sorted.end(), [&](index_t a, index_t b) {
+        return dist[static_cast<std::size_t>(a)] < dist[static_cast<std::size_t>(b)];
+      });
+      const auto candidates = static_cast<index_t>(sorted.size());
+      for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
+                        kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
+        for (index_t k = 1; k <= candidates; k += 1 + candidates / 5) {
+          std::vector<std::uint8_t> expected = flags, got = flags;
+          for (index_t i = 0; i < k; ++i)
+            expected[static_cast<std::size_t>(sorted[static_cast<std::size_t>(kvcrush::representative_index(rule, i, candidates, k))])] = 2;
+          std::vector<index_t> histogram(kvcrush::representative_histogram_size(max_distance)), order(static_cast<std::size_t>(n));
+          kvcrush::impl::mark_representatives(dist.data(), got.data(), n, 0, 2, k, rule, max_distance, histogram.data(),
+                                              order.data());
+          ASSERT_EQ(got, expected) << "n " << n << " max_distance " << max_distance << " k " << k;
+        }
+      }
+    }
+  }
 }
 
 // OpenVINO GenAI's KVCrush unit-test vectors (block mode, one head).
@@ -299,7 +352,7 @@ TEST(OpenVinoVectors, BlockDistancesToAnchor) {
 TEST(OpenVinoVectors, StrideRepresentatives) {
   // Four candidate blocks whose distance equals their index.
   const std::vector<std::uint32_t> dist = {0, 1, 2, 3};
-  std::vector<index_t> histogram(6), order(4);
+  std::vector<index_t> histogram(kvcrush::representative_histogram_size(4)), order(4);
   for (auto [budget, expected] : {std::pair<index_t, std::vector<std::uint8_t>>{2, {2, 0, 2, 0}},
                                   std::pair<index_t, std::vector<std::uint8_t>>{4, {2, 2, 2, 2}}}) {
     std::vector<std::uint8_t> flags(4, 0);

@@ -243,7 +243,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     make_anchor(cfg.anchor, unit_bits, counts, n, cfg.seed, anchor);
     std::uint32_t* dist = ws.distances(static_cast<std::size_t>(n) + 1);
     simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
-    index_t* histogram = ws.histogram(static_cast<std::size_t>(unit_bits) + 2);
+    index_t* histogram = ws.histogram(representative_histogram_size(unit_bits));
     index_t* order = ws.order(static_cast<std::size_t>(n) + 1);
     for (index_t h = 0; h < rows; ++h) {
       mark_representatives(dist, flags + h * n, n, flag_evict, flag_representative, split_of(h).crush,

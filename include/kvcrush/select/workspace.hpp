@@ -10,6 +10,7 @@
 #include <memory>
 #include <new>
 
+#include "kvcrush/select/buckets.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -83,7 +84,7 @@ class workspace {
     scores(n * h);
     query_scores(n * hs);
     order(n + 1);
-    histogram(unit_bits + 2);
+    histogram(representative_histogram_size(unit_bits));
     positions(n);
   }
 
