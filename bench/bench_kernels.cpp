@@ -1,5 +1,5 @@
 // KVCrush kernels per ISA: the signature step (median thresholds included),
-// Hamming distances and the bucket (counting sort) step, next to a read pass
+// the thresholds alone, Hamming distances and the bucket (counting sort) step, next to a read pass
 // over the same float matrix. Names: family/isa/H/N.
 #include <benchmark/benchmark.h>
 
@@ -47,6 +47,28 @@ void signatures(benchmark::State& state) {
     const bool ok = kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median,
                                                          sig.data(), counts.data(), nullptr, ws);
     benchmark::DoNotOptimize(ok);
+    benchmark::ClobberMemory();
+  }
+  kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
+}
+
+// The median thresholds alone (the part of the signature step before the
+// compare-and-pack pass).
+template <class Isa>
+void thresholds(benchmark::State& state) {
+  const index_t heads = state.range(0), tokens = state.range(1);
+  const auto scores = kvcrush_bench::attention_like_scores(static_cast<std::size_t>(heads * tokens), 2);
+  std::vector<float> values(static_cast<std::size_t>(heads));
+  std::vector<index_t> ties(static_cast<std::size_t>(heads));
+  std::vector<float> buf_a(static_cast<std::size_t>(tokens) + 64), buf_b(buf_a.size());
+  const kvcrush::impl::score_rows rows{scores.data(), tokens, heads, tokens};
+  const std::size_t bytes = scores.size() * sizeof(float);
+  const double baseline = kvcrush_bench::read_pass_seconds(scores.data(), bytes);
+  kvcrush_bench::loop_timer timer;
+  timer.start();
+  for (auto _ : state) {
+    kvcrush::impl::compute_thresholds<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median, values.data(),
+                                           ties.data(), buf_a.data(), buf_b.data());
     benchmark::ClobberMemory();
   }
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
@@ -102,6 +124,8 @@ void register_isa() {
   for (index_t h : head_counts)
     for (index_t n : token_counts) {
       benchmark::RegisterBenchmark(kvcrush_bench::isa_prefix("signatures", Isa::name).c_str(), signatures<Isa>)
+          ->Args({h, n})->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark(kvcrush_bench::isa_prefix("thresholds", Isa::name).c_str(), thresholds<Isa>)
           ->Args({h, n})->Unit(benchmark::kMicrosecond);
       benchmark::RegisterBenchmark(kvcrush_bench::isa_prefix("hamming", Isa::name).c_str(), hamming<Isa>)
           ->Args({h, n})->Unit(benchmark::kMicrosecond);

@@ -52,6 +52,7 @@ def kernels(rows):
     isas = [i for i in ("scalar", "avx2", "avx512") if any(k.startswith(f"signatures/{i}/") for k in rows)]
     header = ["H", "N", "read pass (µs)"]
     header += [f"signatures {i} (× read)" for i in isas]
+    header += [f"of which thresholds, {isas[-1]} (× read)"]
     header += [f"Hamming {i} (G tok/s)" for i in isas]
     header += ["buckets (µs)"]
     lines = []
@@ -65,6 +66,9 @@ def kernels(rows):
             for i in isas:
                 r = rows.get(f"signatures/{i}/{key}")
                 line.append(fmt(micros(r) / read, 2) if r else "—")
+            best = isas[-1]
+            t = rows.get(f"thresholds/{best}/{key}")
+            line.append(fmt(micros(t) / read, 2) if t else "—")
             for i in isas:
                 r = rows.get(f"hamming/{i}/{key}")
                 line.append(giga(r["tokens/s"]) if r else "—")
@@ -117,7 +121,7 @@ def cache(rows):
 
 def quant(rows):
     isas = [i for i in ("scalar", "avx2", "avx512") if any(k.startswith(f"quant_dot/{i}/") for k in rows)]
-    header = ["kernel", "bits"] + [f"{i} (× read, G tok/s)" for i in isas]
+    header = ["kernel", "bits"] + [f"{i} (× read, M tok/s)" for i in isas]
     lines = []
     key = "128/32768"
     for kernel in ("quantize", "quant_dot", "quant_sum"):
@@ -125,12 +129,12 @@ def quant(rows):
             line = [kernel, str(bits)]
             for i in isas:
                 r = rows.get(f"{kernel}/{i}/int{bits}/{key}")
-                line.append(f"{fmt(r['x_read_pass'], 2)}, {giga(r['tokens/s'])}" if r else "—")
+                line.append(f"{fmt(r['x_read_pass'], 2)}, {fmt(r['tokens/s'] / 1e6, 0)}" if r else "—")
             lines.append(line)
     line = ["f16_dot", "16"]
     for i in isas:
         r = rows.get(f"f16_dot/{i}/f16/{key}")
-        line.append(f"{fmt(r['x_read_pass'], 2)}, {giga(r['tokens/s'])}" if r else "—")
+        line.append(f"{fmt(r['x_read_pass'], 2)}, {fmt(r['tokens/s'] / 1e6, 0)}" if r else "—")
     lines.append(line)
     return table(header, lines)
 
@@ -142,8 +146,8 @@ def main():
     sections = [("KVCrush kernels", "signatures/", kernels), ("Selection, scores to keep set", "select/", select),
                 ("Cache compaction and paged eviction (float16, head_dim 128)", "compact/", cache),
                 ("Quantized cache kernels (head_dim 128, N = 32768, one head)", "quant_dot/", quant)]
-    print(f"<!-- {context.get('num_cpus', '?')} CPUs at {context.get('mhz_per_cpu', '?')} MHz, "
-          f"{context.get('date', '')} -->")
+    print(f"Measured {context.get('date', '?')} on {context.get('num_cpus', '?')} CPUs "
+          f"({context.get('mhz_per_cpu', '?')} MHz nominal).")
     for title, prefix, fn in sections:
         if any(k.startswith(prefix) for k in rows):
             print(f"\n#### {title}\n")
