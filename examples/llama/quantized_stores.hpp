@@ -17,7 +17,8 @@
 //                    tokens by position and its keep sets mean positions.
 //                    With no demotion it is a plain float16 cache.
 // Both compute attention themselves (computes_attention): the engine never
-// sees their rows as floats. Keep sets must be shared by all KV heads.
+// sees their rows as floats. Keep sets must be shared by all KV heads. Like
+// the engine, a store is driven by one thread (attention shares scratch).
 #pragma once
 
 #include <algorithm>
