@@ -35,7 +35,27 @@ kvcrush::quant_config quant(int bits, index_t window) {
 
 int token_at(int i) { return (i * 7 + 3) % 32; }
 
-// Union positions of one layer, and whether each row is quantized.
+// An engine on a tiered store whose low tier has `bits`, fed `tokens`
+// tokens; store() is the engine's store.
+struct tiered_engine {
+  kvcrush_llama::tiered_store* tiers;
+  engine e;
+  tiered_engine(const model& m, int bits, int tokens)
+      : tiers(nullptr), e(m, make(m, bits, tiers)) {
+    for (int i = 0; i < tokens; ++i) e.forward(token_at(i));
+  }
+  kvcrush_llama::tiered_store& store() { return *tiers; }
+
+ private:
+  static std::unique_ptr<kvcrush_llama::kv_store> make(const model& m, int bits, kvcrush_llama::tiered_store*& out) {
+    const auto& c = m.config();
+    auto s = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 64, quant(bits, 0));
+    out = s.get();
+    return s;
+  }
+};
+
+// Union positions of one layer.
 std::vector<index_t> positions_of(const kvcrush_llama::tiered_store& s, index_t l) {
   std::vector<index_t> out;
   for (index_t u = 0; u < s.length(l); ++u) out.push_back(s.position(l, u));
@@ -68,10 +88,9 @@ TEST(QuantizedStores, BothStayCloseToTheFloat32Engine) {
 TEST(TieredStore, UnionStaysInPositionOrderThroughDemotionAndEviction) {
   const model m = small_model();
   const auto& c = m.config();
-  auto owned = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 64, quant(2, 0));
-  kvcrush_llama::tiered_store& s = *owned;
-  engine e(m, std::move(owned));
-  for (int i = 0; i < 30; ++i) e.forward(token_at(i));
+  tiered_engine run(m, 2, 30);
+  kvcrush_llama::tiered_store& s = run.store();
+  engine& e = run.e;
   // Demote every odd row, then rows 0 and 2 (older than the low tier's).
   std::vector<index_t> odd;
   for (index_t u = 1; u < 30; u += 2) odd.push_back(u);
@@ -102,10 +121,8 @@ TEST(TieredStore, UnionStaysInPositionOrderThroughDemotionAndEviction) {
 TEST(TieredStore, AttentionReadsBothTiersAsTheirDequantizedRows) {
   const model m = small_model();
   const auto& c = m.config();
-  auto owned = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 64, quant(4, 0));
-  kvcrush_llama::tiered_store& s = *owned;
-  engine e(m, std::move(owned));
-  for (int i = 0; i < 45; ++i) e.forward(token_at(i));
+  tiered_engine run(m, 4, 45);
+  kvcrush_llama::tiered_store& s = run.store();
   std::vector<index_t> rows;
   for (index_t u = 0; u < 45; ++u)
     if (u % 3 != 2) rows.push_back(u);
@@ -157,10 +174,8 @@ TEST(TieredStore, AttentionReadsBothTiersAsTheirDequantizedRows) {
 TEST(QuantizedStores, RefuseWhatTheyCannotHold) {
   const model m = small_model();
   const auto& c = m.config();
-  auto owned = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), 64, quant(4, 0));
-  kvcrush_llama::tiered_store& s = *owned;
-  engine e(m, std::move(owned));
-  for (int i = 0; i < 8; ++i) e.forward(token_at(i));
+  tiered_engine run(m, 4, 8);
+  kvcrush_llama::tiered_store& s = run.store();
   s.demote(0, {1, 2});
   const std::vector<index_t> rows = {0, 1, 2, 3};
   const std::vector<index_t> counts = {2, 2};
