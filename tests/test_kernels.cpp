@@ -198,6 +198,107 @@ TEST(SignatureKernel, ReportsNaN) {
   kvcrush_test::for_each_simd_isa(check);
 }
 
+TEST(OrderStatisticsKernel, SmallArraysMatchTheRankCount) {
+  // Every n up to the kernel's 64, every pair of ranks, values with heavy
+  // ties and infinities, and a NaN in the array (ranks then count the
+  // NaN-free part, and an unreachable rank gives v[0]).
+  const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
+    using Isa = decltype(tag);
+    for (long n = 1; n <= 64; ++n) {
+      for (int variant = 0; variant < 3; ++variant) {
+        auto v = kvcrush_test::tricky_floats(static_cast<std::size_t>(n), static_cast<std::uint32_t>(n * 3 + variant),
+                                             variant == 0 ? 3 : 1000);
+        if (variant == 2) v[static_cast<std::size_t>(n / 2)] = std::numeric_limits<float>::quiet_NaN();
+        for (index_t r_a = 0; r_a < n; ++r_a) {
+          const index_t r_b = n - 1 - r_a;
+          float ea, eb, ga, gb;
+          kvcrush::impl::small_order_statistics<isa::scalar>(v.data(), n, r_a, r_b, ea, eb);
+          kvcrush::impl::small_order_statistics<Isa>(v.data(), n, r_a, r_b, ga, gb);
+          ASSERT_TRUE(same_bits(ga, ea) || (ga == 0.0f && ea == 0.0f)) << Isa::name << " n=" << n << " r=" << r_a;
+          ASSERT_TRUE(same_bits(gb, eb) || (gb == 0.0f && eb == 0.0f)) << Isa::name << " n=" << n << " r=" << r_b;
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(MedianSignatures, EveryIsaMatchesScalarAcrossTilesHeadsAndSums) {
+  // The AVX-512 build makes median signatures one head at a time and
+  // transposes 512-token tiles; sizes straddle the tiles, heads every block
+  // shape, rows padded and started unaligned, with the head-order sums.
+  kvcrush::workspace ws_scalar, ws_simd;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t heads : {1, 7, 8, 31, 32, 33, 64, 65, 96, 128}) {
+      for (index_t tokens : {2, 15, 16, 17, 511, 512, 513, 1000, 1537}) {
+        const index_t stride = tokens + 5;
+        const index_t begin = tokens > 20 ? 3 : 0;
+        const index_t end = tokens > 20 ? tokens - 2 : tokens;
+        const index_t n = end - begin;
+        const index_t words = kvcrush::signature_words(heads);
+        for (bool with_sums : {false, true}) {
+          // Infinities only without sums: +inf + -inf would make a sum NaN.
+          const auto flat = kvcrush_test::tricky_floats(static_cast<std::size_t>(heads * stride),
+                                                        static_cast<std::uint32_t>(heads * 1000 + tokens),
+                                                        heads % 2 ? 5 : 4000, with_sums ? 0.0 : 0.02);
+          const kvcrush::impl::score_rows rows{flat.data(), stride, heads, tokens};
+          std::vector<std::uint64_t> es(static_cast<std::size_t>(n * words)), gs(es.size(), ~0ull);
+          std::vector<float> esum(static_cast<std::size_t>(n)), gsum(esum.size());
+          std::vector<index_t> ec(static_cast<std::size_t>(heads)), gc(ec.size());
+          const bool eok = kvcrush::impl::build_signatures<isa::scalar>(
+              rows, begin, end, kvcrush::threshold_mode::median, es.data(), ec.data(), with_sums ? esum.data() : nullptr,
+              ws_scalar);
+          const bool gok = kvcrush::impl::build_signatures<Isa>(rows, begin, end, kvcrush::threshold_mode::median,
+                                                                gs.data(), gc.data(),
+                                                                with_sums ? gsum.data() : nullptr, ws_simd);
+          ASSERT_TRUE(eok);
+          ASSERT_TRUE(gok);
+          ASSERT_EQ(gs, es) << Isa::name << " H=" << heads << " N=" << tokens << " sums=" << with_sums;
+          ASSERT_EQ(gc, ec) << Isa::name << " H=" << heads << " N=" << tokens;
+          if (with_sums) {
+            for (index_t t = 0; t < n; ++t) ASSERT_TRUE(same_bits(gsum[t], esum[t])) << Isa::name << " t=" << t;
+          }
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(MedianSignatures, ReportNaNInAnyHeadOrSum) {
+  kvcrush::workspace ws;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    const index_t heads = 40, tokens = 700;
+    for (index_t at : {index_t{0}, index_t{17}, index_t{39 * tokens + 699}, index_t{5 * tokens + 512}}) {
+      auto flat = kvcrush_test::tricky_floats(static_cast<std::size_t>(heads * tokens), 11, 6, 0.0);
+      flat[static_cast<std::size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+      const kvcrush::impl::score_rows rows{flat.data(), tokens, heads, tokens};
+      std::vector<std::uint64_t> sig(static_cast<std::size_t>(tokens));
+      std::vector<float> sums(static_cast<std::size_t>(tokens));
+      EXPECT_FALSE(kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median, sig.data(),
+                                                        nullptr, nullptr, ws))
+          << Isa::name << " at " << at;
+      EXPECT_FALSE(kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median, sig.data(),
+                                                        nullptr, sums.data(), ws))
+          << Isa::name << " at " << at;
+    }
+    // +inf and -inf in one token of two heads: the sum is NaN, the scores are not.
+    auto flat = kvcrush_test::tricky_floats(static_cast<std::size_t>(heads * tokens), 12, 6, 0.0);
+    flat[100] = std::numeric_limits<float>::infinity();
+    flat[static_cast<std::size_t>(tokens + 100)] = -std::numeric_limits<float>::infinity();
+    const kvcrush::impl::score_rows rows{flat.data(), tokens, heads, tokens};
+    std::vector<std::uint64_t> sig(static_cast<std::size_t>(tokens));
+    std::vector<float> sums(static_cast<std::size_t>(tokens));
+    EXPECT_TRUE(kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median, sig.data(),
+                                                     nullptr, nullptr, ws));
+    EXPECT_FALSE(kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median, sig.data(),
+                                                      nullptr, sums.data(), ws));
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
 TEST(HammingKernel, MatchesScalarForEveryWordCountAndTail) {
   const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
     using Isa = decltype(tag);

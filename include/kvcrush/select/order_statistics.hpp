@@ -30,22 +30,26 @@ struct kth_result {
 };
 
 // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
-// found by counting each value's rank: at most n^2/16 vector compares and no
-// data-dependent branches inside the count, which beats nth_element on the
-// short arrays (<= 64 values) this is used for.
+// n <= 64, found by counting each value's rank: at most n^2/16 vector
+// compares and no data-dependent branches inside the count, which beats
+// nth_element on arrays this short. An unreachable rank (NaN in v) gives v[0].
 template <class Isa>
 void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a, float& b) noexcept {
-  a = b = v[0];  // kept only if the ranks are unreachable (NaN in v)
-  bool found_a = false, found_b = false;
-  for (index_t i = 0; i < n && !(found_a && found_b); ++i) {
-    const simd::rank_counts c = simd::partition_kernel<Isa>::count(v, n, v[i]);
-    if (!found_a && c.greater <= r_a && r_a < c.greater + c.equal) {
-      a = v[i];
-      found_a = true;
-    }
-    if (!found_b && c.greater <= r_b && r_b < c.greater + c.equal) {
-      b = v[i];
-      found_b = true;
+  a = b = v[0];
+  if constexpr (simd::has_small_order_statistics<Isa>::value) {
+    simd::partition_kernel<Isa>::small_order_statistics(v, n, r_a, r_b, a, b);
+  } else {
+    bool found_a = false, found_b = false;
+    for (index_t i = 0; i < n && !(found_a && found_b); ++i) {
+      const simd::rank_counts c = simd::partition_kernel<Isa>::count(v, n, v[i]);
+      if (!found_a && c.greater <= r_a && r_a < c.greater + c.equal) {
+        a = v[i];
+        found_a = true;
+      }
+      if (!found_b && c.greater <= r_b && r_b < c.greater + c.equal) {
+        b = v[i];
+        found_b = true;
+      }
     }
   }
 }

@@ -12,6 +12,7 @@
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/workspace.hpp"
+#include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/simd/signature.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -73,27 +74,64 @@ inline double canonical_mean(const float* v, index_t n) noexcept {
 // tie is taken. A row with nothing to take gets a NaN threshold (ordered
 // comparisons with NaN are false). NaN in the rows is left to the signature
 // pass, which reports it.
+// Head h's median threshold over row[0, n): the k-th largest, k = n / 2,
+// and the tie quota (see compute_thresholds). Needs n >= 2.
+template <class Isa>
+float median_threshold(const float* row, index_t n, index_t& ties, float* buf_a, float* buf_b) noexcept {
+  const index_t k = n / 2;
+  const kth_result kth = kth_largest<Isa>(row, n, k, buf_a, buf_b, /*detect_nan=*/false);
+  const index_t quota = k - kth.above;
+  ties = kth.equal > quota ? quota : -1;
+  return kth.value;
+}
+
+// Per-row threshold over tokens [begin, end), and for median mode the tie
+// quota: ties[h] >= 0 is how many tokens equal to the threshold head h takes
+// (the first ones by position) when more than that many tie; -1 when every
+// tie is taken. A row with nothing to take gets a NaN threshold (ordered
+// comparisons with NaN are false). NaN in the rows is left to the signature
+// pass, which reports it.
 template <class Isa>
 void compute_thresholds(const score_rows& s, index_t begin, index_t end, threshold_mode mode, float* thresholds,
                         index_t* ties, float* buf_a, float* buf_b) noexcept {
   const index_t n = end - begin;
-  const index_t k = n / 2;
   for (index_t h = 0; h < s.rows; ++h) {
     const float* row = s.row(h) + begin;
     ties[h] = -1;
     if (mode == threshold_mode::median) {
-      if (k == 0) {
-        thresholds[h] = std::numeric_limits<float>::quiet_NaN();
-        continue;
-      }
-      const kth_result kth = kth_largest<Isa>(row, n, k, buf_a, buf_b, /*detect_nan=*/false);
-      thresholds[h] = kth.value;
-      const index_t quota = k - kth.above;
-      if (kth.equal > quota) ties[h] = quota;
+      thresholds[h] = n >= 2 ? median_threshold<Isa>(row, n, ties[h], buf_a, buf_b)
+                             : std::numeric_limits<float>::quiet_NaN();
     } else {
       thresholds[h] = n > 0 ? float_at_or_below(canonical_mean(row, n)) : std::numeric_limits<float>::quiet_NaN();
     }
   }
+}
+
+// Median signatures one head at a time: the threshold, then the head's bits
+// (and its share of the sums over heads) while its row is still in L2, then
+// one transpose to token-major words. Ties are left to the caller, as from
+// the token-major pass. Returns true on NaN.
+template <class Isa>
+bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, float* thresholds, index_t* ties,
+                               std::uint64_t* signatures, float* sums, workspace& ws) noexcept {
+  using kernel = simd::head_bits_kernel<Isa>;
+  const index_t n = end - begin;
+  const index_t stride = simd::head_bits_stride(s.rows);
+  const index_t size = simd::head_bits_size(s.rows, n);
+  std::uint16_t* bits = ws.head_bits(static_cast<std::size_t>(size + 32 * stride));
+  float* buf_a = ws.floats_a(static_cast<std::size_t>(n + 64));
+  float* buf_b = ws.floats_b(static_cast<std::size_t>(n + 64));
+  bool nan = false;
+  for (index_t h = 0; h < s.rows; ++h) {
+    const float* row = s.row(h) + begin;
+    ties[h] = -1;
+    thresholds[h] = n >= 2 ? median_threshold<Isa>(row, n, ties[h], buf_a, buf_b)
+                           : std::numeric_limits<float>::quiet_NaN();
+    nan |= kernel::row(row, n, thresholds[h], h, stride, bits, sums);
+  }
+  kernel::zero_padding(s.rows, stride, n, bits);
+  kernel::transpose(bits, stride, n, signatures, signature_words(s.rows), bits + size);
+  return nan;
 }
 
 inline bool has_nan(const score_rows& s, index_t begin, index_t end) noexcept {
@@ -105,6 +143,25 @@ inline bool has_nan(const score_rows& s, index_t begin, index_t end) noexcept {
   return nan;
 }
 
+// Median mode sets every token equal to the threshold; where more tie than
+// the head may take, keep the first ones by position (the SPEC's order).
+// Every head then has exactly n / 2 bits set.
+inline void trim_surplus_ties(const score_rows& s, index_t begin, index_t end, const float* thresholds,
+                              const index_t* ties, std::uint64_t* signatures, index_t* bit_counts) noexcept {
+  const index_t words = signature_words(s.rows);
+  for (index_t h = 0; h < s.rows; ++h) {
+    if (bit_counts) bit_counts[h] = (end - begin) / 2;
+    if (ties[h] < 0) continue;
+    const float* row = s.row(h);
+    const float threshold = thresholds[h];
+    const std::uint64_t bit = std::uint64_t{1} << (h % 64);
+    index_t taken = 0;
+    for (index_t t = begin; t < end; ++t) {
+      if (row[t] == threshold && taken++ >= ties[h]) signatures[(t - begin) * words + h / 64] &= ~bit;
+    }
+  }
+}
+
 // Thresholds + the fused pass. signatures: [(end - begin) * words]; sums and
 // bit_counts optional. Returns false on NaN.
 template <class Isa>
@@ -113,8 +170,15 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
   float* thresholds = ws.thresholds(static_cast<std::size_t>(s.rows));
   index_t* ties = ws.ties(static_cast<std::size_t>(s.rows));
   const auto n = static_cast<std::size_t>(end - begin);
-  compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64));
   const bool median = mode == threshold_mode::median;
+  if constexpr (simd::has_head_bits<Isa>::value) {
+    if (median) {
+      if (median_signatures_by_head<Isa>(s, begin, end, thresholds, ties, signatures, sums, ws)) return false;
+      trim_surplus_ties(s, begin, end, thresholds, ties, signatures, bit_counts);
+      return true;
+    }
+  }
+  compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64));
   simd::signature_job job;
   job.scores = s.data;
   job.row_stride = s.row_stride;
@@ -132,20 +196,7 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
     for (index_t h = 0; h < s.rows; ++h) bit_counts[h] = 0;
   }
   if (simd::signature_kernel<Isa>::run(job)) return false;
-  if (!median) return true;
-  // The pass took every token equal to the threshold; where more tie than
-  // the head may take, keep the first ones by position (the SPEC's order).
-  for (index_t h = 0; h < s.rows; ++h) {
-    if (bit_counts) bit_counts[h] = static_cast<index_t>(n / 2);
-    if (ties[h] < 0) continue;
-    const float* row = s.row(h);
-    const float threshold = thresholds[h];
-    const std::uint64_t bit = std::uint64_t{1} << (h % 64);
-    index_t taken = 0;
-    for (index_t t = begin; t < end; ++t) {
-      if (row[t] == threshold && taken++ >= ties[h]) signatures[(t - begin) * job.words + h / 64] &= ~bit;
-    }
-  }
+  if (median) trim_surplus_ties(s, begin, end, thresholds, ties, signatures, bit_counts);
   return true;
 }
 

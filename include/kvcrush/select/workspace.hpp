@@ -11,6 +11,7 @@
 #include <new>
 
 #include "kvcrush/select/buckets.hpp"
+#include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -86,6 +87,8 @@ class workspace {
     order(n + 1);
     histogram(representative_histogram_size(unit_bits));
     positions(n);
+    head_bits(static_cast<std::size_t>(simd::head_bits_size(static_cast<index_t>(hs), static_cast<index_t>(n)) +
+                                       32 * simd::head_bits_stride(static_cast<index_t>(hs))));
   }
 
   // How many times any buffer had to grow; tests use it to prove that a
@@ -99,7 +102,8 @@ class workspace {
            bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 +
            distances_.capacity() * 4 + flags_.capacity() + flags_b_.capacity() + scores_.capacity() * 4 +
            query_scores_.capacity() * 4 + order_.capacity() * 8 +
-           histogram_.capacity() * 8 + positions_.capacity() * 8 + block_signatures_.capacity() * 8;
+           histogram_.capacity() * 8 + positions_.capacity() * 8 + block_signatures_.capacity() * 8 +
+           head_bits_.capacity() * 2;
   }
 
   // Internal buffers, one per role. Each returns room for n elements.
@@ -124,6 +128,7 @@ class workspace {
   index_t* order(std::size_t n) { return order_.ensure(n, allocations_); }
   index_t* histogram(std::size_t n) { return histogram_.ensure(n, allocations_); }
   index_t* positions(std::size_t n) { return positions_.ensure(n, allocations_); }
+  std::uint16_t* head_bits(std::size_t n) { return head_bits_.ensure(n, allocations_); }
 
  private:
   std::size_t allocations_ = 0;
@@ -133,6 +138,7 @@ class workspace {
   detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_;
   detail::scratch<std::uint32_t> distances_;
   detail::scratch<std::uint8_t> flags_, flags_b_;
+  detail::scratch<std::uint16_t> head_bits_;
 };
 
 }  // namespace kvcrush

@@ -8,6 +8,8 @@
 // below count where the caller has no use for it.
 #pragma once
 
+#include <type_traits>
+
 #include "kvcrush/simd/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -58,6 +60,16 @@ struct partition_kernel<isa::scalar> {
     return r;
   }
 };
+
+// Whether a kernel ranks short arrays (<= 64 values) itself, all values at
+// once; otherwise the caller counts one value's rank at a time.
+template <class Kernel, class = void>
+struct has_small_order_statistics_impl : std::false_type {};
+template <class Kernel>
+struct has_small_order_statistics_impl<Kernel, std::void_t<decltype(&Kernel::small_order_statistics)>>
+    : std::true_type {};
+template <class Isa>
+using has_small_order_statistics = has_small_order_statistics_impl<partition_kernel<Isa>>;
 
 }  // namespace simd
 }  // namespace KVCRUSH_TARGET_NS

@@ -8,6 +8,8 @@
 #if KVCRUSH_HAS_AVX512
 #include <immintrin.h>
 
+#include <limits>
+
 #include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/partition.hpp"
 
@@ -24,31 +26,29 @@ struct partition_kernel<isa::avx512> {
     const __m512 vhi = _mm512_set1_ps(hi);
     partition_counts c;
     index_t i = 0;
-    // Above/below counts live in vector lanes (one masked add each); only the
-    // packed-store offset needs a scalar popcount. Two vectors per step: the
-    // second store offset depends only on the first's popcount.
-    const __m512i one = _mm512_set1_epi32(1);
-    __m512i above_lanes = _mm512_setzero_si512();
-    __m512i below_lanes = _mm512_setzero_si512();
-    for (; i + 32 <= n; i += 32) {
-      const __m512 v0 = _mm512_loadu_ps(src + i);
-      const __m512 v1 = _mm512_loadu_ps(src + i + 16);
-      const __mmask16 in0 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(v0, vlo, _CMP_GE_OQ), v0, vhi, _CMP_LE_OQ);
-      const __mmask16 in1 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(v1, vlo, _CMP_GE_OQ), v1, vhi, _CMP_LE_OQ);
-      const unsigned n0 = _mm_popcnt_u32(in0);
-      // Whole-vector stores are safe: inside <= i, so each store ends before src's end.
-      _mm512_storeu_ps(dst + c.inside, _mm512_maskz_compress_ps(in0, v0));
-      _mm512_storeu_ps(dst + c.inside + n0, _mm512_maskz_compress_ps(in1, v1));
-      c.inside += n0 + _mm_popcnt_u32(in1);
-      above_lanes = _mm512_mask_add_epi32(above_lanes, _mm512_cmp_ps_mask(v0, vhi, _CMP_GT_OQ), above_lanes, one);
-      above_lanes = _mm512_mask_add_epi32(above_lanes, _mm512_cmp_ps_mask(v1, vhi, _CMP_GT_OQ), above_lanes, one);
-      if (CountBelow) {
-        below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v0, vlo, _CMP_LT_OQ), below_lanes, one);
-        below_lanes = _mm512_mask_add_epi32(below_lanes, _mm512_cmp_ps_mask(v1, vlo, _CMP_LT_OQ), below_lanes, one);
+    // Four vectors per step. The above/below masks of the step are joined
+    // into one 64-bit mask and counted with one popcount; the inside masks
+    // exclude the above lanes by masking the second compare (no extra op).
+    // The store offsets depend only on popcounts, not on the previous store.
+    for (; i + 64 <= n; i += 64) {
+      __m512 v[4];
+      __mmask16 above[4], inside[4], below[4];
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm512_loadu_ps(src + i + 16 * j);
+        above[j] = _mm512_cmp_ps_mask(v[j], vhi, _CMP_GT_OQ);
+        inside[j] = _mm512_mask_cmp_ps_mask(_knot_mask16(above[j]), v[j], vlo, _CMP_GE_OQ);
+        if (CountBelow) below[j] = _mm512_cmp_ps_mask(v[j], vlo, _CMP_LT_OQ);
       }
+      c.above += avx512_util::popcount4(above);
+      if (CountBelow) c.below += avx512_util::popcount4(below);
+      // Whole-vector stores are safe: inside <= i, so each store ends before src's end.
+      float* out = dst + c.inside;
+      for (int j = 0; j < 4; ++j) {
+        _mm512_storeu_ps(out, _mm512_maskz_compress_ps(inside[j], v[j]));
+        out += _mm_popcnt_u32(inside[j]);
+      }
+      c.inside = out - dst;
     }
-    c.above += avx512_util::sum_i32(above_lanes);
-    if (CountBelow) c.below += avx512_util::sum_i32(below_lanes);
     for (; i + 16 <= n; i += 16) {
       const __m512 v = _mm512_loadu_ps(src + i);
       const __mmask16 above = _mm512_cmp_ps_mask(v, vhi, _CMP_GT_OQ);
@@ -73,6 +73,57 @@ struct partition_kernel<isa::avx512> {
       if (CountBelow) c.below += _mm_popcnt_u32(below);
     }
     return c;
+  }
+
+  // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
+  // n <= 64: every value's count of larger values is accumulated in vector
+  // lanes at once (n broadcasts, four compare-and-add chains), and the r-th
+  // largest is the smallest value with at most r larger ones. Returns false
+  // when a rank is unreachable (NaN), leaving that output untouched.
+  static bool small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
+                                     float& b) noexcept {
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    __m512 value[4];
+    __m512i larger[4];
+    __mmask16 valid[4];
+    // Always four blocks (empty ones masked off), so that the arrays live in
+    // registers.
+    constexpr int blocks = 4;
+    for (int q = 0; q < blocks; ++q) {
+      const index_t left = n - 16 * q;
+      const auto lanes = static_cast<__mmask16>(left >= 16 ? 0xffffu : (left > 0 ? (1u << left) - 1u : 0u));
+      value[q] = _mm512_maskz_loadu_ps(lanes, v + 16 * q);
+      valid[q] = _mm512_mask_cmp_ps_mask(lanes, value[q], value[q], _CMP_ORD_Q);
+      larger[q] = _mm512_setzero_si512();
+    }
+    const __m512i one = _mm512_set1_epi32(1);
+    for (index_t j = 0; j < n; ++j) {
+      const __m512 x = _mm512_set1_ps(v[j]);
+      for (int q = 0; q < blocks; ++q) {
+        larger[q] = _mm512_mask_add_epi32(larger[q], _mm512_mask_cmp_ps_mask(valid[q], value[q], x, _CMP_LT_OQ),
+                                          larger[q], one);
+      }
+    }
+    bool found = true;
+    const index_t values = avx512_util::popcount4(valid);
+    const index_t ranks[2] = {r_a, r_b};
+    float* outs[2] = {&a, &b};
+    for (int r = 0; r < 2; ++r) {
+      const __m512i rank = _mm512_set1_epi32(static_cast<int>(ranks[r]));
+      __m512 best = _mm512_set1_ps(inf);
+      __mmask16 any = 0;
+      for (int q = 0; q < blocks; ++q) {
+        const __mmask16 take = _mm512_mask_cmp_epi32_mask(valid[q], larger[q], rank, _MM_CMPINT_LE);
+        best = _mm512_mask_min_ps(best, take, best, value[q]);
+        any |= take;
+      }
+      if (ranks[r] < values && any) {
+        *outs[r] = avx512_util::min_ps(best);
+      } else {
+        found = false;
+      }
+    }
+    return found;
   }
 
   static rank_counts count(const float* src, index_t n, float x) noexcept {

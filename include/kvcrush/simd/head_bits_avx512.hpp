@@ -1,0 +1,148 @@
+// AVX-512 head-major bits: one compare per 16 tokens of a row (plus the
+// running sum over heads when asked), and a transpose per 512-token tile:
+// 32 x 32 uint16 blocks transposed in registers by five perfect shuffles,
+// then one token at a time peeled off 32 heads with vpmovw2m (the top bit of
+// each 16-bit lane), doubling the lanes in between.
+#pragma once
+
+#include "kvcrush/config.hpp"
+
+#if KVCRUSH_HAS_AVX512
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kvcrush/simd/head_bits.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
+
+template <>
+struct head_bits_kernel<isa::avx512> {
+  // Head `head`'s bits over row[0, n): row[t] >= threshold. With sums, also
+  // sums[t] = row[t] (head 0) or sums[t] + row[t] (later heads), the float
+  // sum in head order. Returns true when the row (or a sum) holds a NaN.
+  static bool row(const float* row, index_t n, float threshold, index_t head, index_t stride, std::uint16_t* bits,
+                  float* sums) noexcept {
+    const __m512 t = _mm512_set1_ps(threshold);
+    __mmask16 nan = 0;
+    index_t i = 0;
+    auto sum_into = [&](__m512 v, index_t at, __mmask16 lanes) {
+      if (!sums) return;
+      const __m512 total = head == 0 ? v : _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sums + at), v);
+      _mm512_mask_storeu_ps(sums + at, lanes, total);
+      nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
+    };
+    for (; i + 64 <= n; i += 64) {
+      __mmask16 take[4];
+      for (index_t j = 0; j < 4; ++j) {
+        const __m512 v = _mm512_loadu_ps(row + i + 16 * j);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        take[j] = _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ);
+        sum_into(v, i + 16 * j, 0xffff);
+      }
+      const std::uint64_t word =
+          _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(take[3], take[2]), _mm512_kunpackw(take[1], take[0])));
+      const index_t group = i / 16;
+      std::memcpy(bits + ((group / 32) * stride + head) * 32 + group % 32, &word, sizeof word);
+    }
+    for (; i < n; i += 16) {
+      const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, row + i);
+      nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+      const index_t group = i / 16;
+      bits[((group / 32) * stride + head) * 32 + group % 32] = _mm512_mask_cmp_ps_mask(lanes, v, t, _CMP_GE_OQ);
+      sum_into(v, i, lanes);
+    }
+    // The last tile's unused groups read as zero in the transpose.
+    for (index_t group = (n + 15) / 16; group % 32 != 0; ++group) {
+      bits[((group / 32) * stride + head) * 32 + group % 32] = 0;
+    }
+    return nan != 0;
+  }
+
+  // Zero bits for the padding heads [heads, stride) of every tile.
+  static void zero_padding(index_t heads, index_t stride, index_t n, std::uint16_t* bits) noexcept {
+    const index_t tiles = (n + head_bits_tile_tokens - 1) / head_bits_tile_tokens;
+    for (index_t tile = 0; tile < tiles; ++tile) {
+      for (index_t h = heads; h < stride; ++h) _mm512_store_si512(bits + (tile * stride + h) * 32, _mm512_setzero_si512());
+    }
+  }
+
+  // Token-major signatures (words per token) of n tokens from head-major
+  // bits. `scratch` holds 32 * stride uint16, 64-byte aligned; bits must be
+  // 64-byte aligned too.
+  static void transpose(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures, index_t words,
+                        std::uint16_t* scratch) noexcept {
+    // Interleaving the first (second) halves of two rows, element from a at
+    // even positions and from b at odd ones.
+    alignas(64) std::uint16_t lo_index[32], hi_index[32];
+    for (int j = 0; j < 32; ++j) {
+      lo_index[j] = static_cast<std::uint16_t>(j / 2 + (j % 2 ? 32 : 0));
+      hi_index[j] = static_cast<std::uint16_t>(16 + j / 2 + (j % 2 ? 32 : 0));
+    }
+    const __m512i lo = _mm512_load_si512(lo_index);
+    const __m512i hi = _mm512_load_si512(hi_index);
+    const index_t blocks = stride / 32;
+    for (index_t t0 = 0; t0 < n; t0 += head_bits_tile_tokens) {
+      const std::uint16_t* tile = bits + (t0 / head_bits_tile_tokens) * stride * 32;
+      for (index_t b = 0; b < blocks; ++b) {
+        // Row r = head 32 b + r, column c = group c. Each round moves the
+        // top column bit into the row index and the top row bit into the
+        // column index; after five, rows are groups and columns heads.
+        __m512i m[32];
+        for (int r = 0; r < 32; ++r) m[r] = _mm512_load_si512(tile + (32 * b + r) * 32);
+        for (int round = 0; round < 5; ++round) {
+          __m512i next[32];
+          for (int r = 0; r < 16; ++r) {
+            next[2 * r] = _mm512_permutex2var_epi16(m[r], lo, m[r + 16]);
+            next[2 * r + 1] = _mm512_permutex2var_epi16(m[r], hi, m[r + 16]);
+          }
+          for (int r = 0; r < 32; ++r) m[r] = next[r];
+        }
+        for (int g = 0; g < 32; ++g) _mm512_store_si512(scratch + g * stride + 32 * b, m[g]);
+      }
+      const index_t len = n - t0 < head_bits_tile_tokens ? n - t0 : head_bits_tile_tokens;
+      peel(scratch, stride, len, signatures + t0 * words, words);
+    }
+  }
+
+ private:
+  // Token-major words from group-major bits: scratch[g * stride + h], bit j
+  // for token 16 g + j.
+  static void peel(const std::uint16_t* scratch, index_t stride, index_t n, std::uint64_t* out, index_t words) noexcept {
+    const index_t blocks = stride / 32;
+    for (index_t g = 0; g * 16 < n; ++g) {
+      const index_t len = n - 16 * g < 16 ? n - 16 * g : 16;
+      const std::uint16_t* group = scratch + g * stride;
+      std::uint64_t* tokens = out + 16 * g * words;
+      const __m512i skip = _mm512_set1_epi16(static_cast<short>(16 - len));
+      for (index_t w = 0; w < words; ++w) {
+        // Token 15 sits in the top bit of each lane; shifting the lanes left
+        // brings tokens 14, 13, ... up in turn.
+        __m512i low = _mm512_sllv_epi16(_mm512_load_si512(group + 64 * w), skip);
+        if (2 * w + 1 < blocks) {
+          __m512i high = _mm512_sllv_epi16(_mm512_load_si512(group + 64 * w + 32), skip);
+          for (index_t j = len - 1; j >= 0; --j) {
+            tokens[j * words + w] = static_cast<std::uint64_t>(_cvtmask32_u32(_mm512_movepi16_mask(low))) |
+                                    static_cast<std::uint64_t>(_cvtmask32_u32(_mm512_movepi16_mask(high))) << 32;
+            low = _mm512_add_epi16(low, low);
+            high = _mm512_add_epi16(high, high);
+          }
+        } else {
+          for (index_t j = len - 1; j >= 0; --j) {
+            tokens[j * words + w] = _cvtmask32_u32(_mm512_movepi16_mask(low));
+            low = _mm512_add_epi16(low, low);
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush
+
+#endif  // KVCRUSH_HAS_AVX512
