@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/head_bits.hpp"
 
 namespace kvcrush {
@@ -22,44 +23,20 @@ template <>
 struct head_bits_kernel<isa::avx512> {
   // Head `head`'s bits over row[0, n): row[t] >= threshold. With sums, also
   // sums[t] = row[t] (head 0) or sums[t] + row[t] (later heads), the float
-  // sum in head order. Returns true when the row (or a sum) holds a NaN.
-  static bool row(const float* row, index_t n, float threshold, index_t head, index_t stride, std::uint16_t* bits,
-                  float* sums) noexcept {
-    const __m512 t = _mm512_set1_ps(threshold);
-    __mmask16 nan = 0;
-    index_t i = 0;
-    auto sum_into = [&](__m512 v, index_t at, __mmask16 lanes) {
-      if (!sums) return;
-      const __m512 total = head == 0 ? v : _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sums + at), v);
-      _mm512_mask_storeu_ps(sums + at, lanes, total);
-      nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
-    };
-    for (; i + 64 <= n; i += 64) {
-      __mmask16 take[4];
-      for (index_t j = 0; j < 4; ++j) {
-        const __m512 v = _mm512_loadu_ps(row + i + 16 * j);
-        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        take[j] = _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ);
-        sum_into(v, i + 16 * j, 0xffff);
-      }
-      const std::uint64_t word =
-          _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(take[3], take[2]), _mm512_kunpackw(take[1], take[0])));
-      const index_t group = i / 16;
-      std::memcpy(bits + ((group / 32) * stride + head) * 32 + group % 32, &word, sizeof word);
+  // sum in head order. Returns true on NaN: in the row without sums; with
+  // sums, in the last head's sums only, which a NaN score or an inf - inf
+  // on the way would have made NaN (NaN stays NaN under addition).
+  static bool row(const float* row, index_t n, float threshold, index_t head, index_t heads, index_t stride,
+                  std::uint16_t* bits, float* sums) noexcept {
+    // One head: its sums are its row, checked as without sums.
+    if (!sums || heads == 1) {
+      const bool nan = row_pass<sum_mode::none>(row, n, threshold, head, stride, bits, nullptr);
+      if (sums) std::memcpy(sums, row, static_cast<std::size_t>(n) * sizeof(float));
+      return nan;
     }
-    for (; i < n; i += 16) {
-      const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
-      const __m512 v = _mm512_maskz_loadu_ps(lanes, row + i);
-      nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
-      const index_t group = i / 16;
-      bits[((group / 32) * stride + head) * 32 + group % 32] = _mm512_mask_cmp_ps_mask(lanes, v, t, _CMP_GE_OQ);
-      sum_into(v, i, lanes);
-    }
-    // The last tile's unused groups read as zero in the transpose.
-    for (index_t group = (n + 15) / 16; group % 32 != 0; ++group) {
-      bits[((group / 32) * stride + head) * 32 + group % 32] = 0;
-    }
-    return nan != 0;
+    if (head == 0) return row_pass<sum_mode::first>(row, n, threshold, head, stride, bits, sums);
+    if (head + 1 < heads) return row_pass<sum_mode::add>(row, n, threshold, head, stride, bits, sums);
+    return row_pass<sum_mode::add_last>(row, n, threshold, head, stride, bits, sums);
   }
 
   // Zero bits for the padding heads [heads, stride) of every tile.
@@ -109,6 +86,42 @@ struct head_bits_kernel<isa::avx512> {
   }
 
  private:
+  enum class sum_mode { none, first, add, add_last };
+
+  template <sum_mode Mode>
+  static bool row_pass(const float* row, index_t n, float threshold, index_t head, index_t stride, std::uint16_t* bits,
+                       float* sums) noexcept {
+    const __m512 t = _mm512_set1_ps(threshold);
+    __mmask16 nan = 0;
+    // One 16-token group: its mask, and the NaN check that this mode needs.
+    auto group = [&](index_t at, __mmask16 lanes) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, row + at);
+      if (Mode == sum_mode::none) nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+      if (Mode == sum_mode::first) _mm512_mask_storeu_ps(sums + at, lanes, v);
+      if (Mode == sum_mode::add || Mode == sum_mode::add_last) {
+        const __m512 total = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sums + at), v);
+        _mm512_mask_storeu_ps(sums + at, lanes, total);
+        if (Mode == sum_mode::add_last) nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
+      }
+      return _mm512_mask_cmp_ps_mask(lanes, v, t, _CMP_GE_OQ);
+    };
+    index_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+      const __mmask16 take[4] = {group(i, 0xffff), group(i + 16, 0xffff), group(i + 32, 0xffff), group(i + 48, 0xffff)};
+      const std::uint64_t word = avx512_util::join4(take);
+      const index_t g = i / 16;
+      std::memcpy(bits + ((g / 32) * stride + head) * 32 + g % 32, &word, sizeof word);
+    }
+    for (; i < n; i += 16) {
+      const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+      const index_t g = i / 16;
+      bits[((g / 32) * stride + head) * 32 + g % 32] = group(i, lanes);
+    }
+    // The last tile's unused groups read as zero in the transpose.
+    for (index_t g = (n + 15) / 16; g % 32 != 0; ++g) bits[((g / 32) * stride + head) * 32 + g % 32] = 0;
+    return nan != 0;
+  }
+
   // Token-major words from group-major bits: scratch[g * stride + h], bit j
   // for token 16 g + j.
   static void peel(const std::uint16_t* scratch, index_t stride, index_t n, std::uint64_t* out, index_t words) noexcept {
