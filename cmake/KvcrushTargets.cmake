@@ -11,8 +11,11 @@ endif()
 # that it really exercises (and measures) the scalar kernels.
 set(KVCRUSH_ISA_FLAGS_scalar -march=x86-64 -fno-tree-vectorize)
 set(KVCRUSH_ISA_FLAGS_avx2 -mavx2 -mfma -mbmi2 -mpopcnt)
+# GFNI and VBMI come with VPOPCNTDQ on every CPU that has it (Ice Lake,
+# Zen 4 and later); kernels use them when the flags allow and fall back
+# otherwise, so consumers may leave them out.
 set(KVCRUSH_ISA_FLAGS_avx512
-  -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq ${KVCRUSH_ISA_FLAGS_avx2})
+  -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq -mavx512vbmi -mgfni ${KVCRUSH_ISA_FLAGS_avx2})
 
 if(KVCRUSH_X86)
   set(KVCRUSH_DEFAULT_TEST_ISAS scalar avx2 avx512)

@@ -4,10 +4,12 @@
 
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/simd/partition.hpp"
 #include "kvcrush/simd/signature.hpp"
 #include "test_support.hpp"
@@ -265,6 +267,49 @@ TEST(MedianSignatures, EveryIsaMatchesScalarAcrossTilesHeadsAndSums) {
   });
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
+
+#if KVCRUSH_HAS_AVX512
+TEST(MedianSignatures, BothAvx512TransposesAgreeWithAPlainOne) {
+  // Random head-major bits (tile layout of head_bits.hpp) transposed by the
+  // GFNI path (when compiled) and the vpmovw2m path, against a bit-by-bit
+  // transpose; every word count and partial tiles and groups.
+  if (!kvcrush::isa::cpu_supports<isa::avx512>()) GTEST_SKIP() << "no AVX-512 on this machine";
+  using kernel = simd::head_bits_kernel<isa::avx512>;
+  std::mt19937_64 rng(5);
+  for (index_t heads : {1, 9, 32, 33, 64, 70, 128, 160}) {
+    for (index_t n : {1, 15, 16, 17, 100, 512, 513, 1030}) {
+      const index_t stride = simd::head_bits_stride(heads), words = kvcrush::signature_words(heads);
+      const index_t size = simd::head_bits_size(heads, n);
+      kvcrush::workspace ws;  // 64-byte aligned, as the kernels need
+      std::uint16_t* const bits = ws.head_bits(static_cast<std::size_t>(size + 32 * stride));
+      for (index_t i = 0; i < size + 32 * stride; ++i) bits[i] = static_cast<std::uint16_t>(rng());
+      // Padding heads and the groups past n are zero, as the kernels leave them.
+      auto bit_of = [&](index_t h, index_t t) -> std::uint64_t {
+        const index_t g = t / 16;
+        return (bits[static_cast<std::size_t>(((g / 32) * stride + h) * 32 + g % 32)] >> (t % 16)) & 1u;
+      };
+      for (index_t tile = 0; tile * 512 < n; ++tile) {
+        for (index_t h = 0; h < stride; ++h) {
+          for (index_t gi = 0; gi < 32; ++gi) {
+            const index_t g = tile * 32 + gi;
+            auto& slot = bits[static_cast<std::size_t>((tile * stride + h) * 32 + gi)];
+            if (h >= heads || g * 16 >= n) slot = 0;
+            else if (g * 16 + 16 > n) slot = static_cast<std::uint16_t>(slot & ((1u << (n - g * 16)) - 1u));
+          }
+        }
+      }
+      std::vector<std::uint64_t> expected(static_cast<std::size_t>(n * words) + 3, 0);
+      for (index_t t = 0; t < n; ++t)
+        for (index_t h = 0; h < heads; ++h) expected[t * words + h / 64] |= bit_of(h, t) << (h % 64);
+      std::vector<std::uint64_t> fast(expected.size(), 0), plain(expected.size(), 0);
+      kernel::transpose(bits, stride, n, fast.data(), words, bits + size);
+      kernel::transpose_without_gfni(bits, stride, n, plain.data(), words, bits + size);
+      ASSERT_EQ(fast, expected) << "H=" << heads << " N=" << n << " gfni=" << KVCRUSH_HEAD_BITS_GFNI;
+      ASSERT_EQ(plain, expected) << "H=" << heads << " N=" << n;
+    }
+  }
+}
+#endif
 
 TEST(MedianSignatures, ReportNaNInAnyHeadOrSum) {
   kvcrush::workspace ws;

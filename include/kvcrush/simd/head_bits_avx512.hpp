@@ -15,9 +15,43 @@
 #include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/head_bits.hpp"
 
+#if defined(__GFNI__) && defined(__AVX512VBMI__)
+#define KVCRUSH_HEAD_BITS_GFNI 1
+#else
+#define KVCRUSH_HEAD_BITS_GFNI 0
+#endif
+
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
+
+// Byte and dword permutations of the GFNI transpose.
+struct head_bits_gfni_tables {
+  alignas(64) std::uint8_t to_blocks[64];   // block (k, hb) row r <- head 8 hb + 7 - r, tokens 8 k..
+  alignas(64) std::uint8_t to_tokens[64];   // token 8 k + i byte hb <- block (k, hb) byte i
+  alignas(64) std::uint32_t pair_first[16];   // tokens 0..7: (low[t], high[t])
+  alignas(64) std::uint32_t pair_second[16];  // tokens 8..15
+};
+
+constexpr head_bits_gfni_tables make_head_bits_gfni_tables() noexcept {
+  head_bits_gfni_tables t{};
+  for (int k = 0; k < 2; ++k) {
+    for (int hb = 0; hb < 4; ++hb) {
+      for (int r = 0; r < 8; ++r) {
+        const int block = k * 4 + hb;
+        t.to_blocks[block * 8 + r] = static_cast<std::uint8_t>(2 * (8 * hb + 7 - r) + k);
+        t.to_tokens[(8 * k + r) * 4 + hb] = static_cast<std::uint8_t>(block * 8 + r);
+      }
+    }
+  }
+  for (int j = 0; j < 16; ++j) {
+    t.pair_first[j] = static_cast<std::uint32_t>(j / 2 + (j % 2 ? 16 : 0));
+    t.pair_second[j] = static_cast<std::uint32_t>(8 + j / 2 + (j % 2 ? 16 : 0));
+  }
+  return t;
+}
+
+inline constexpr head_bits_gfni_tables gfni_tables = make_head_bits_gfni_tables();
 
 template <>
 struct head_bits_kernel<isa::avx512> {
@@ -52,6 +86,24 @@ struct head_bits_kernel<isa::avx512> {
   // 64-byte aligned too.
   static void transpose(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures, index_t words,
                         std::uint16_t* scratch) noexcept {
+#if KVCRUSH_HEAD_BITS_GFNI
+    transpose_tiles<true>(bits, stride, n, signatures, words, scratch);
+#else
+    transpose_tiles<false>(bits, stride, n, signatures, words, scratch);
+#endif
+  }
+
+  // The same with the last step done by vpmovw2m, whatever the compiler
+  // flags: what builds without GFNI/VBMI run (tested against the above).
+  static void transpose_without_gfni(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures,
+                                     index_t words, std::uint16_t* scratch) noexcept {
+    transpose_tiles<false>(bits, stride, n, signatures, words, scratch);
+  }
+
+ private:
+  template <bool Gfni>
+  static void transpose_tiles(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures,
+                              index_t words, std::uint16_t* scratch) noexcept {
     // Interleaving the first (second) halves of two rows, element from a at
     // even positions and from b at odd ones.
     alignas(64) std::uint16_t lo_index[32], hi_index[32];
@@ -81,11 +133,16 @@ struct head_bits_kernel<isa::avx512> {
         for (int g = 0; g < 32; ++g) _mm512_store_si512(scratch + g * stride + 32 * b, m[g]);
       }
       const index_t len = n - t0 < head_bits_tile_tokens ? n - t0 : head_bits_tile_tokens;
+#if KVCRUSH_HEAD_BITS_GFNI
+      if constexpr (Gfni) {
+        peel_gfni(scratch, stride, len, signatures + t0 * words, words);
+        continue;
+      }
+#endif
       peel(scratch, stride, len, signatures + t0 * words, words);
     }
   }
 
- private:
   enum class sum_mode { none, first, add, add_last };
 
   template <sum_mode Mode>
@@ -121,6 +178,51 @@ struct head_bits_kernel<isa::avx512> {
     for (index_t g = (n + 15) / 16; g % 32 != 0; ++g) bits[((g / 32) * stride + head) * 32 + g % 32] = 0;
     return nan != 0;
   }
+
+#if KVCRUSH_HEAD_BITS_GFNI
+  // 16 tokens' 32-bit words (heads 32 b .. 32 b + 31) from one group's 32
+  // uint16 (byte 2 h + k: head h, tokens 8 k .. 8 k + 7): bytes gathered
+  // into 8 x 8 bit blocks (8 heads x 8 tokens, rows in reverse), each block
+  // transposed by one GF(2) affine transform with the unit rows as data,
+  // then bytes gathered per token.
+  static __m512i token_words(__m512i group) noexcept {
+    const __m512i blocks = _mm512_permutexvar_epi8(_mm512_load_si512(gfni_tables.to_blocks), group);
+    const __m512i transposed =
+        _mm512_gf2p8affine_epi64_epi8(_mm512_set1_epi64(static_cast<long long>(0x8040201008040201ull)), blocks, 0);
+    return _mm512_permutexvar_epi8(_mm512_load_si512(gfni_tables.to_tokens), transposed);
+  }
+
+  static void peel_gfni(const std::uint16_t* scratch, index_t stride, index_t n, std::uint64_t* out,
+                        index_t words) noexcept {
+    const index_t blocks = stride / 32;
+    const __m512i first_half = _mm512_load_si512(gfni_tables.pair_first);
+    const __m512i second_half = _mm512_load_si512(gfni_tables.pair_second);
+    for (index_t g = 0; g * 16 < n; ++g) {
+      const index_t len = n - 16 * g < 16 ? n - 16 * g : 16;
+      const auto first_mask = static_cast<__mmask8>(len >= 8 ? 0xffu : (1u << len) - 1u);
+      const auto second_mask = static_cast<__mmask8>(len >= 16 ? 0xffu : (len > 8 ? (1u << (len - 8)) - 1u : 0u));
+      const std::uint16_t* group = scratch + g * stride;
+      std::uint64_t* tokens = out + 16 * g * words;
+      for (index_t w = 0; w < words; ++w) {
+        const __m512i low = token_words(_mm512_load_si512(group + 64 * w));
+        const __m512i high = 2 * w + 1 < blocks ? token_words(_mm512_load_si512(group + 64 * w + 32))
+                                                : _mm512_setzero_si512();
+        // Token t's word: low dword t, high dword t.
+        const __m512i first = _mm512_permutex2var_epi32(low, first_half, high);
+        const __m512i second = _mm512_permutex2var_epi32(low, second_half, high);
+        if (words == 1) {
+          _mm512_mask_storeu_epi64(tokens, first_mask, first);
+          _mm512_mask_storeu_epi64(tokens + 8, second_mask, second);
+        } else {
+          alignas(64) std::uint64_t word[16];
+          _mm512_store_si512(word, first);
+          _mm512_store_si512(word + 8, second);
+          for (index_t j = 0; j < len; ++j) tokens[j * words + w] = word[j];
+        }
+      }
+    }
+  }
+#endif
 
   // Token-major words from group-major bits: scratch[g * stride + h], bit j
   // for token 16 g + j.
