@@ -68,12 +68,6 @@ inline double canonical_mean(const float* v, index_t n) noexcept {
   return total / static_cast<double>(n);
 }
 
-// Per-row threshold over tokens [begin, end), and for median mode the tie
-// quota: ties[h] >= 0 is how many tokens equal to the threshold head h takes
-// (the first ones by position) when more than that many tie; -1 when every
-// tie is taken. A row with nothing to take gets a NaN threshold (ordered
-// comparisons with NaN are false). NaN in the rows is left to the signature
-// pass, which reports it.
 // Head h's median threshold over row[0, n): the k-th largest, k = n / 2,
 // and the tie quota (see compute_thresholds). Needs n >= 2.
 template <class Isa>

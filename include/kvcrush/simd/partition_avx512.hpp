@@ -121,9 +121,9 @@ struct partition_kernel<isa::avx512> {
   // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
   // n <= 64: every value's count of larger values is accumulated in vector
   // lanes at once (n broadcasts, four compare-and-add chains), and the r-th
-  // largest is the smallest value with at most r larger ones. Returns false
-  // when a rank is unreachable (NaN), leaving that output untouched.
-  static bool small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
+  // largest is the smallest value with at most r larger ones. A rank not
+  // below the number of NaN-free values leaves its output untouched.
+  static void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
                                      float& b) noexcept {
     constexpr float inf = std::numeric_limits<float>::infinity();
     __m512 value[4];
@@ -147,26 +147,19 @@ struct partition_kernel<isa::avx512> {
                                           larger[q], one);
       }
     }
-    bool found = true;
     const index_t values = avx512_util::popcount4(valid);
     const index_t ranks[2] = {r_a, r_b};
     float* outs[2] = {&a, &b};
     for (int r = 0; r < 2; ++r) {
+      if (ranks[r] >= values) continue;
       const __m512i rank = _mm512_set1_epi32(static_cast<int>(ranks[r]));
       __m512 best = _mm512_set1_ps(inf);
-      __mmask16 any = 0;
       for (int q = 0; q < blocks; ++q) {
         const __mmask16 take = _mm512_mask_cmp_epi32_mask(valid[q], larger[q], rank, _MM_CMPINT_LE);
         best = _mm512_mask_min_ps(best, take, best, value[q]);
-        any |= take;
       }
-      if (ranks[r] < values && any) {
-        *outs[r] = avx512_util::min_ps(best);
-      } else {
-        found = false;
-      }
+      *outs[r] = avx512_util::min_ps(best);
     }
-    return found;
   }
 
   static rank_counts count(const float* src, index_t n, float x) noexcept {
