@@ -61,9 +61,19 @@ bool cpu_supports() noexcept {
     if constexpr (std::is_same_v<Isa, avx2>) {
       return has_avx2;
     } else {
-      return has_avx2 && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq");
+      bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vpopcntdq");
+      // Optional extensions count only when this translation unit was compiled
+      // to use them: the kernels then execute them unconditionally.
+#if defined(__AVX512VBMI__)
+      has_avx512 = has_avx512 && __builtin_cpu_supports("avx512vbmi");
+#endif
+#if defined(__GFNI__)
+      has_avx512 = has_avx512 && __builtin_cpu_supports("gfni");
+#endif
+      return has_avx512;
     }
 #else
     return false;
