@@ -13,7 +13,8 @@
 // writes whole cache lines, and a tile's 32 x 32 uint16 blocks transpose in
 // registers.
 //
-// Kernels exist where they pay off (AVX-512); has_head_bits<Isa> tells.
+// Kernels exist where they pay off (AVX2, AVX-512); has_head_bits<Isa>
+// tells. The scalar build keeps the token-major pass.
 #pragma once
 
 #include <cstdint>
@@ -52,4 +53,5 @@ constexpr index_t head_bits_size(index_t heads, index_t tokens) noexcept {
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush
 
+#include "kvcrush/simd/head_bits_avx2.hpp"
 #include "kvcrush/simd/head_bits_avx512.hpp"
