@@ -50,6 +50,31 @@ TEST(PartitionKernel, MatchesScalarOnEveryTail) {
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
 
+TEST(PartitionKernel, WithoutBelowCountMatchesScalarOnNaNFreeInput) {
+  // The form the order statistics use on every later pass (and on the first
+  // when the caller checks NaN elsewhere): same above count and packed values.
+  const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
+    using Isa = decltype(tag);
+    for (long n : kvcrush_test::tail_sizes()) {
+      for (int offset = 0; offset < 4; ++offset) {
+        auto data = kvcrush_test::tricky_floats(static_cast<std::size_t>(n + offset),
+                                                static_cast<std::uint32_t>(n * 5 + offset), 40);
+        const float* src = data.data() + offset;
+        const std::pair<float, float> brackets[] = {{-0.25f, 0.5f}, {0.0f, 0.0f}, {-inf, inf}, {inf, inf}, {-inf, -0.5f}};
+        for (auto [lo, hi] : brackets) {
+          std::vector<float> expected(static_cast<std::size_t>(n) + 1, 7.0f), got(expected.size(), 7.0f);
+          const auto e = simd::partition_kernel<isa::scalar>::run<false>(src, n, lo, hi, expected.data());
+          const auto g = simd::partition_kernel<Isa>::template run<false>(src, n, lo, hi, got.data());
+          ASSERT_EQ(g.above, e.above) << Isa::name << " n=" << n;
+          ASSERT_EQ(g.inside, e.inside) << Isa::name << " n=" << n;
+          for (index_t i = 0; i < e.inside; ++i) ASSERT_TRUE(same_bits(got[i], expected[i])) << Isa::name << " n=" << n << " i=" << i;
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
 TEST(PartitionKernel, ScalarCountsAreRight) {
   const std::vector<float> v = {1, 2, 3, inf, -inf, 2, 0, std::numeric_limits<float>::quiet_NaN()};
   std::vector<float> out(v.size());

@@ -5,7 +5,8 @@
 //
 // dst must hold n floats; it may not alias src. NaN counts in no class, so
 // above + below + inside < n reveals a NaN; CountBelow = false skips the
-// below count where the caller has no use for it.
+// below count where the caller has no use for it, and is for NaN-free input
+// (a kernel may then count a NaN as inside).
 #pragma once
 
 #include <type_traits>
