@@ -9,6 +9,7 @@
 
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/simd/partition.hpp"
 #include "kvcrush/simd/signature.hpp"
@@ -73,6 +74,27 @@ TEST(PartitionKernel, WithoutBelowCountMatchesScalarOnNaNFreeInput) {
     }
   });
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(BitHelpers, NonzeroBytesAndTrailingZeros) {
+  // Every pattern of zero and nonzero bytes, the nonzero ones drawn from the
+  // values that break naive tricks (0x01, 0x7f, 0x80, 0xff).
+  const std::uint8_t nonzero[] = {0x01, 0x7f, 0x80, 0xff, 0x02};
+  for (unsigned pattern = 0; pattern < 256; ++pattern) {
+    std::uint64_t x = 0;
+    for (int byte = 0; byte < 8; ++byte) {
+      if (pattern >> byte & 1u) x |= std::uint64_t{nonzero[(pattern + byte) % 5]} << (8 * byte);
+    }
+    ASSERT_EQ(simd::nonzero_bytes8(x), pattern) << std::hex << x;
+    if (pattern != 0) {
+      unsigned lowest = 0;
+      while (!(pattern >> lowest & 1u)) ++lowest;
+      ASSERT_EQ(simd::count_trailing_zeros64(x) / 8, lowest) << std::hex << x;
+    }
+  }
+  for (unsigned bit = 0; bit < 64; ++bit) {
+    EXPECT_EQ(simd::count_trailing_zeros64(std::uint64_t{1} << bit | std::uint64_t{1} << 63), bit);
+  }
 }
 
 TEST(PartitionKernel, ScalarCountsAreRight) {

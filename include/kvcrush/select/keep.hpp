@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "kvcrush/error.hpp"
@@ -19,6 +20,7 @@
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/select/workspace.hpp"
+#include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/hamming.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -344,7 +346,17 @@ void select_keep_checked(matrix_view<const float> importance, const keep_config&
     const std::uint8_t* row_flags = flags + h * n;
     index_t j = 0;
     for (index_t i = 0; i < first; ++i) out(h, j++) = i;
-    for (index_t i = 0; i < n; ++i) {
+    // Kept flags found eight at a time and walked by their set bits: a
+    // branch per flag would mispredict on every other kept token.
+    index_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t chunk;
+      std::memcpy(&chunk, row_flags + i, sizeof chunk);
+      for (unsigned kept = simd::nonzero_bytes8(chunk); kept != 0; kept &= kept - 1) {
+        out(h, j++) = first + i + simd::count_trailing_zeros64(kept);
+      }
+    }
+    for (; i < n; ++i) {
       if (row_flags[i] != impl::flag_evict) out(h, j++) = first + i;
     }
     for (index_t i = last; i < all_units; ++i) out(h, j++) = i;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "kvcrush/error.hpp"
 #include "kvcrush/select/options.hpp"
@@ -194,9 +195,30 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
   return true;
 }
 
-// Sums over rows in row order for tokens [begin, end). Returns false on NaN.
+// Sums over rows in row order for tokens [begin, end). Returns false on NaN
+// (in a score, or an inf - inf on the way: NaN stays NaN under addition, so
+// the finished sums tell).
 template <class Isa>
 bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noexcept {
+  if constexpr (!std::is_same_v<Isa, isa::avx512>) {
+    // One row at a time: each row streams once and the sums stay in L2.
+    // On AVX2 this made select/snapkv 2x faster than the token-major
+    // kernel, whose tiles draw on every row at once; AVX-512 keeps the
+    // kernel it was measured with.
+    const index_t n = end - begin;
+    for (index_t h = 0; h < s.rows; ++h) {
+      const float* KVCRUSH_RESTRICT row = s.row(h) + begin;
+      float* KVCRUSH_RESTRICT out = sums;
+      if (h == 0) {
+        for (index_t t = 0; t < n; ++t) out[t] = row[t];
+      } else {
+        for (index_t t = 0; t < n; ++t) out[t] += row[t];
+      }
+    }
+    bool nan = false;
+    for (index_t t = 0; t < n; ++t) nan |= sums[t] != sums[t];
+    return !nan;
+  }
   simd::signature_job job;
   job.scores = s.data;
   job.row_stride = s.row_stride;
