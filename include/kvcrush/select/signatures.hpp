@@ -122,9 +122,9 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
     ties[h] = -1;
     thresholds[h] = n >= 2 ? median_threshold<Isa>(row, n, ties[h], buf_a, buf_b)
                            : std::numeric_limits<float>::quiet_NaN();
-    nan |= kernel::row(row, n, thresholds[h], h, s.rows, stride, bits, sums);
+    nan |= simd::head_bits_row<kernel>(row, n, thresholds[h], h, s.rows, stride, bits, sums);
   }
-  kernel::zero_padding(s.rows, stride, n, bits);
+  simd::head_bits_zero_padding(s.rows, stride, n, bits);
   kernel::transpose(bits, stride, n, signatures, signature_words(s.rows), bits + size);
   return nan;
 }

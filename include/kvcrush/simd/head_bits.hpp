@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kvcrush/simd/isa.hpp"
@@ -47,6 +48,39 @@ constexpr index_t head_bits_tile_tokens = 512;
 // uint16 elements of the head-major bits of `tokens` tokens and `heads` heads.
 constexpr index_t head_bits_size(index_t heads, index_t tokens) noexcept {
   return (tokens + head_bits_tile_tokens - 1) / head_bits_tile_tokens * head_bits_stride(heads) * 32;
+}
+
+// What a head's pass does with the running sums over heads.
+enum class head_sum_mode { none, first, add, add_last };
+
+// Head `head`'s bits over row[0, n): row[t] >= threshold, through the
+// kernel's row_pass<mode>. With sums, also sums[t] = row[t] (head 0) or
+// sums[t] + row[t] (later heads), the float sum in head order. Returns true
+// on NaN: in the row without sums; with sums, in the last head's sums only,
+// which a NaN score or an inf - inf on the way would have made NaN (NaN
+// stays NaN under addition).
+template <class Kernel>
+bool head_bits_row(const float* row, index_t n, float threshold, index_t head, index_t heads, index_t stride,
+                   std::uint16_t* bits, float* sums) noexcept {
+  // One head: its sums are its row, checked as without sums.
+  if (!sums || heads == 1) {
+    const bool nan = Kernel::template row_pass<head_sum_mode::none>(row, n, threshold, head, stride, bits, nullptr);
+    if (sums) std::memcpy(sums, row, static_cast<std::size_t>(n) * sizeof(float));
+    return nan;
+  }
+  if (head == 0) return Kernel::template row_pass<head_sum_mode::first>(row, n, threshold, head, stride, bits, sums);
+  if (head + 1 < heads) {
+    return Kernel::template row_pass<head_sum_mode::add>(row, n, threshold, head, stride, bits, sums);
+  }
+  return Kernel::template row_pass<head_sum_mode::add_last>(row, n, threshold, head, stride, bits, sums);
+}
+
+// Zero bits for the padding heads [heads, stride) of every tile.
+inline void head_bits_zero_padding(index_t heads, index_t stride, index_t n, std::uint16_t* bits) noexcept {
+  const index_t tiles = (n + head_bits_tile_tokens - 1) / head_bits_tile_tokens;
+  for (index_t tile = 0; tile < tiles; ++tile) {
+    for (index_t h = heads; h < stride; ++h) std::memset(bits + (tile * stride + h) * 32, 0, 32 * sizeof(std::uint16_t));
+  }
 }
 
 }  // namespace simd

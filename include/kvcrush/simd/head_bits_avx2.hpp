@@ -25,30 +25,6 @@ namespace simd {
 
 template <>
 struct head_bits_kernel<isa::avx2> {
-  // Head `head`'s bits over row[0, n): row[t] >= threshold. With sums, also
-  // sums[t] = row[t] (head 0) or sums[t] + row[t] (later heads), the float
-  // sum in head order. Returns true on NaN: in the row without sums; with
-  // sums, in the last head's sums only (NaN stays NaN under addition).
-  static bool row(const float* row, index_t n, float threshold, index_t head, index_t heads, index_t stride,
-                  std::uint16_t* bits, float* sums) noexcept {
-    if (!sums || heads == 1) {
-      const bool nan = row_pass<sum_mode::none>(row, n, threshold, head, stride, bits, nullptr);
-      if (sums) std::memcpy(sums, row, static_cast<std::size_t>(n) * sizeof(float));
-      return nan;
-    }
-    if (head == 0) return row_pass<sum_mode::first>(row, n, threshold, head, stride, bits, sums);
-    if (head + 1 < heads) return row_pass<sum_mode::add>(row, n, threshold, head, stride, bits, sums);
-    return row_pass<sum_mode::add_last>(row, n, threshold, head, stride, bits, sums);
-  }
-
-  // Zero bits for the padding heads [heads, stride) of every tile.
-  static void zero_padding(index_t heads, index_t stride, index_t n, std::uint16_t* bits) noexcept {
-    const index_t tiles = (n + head_bits_tile_tokens - 1) / head_bits_tile_tokens;
-    for (index_t tile = 0; tile < tiles; ++tile) {
-      for (index_t h = heads; h < stride; ++h) std::memset(bits + (tile * stride + h) * 32, 0, 64);
-    }
-  }
-
   // Token-major signatures (words per token) of n tokens from head-major
   // bits. `scratch` holds 32 * stride uint16 (64 bytes per head).
   static void transpose(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures, index_t words,
@@ -87,8 +63,6 @@ struct head_bits_kernel<isa::avx2> {
   }
 
  private:
-  enum class sum_mode { none, first, add, add_last };
-
   // Transposes the 16 x 16 byte matrix in each 128-bit lane of m[0, 16)
   // (row r = m[r]): four perfect shuffles, each moving the top column bit
   // into the row index and the top row bit into the column index.
@@ -138,7 +112,9 @@ struct head_bits_kernel<isa::avx2> {
     }
   }
 
-  template <sum_mode Mode>
+ public:
+  // One head's pass over its row; head_bits_row (head_bits.hpp) picks the mode.
+  template <head_sum_mode Mode>
   static bool row_pass(const float* row, index_t n, float threshold, index_t head, index_t stride, std::uint16_t* bits,
                        float* sums) noexcept {
     const __m256 t = _mm256_set1_ps(threshold);
@@ -146,12 +122,12 @@ struct head_bits_kernel<isa::avx2> {
     // One 8-token group: its bits, and the NaN check that this mode needs.
     auto group = [&](index_t at) {
       const __m256 v = _mm256_loadu_ps(row + at);
-      if (Mode == sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      if (Mode == sum_mode::first) _mm256_storeu_ps(sums + at, v);
-      if (Mode == sum_mode::add || Mode == sum_mode::add_last) {
+      if (Mode == head_sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      if (Mode == head_sum_mode::first) _mm256_storeu_ps(sums + at, v);
+      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
         const __m256 total = _mm256_add_ps(_mm256_loadu_ps(sums + at), v);
         _mm256_storeu_ps(sums + at, total);
-        if (Mode == sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
+        if (Mode == head_sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
       }
       return static_cast<std::uint64_t>(static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_GE_OQ))));
     };
@@ -173,9 +149,9 @@ struct head_bits_kernel<isa::avx2> {
       for (index_t j = i; j < n; ++j) {
         const float v = row[j];
         float total = v;
-        if (Mode == sum_mode::first) sums[j] = v;
-        if (Mode == sum_mode::add || Mode == sum_mode::add_last) sums[j] = total = sums[j] + v;
-        if (Mode == sum_mode::none || Mode == sum_mode::add_last) scalar_nan |= total != total;
+        if (Mode == head_sum_mode::first) sums[j] = v;
+        if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) sums[j] = total = sums[j] + v;
+        if (Mode == head_sum_mode::none || Mode == head_sum_mode::add_last) scalar_nan |= total != total;
         last |= static_cast<unsigned>(v >= threshold) << (j - i);
       }
       *byte_at(i) = static_cast<std::uint8_t>(last);

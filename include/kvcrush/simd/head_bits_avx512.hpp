@@ -55,32 +55,6 @@ inline constexpr head_bits_gfni_tables gfni_tables = make_head_bits_gfni_tables(
 
 template <>
 struct head_bits_kernel<isa::avx512> {
-  // Head `head`'s bits over row[0, n): row[t] >= threshold. With sums, also
-  // sums[t] = row[t] (head 0) or sums[t] + row[t] (later heads), the float
-  // sum in head order. Returns true on NaN: in the row without sums; with
-  // sums, in the last head's sums only, which a NaN score or an inf - inf
-  // on the way would have made NaN (NaN stays NaN under addition).
-  static bool row(const float* row, index_t n, float threshold, index_t head, index_t heads, index_t stride,
-                  std::uint16_t* bits, float* sums) noexcept {
-    // One head: its sums are its row, checked as without sums.
-    if (!sums || heads == 1) {
-      const bool nan = row_pass<sum_mode::none>(row, n, threshold, head, stride, bits, nullptr);
-      if (sums) std::memcpy(sums, row, static_cast<std::size_t>(n) * sizeof(float));
-      return nan;
-    }
-    if (head == 0) return row_pass<sum_mode::first>(row, n, threshold, head, stride, bits, sums);
-    if (head + 1 < heads) return row_pass<sum_mode::add>(row, n, threshold, head, stride, bits, sums);
-    return row_pass<sum_mode::add_last>(row, n, threshold, head, stride, bits, sums);
-  }
-
-  // Zero bits for the padding heads [heads, stride) of every tile.
-  static void zero_padding(index_t heads, index_t stride, index_t n, std::uint16_t* bits) noexcept {
-    const index_t tiles = (n + head_bits_tile_tokens - 1) / head_bits_tile_tokens;
-    for (index_t tile = 0; tile < tiles; ++tile) {
-      for (index_t h = heads; h < stride; ++h) _mm512_store_si512(bits + (tile * stride + h) * 32, _mm512_setzero_si512());
-    }
-  }
-
   // Token-major signatures (words per token) of n tokens from head-major
   // bits. `scratch` holds 32 * stride uint16, 64-byte aligned; bits must be
   // 64-byte aligned too.
@@ -143,9 +117,9 @@ struct head_bits_kernel<isa::avx512> {
     }
   }
 
-  enum class sum_mode { none, first, add, add_last };
-
-  template <sum_mode Mode>
+ public:
+  // One head's pass over its row; head_bits_row (head_bits.hpp) picks the mode.
+  template <head_sum_mode Mode>
   static bool row_pass(const float* row, index_t n, float threshold, index_t head, index_t stride, std::uint16_t* bits,
                        float* sums) noexcept {
     const __m512 t = _mm512_set1_ps(threshold);
@@ -153,12 +127,12 @@ struct head_bits_kernel<isa::avx512> {
     // One 16-token group: its mask, and the NaN check that this mode needs.
     auto group = [&](index_t at, __mmask16 lanes) {
       const __m512 v = _mm512_maskz_loadu_ps(lanes, row + at);
-      if (Mode == sum_mode::none) nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
-      if (Mode == sum_mode::first) _mm512_mask_storeu_ps(sums + at, lanes, v);
-      if (Mode == sum_mode::add || Mode == sum_mode::add_last) {
+      if (Mode == head_sum_mode::none) nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+      if (Mode == head_sum_mode::first) _mm512_mask_storeu_ps(sums + at, lanes, v);
+      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
         const __m512 total = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sums + at), v);
         _mm512_mask_storeu_ps(sums + at, lanes, total);
-        if (Mode == sum_mode::add_last) nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
+        if (Mode == head_sum_mode::add_last) nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
       }
       return _mm512_mask_cmp_ps_mask(lanes, v, t, _CMP_GE_OQ);
     };
@@ -178,6 +152,8 @@ struct head_bits_kernel<isa::avx512> {
     for (index_t g = (n + 15) / 16; g % 32 != 0; ++g) bits[((g / 32) * stride + head) * 32 + g % 32] = 0;
     return nan != 0;
   }
+
+ private:
 
 #if KVCRUSH_HEAD_BITS_GFNI
   // 16 tokens' 32-bit words (heads 32 b .. 32 b + 31) from one group's 32
