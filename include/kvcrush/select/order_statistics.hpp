@@ -5,7 +5,7 @@
 // brackets the answer, one SIMD partition pass counts what lies above the
 // bracket and packs what lies inside it, and the search continues on the
 // 3-4x smaller inside set until at most 64 values remain, which are ranked by
-// counting.
+// counting (or, in the AVX2 kernel, sorted by a network).
 // When the sample misjudges (rare), the pass still tells on which side the
 // answer lies and the search continues there, so the result is always exact.
 #pragma once

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "kvcrush/simd/partition.hpp"
+#include "kvcrush/simd/sort64_avx2.hpp"
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -115,11 +116,42 @@ struct partition_kernel<isa::avx2> {
   }
 
   // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
-  // n <= 64, all values ranked at once: each lane counts the values greater
-  // than its own, and the answer for rank r is the smallest value with at
-  // most r greater ones. An unreachable rank leaves a and b as they are.
+  // n <= 64. An unreachable rank leaves a and b as they are. NaN-free input
+  // (every caller's usual case) is sorted by a network, padded with -inf,
+  // which only ever ranks below the n real values; with NaN, every value is
+  // ranked instead.
   static void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
                                      float& b) noexcept {
+    const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 r[8];
+    __m256 nan = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+      if (8 * i >= n) {
+        r[i] = minus_inf;
+        continue;
+      }
+      // Lanes past n are neither read (maskload) nor kept (blend).
+      const __m256i inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - 8 * i)), lane);
+      r[i] = _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(v + 8 * i, inside), _mm256_castsi256_ps(inside));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(r[i], r[i], _CMP_UNORD_Q));
+    }
+    if (_mm256_movemask_ps(nan) != 0) {
+      rank_order_statistics(v, n, r_a, r_b, a, b);
+      return;
+    }
+    sort64_avx2::sort(r);
+    alignas(32) float sorted[64];
+    for (int i = 0; i < 8; ++i) _mm256_store_ps(sorted + 8 * i, r[i]);
+    if (r_a < n) a = sorted[63 - r_a];
+    if (r_b < n) b = sorted[63 - r_b];
+  }
+
+  // As small_order_statistics, for input with NaN: each lane counts the
+  // values greater than its own, and the answer for rank r is the smallest
+  // value with at most r greater ones.
+  static void rank_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
+                                    float& b) noexcept {
     constexpr float inf = std::numeric_limits<float>::infinity();
     alignas(32) float padded[64];
     for (index_t i = 0; i < 64; ++i) padded[i] = i < n ? v[i] : 0.0f;
