@@ -1,25 +1,60 @@
 // End-to-end selection (scores -> keep set) for SnapKV, H2O and their KVCrush
-// compositions, next to two baselines in the same binary: a read pass over
-// the score matrix, and one decode step of attention (one query per head
-// over the same N keys and values, head_dim 128, float32, Eigen).
-// Names: select/<policy>/H/N, read_pass/H/N, decode_attention/H/N.
+// compositions in every selection mode, next to two baselines in the same
+// binary: a read pass over the score matrix, and one decode step of
+// attention (one query per head over the same N keys and values, head_dim
+// 128, float32, Eigen).
+//
+// Names (H heads, N tokens):
+//   select/<policy>/H/N            token mode, one keep set shared by the heads
+//   select/<policy>/block16/H/N    block mode (SPEC 4.4), blocks of 16 tokens
+//   select/<policy>/block32/H/N    blocks of 32 tokens
+//   select/<policy>/per_head/H/N   one keep set per head
+//   select_avx2/<policy>/...       the same through the AVX2 kernels, in a
+//                                  binary built for AVX-512
+//   evict_layers/T/L/H/N           the selections of L layers on T threads
+//   read_pass/H/N, decode_attention/H/N
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
 #include <cstdio>
+#include <string>
 
 #include "bench_common.hpp"
+#include "kvcrush/cache/batch.hpp"
 #include "kvcrush/policy/policies.hpp"
 
 namespace {
 
 using kvcrush::index_t;
 
-const std::vector<index_t> head_counts = {8, 32};
+const std::vector<index_t> head_counts = {1, 8, 32};
 const std::vector<index_t> token_counts = {4096, 32768, 131072};
 
-// Budget: a quarter of the cache, 4 sink tokens and a 32-token window.
-kvcrush::layer_budget budget_for(index_t tokens) { return {tokens / 4, 4, 32}; }
+enum class mode { token, block16, block32, per_head };
+
+const char* mode_suffix(mode m) {
+  switch (m) {
+    case mode::token: return "";
+    case mode::block16: return "/block16";
+    case mode::block32: return "/block32";
+    case mode::per_head: return "/per_head";
+  }
+  return "";
+}
+
+kvcrush::selection_layout layout_for(mode m) {
+  kvcrush::selection_layout layout;
+  layout.per_head = m == mode::per_head;
+  layout.block_size = m == mode::block16 ? 16 : m == mode::block32 ? 32 : 1;
+  return layout;
+}
+
+// Budget: a quarter of the cache and a 32-token window; the sink is 4 tokens,
+// or one block in block mode (sink, recent and budget must be whole blocks).
+kvcrush::layer_budget budget_for(index_t tokens, mode m) {
+  const index_t b = layout_for(m).block_size;
+  return {tokens / 4, b > 4 ? b : 4, 32};
+}
 
 kvcrush::crush_options crush_half() {
   kvcrush::crush_options c;
@@ -38,39 +73,52 @@ void read_pass(benchmark::State& state) {
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
 }
 
+// Keep-set storage for one layer in the given mode.
+struct keep_storage {
+  std::vector<index_t> positions, counts;
+  kvcrush::keep_sets view;
+  keep_storage(index_t heads, index_t tokens, mode m) {
+    const index_t rows = m == mode::per_head ? heads : 1;
+    const index_t width = budget_for(tokens, m).budget + 1;
+    positions.resize(static_cast<std::size_t>(rows * width));
+    counts.resize(static_cast<std::size_t>(rows));
+    view = {kvcrush::make_matrix_view(positions.data(), rows, width), kvcrush::make_vector_view(counts.data(), rows)};
+  }
+};
+
 // SnapKV from its scores S (H, N): the engine computed the window scores.
-template <bool Crush>
-void select_snapkv(benchmark::State& state) {
+template <class Isa, bool Crush>
+void select_snapkv(benchmark::State& state, mode m) {
   const index_t heads = state.range(0), tokens = state.range(1);
   const auto scores = kvcrush_bench::attention_like_scores(static_cast<std::size_t>(heads * tokens), 2);
   kvcrush::layer_inputs in;
   in.kv_heads = heads;
   in.tokens = tokens;
   in.scores = kvcrush::make_matrix_view(scores.data(), heads, tokens);
-  const auto budget = budget_for(tokens);
-  std::vector<index_t> keep(static_cast<std::size_t>(budget.budget));
-  index_t count = 0;
+  const auto budget = budget_for(tokens, m);
+  const auto layout = layout_for(m);
+  keep_storage keep(heads, tokens, m);
   kvcrush::workspace ws;
-  ws.reserve(heads, tokens);
-  const kvcrush::keep_sets out{kvcrush::make_matrix_view(keep.data(), 1, budget.budget), kvcrush::make_vector_view(&count, 1)};
+  ws.reserve(heads, tokens, 0, layout.block_size);
   const std::size_t bytes = scores.size() * sizeof(float);
   const double baseline = kvcrush_bench::read_pass_seconds(scores.data(), bytes);
   kvcrush_bench::loop_timer timer;
   timer.start();
   for (auto _ : state) {
     if constexpr (Crush) {
-      kvcrush::select(kvcrush::policy::with_kvcrush<kvcrush::policy::precomputed>{{}, crush_half()}, in, budget, {}, out, ws);
+      kvcrush::select<Isa>(kvcrush::policy::with_kvcrush<kvcrush::policy::precomputed>{{}, crush_half()}, in, budget,
+                           layout, keep.view, ws);
     } else {
-      kvcrush::select(kvcrush::policy::precomputed{}, in, budget, {}, out, ws);
+      kvcrush::select<Isa>(kvcrush::policy::precomputed{}, in, budget, layout, keep.view, ws);
     }
-    benchmark::DoNotOptimize(keep.data());
+    benchmark::DoNotOptimize(keep.positions.data());
   }
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
 }
 
 // H2O from its accumulator (rows with spare capacity, as during decoding).
-template <bool Crush>
-void select_h2o(benchmark::State& state) {
+template <class Isa, bool Crush>
+void select_h2o(benchmark::State& state, mode m) {
   const index_t heads = state.range(0), tokens = state.range(1);
   kvcrush::h2o_accumulator acc(heads, heads, tokens + 64);
   acc.append(tokens);
@@ -80,25 +128,61 @@ void select_h2o(benchmark::State& state) {
   in.kv_heads = heads;
   in.tokens = tokens;
   in.h2o = &acc;
-  const auto budget = budget_for(tokens);
-  std::vector<index_t> keep(static_cast<std::size_t>(budget.budget));
-  index_t count = 0;
+  const auto budget = budget_for(tokens, m);
+  const auto layout = layout_for(m);
+  keep_storage keep(heads, tokens, m);
   kvcrush::workspace ws;
-  ws.reserve(heads, tokens);
-  const kvcrush::keep_sets out{kvcrush::make_matrix_view(keep.data(), 1, budget.budget), kvcrush::make_vector_view(&count, 1)};
+  ws.reserve(heads, tokens, 0, layout.block_size);
   const std::size_t bytes = static_cast<std::size_t>(heads * tokens) * sizeof(float);
   const double baseline = kvcrush_bench::read_pass_seconds(attention.data(), bytes);
   kvcrush_bench::loop_timer timer;
   timer.start();
   for (auto _ : state) {
     if constexpr (Crush) {
-      kvcrush::select(kvcrush::policy::with_kvcrush<kvcrush::policy::h2o>{{}, crush_half()}, in, budget, {}, out, ws);
+      kvcrush::select<Isa>(kvcrush::policy::with_kvcrush<kvcrush::policy::h2o>{{}, crush_half()}, in, budget, layout,
+                           keep.view, ws);
     } else {
-      kvcrush::select(kvcrush::policy::h2o{}, in, budget, {}, out, ws);
+      kvcrush::select<Isa>(kvcrush::policy::h2o{}, in, budget, layout, keep.view, ws);
     }
-    benchmark::DoNotOptimize(keep.data());
+    benchmark::DoNotOptimize(keep.positions.data());
   }
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
+}
+
+// SnapKV+KVCrush selections of `layers` layers (each its own scores), spread
+// over an executor of `threads` threads with one workspace per worker: what
+// one compression event of a whole model costs.
+void evict_layers(benchmark::State& state) {
+  const index_t threads = state.range(0), layers = state.range(1), heads = state.range(2), tokens = state.range(3);
+  std::vector<std::vector<float>> scores;
+  for (index_t l = 0; l < layers; ++l) {
+    scores.push_back(
+        kvcrush_bench::attention_like_scores(static_cast<std::size_t>(heads * tokens), 100 + static_cast<std::uint32_t>(l)));
+  }
+  const auto budget = budget_for(tokens, mode::token);
+  std::vector<keep_storage> keep;
+  for (index_t l = 0; l < layers; ++l) keep.emplace_back(heads, tokens, mode::token);
+  kvcrush::thread_executor ex(threads);
+  kvcrush::worker_workspaces spaces(ex);
+  spaces.reserve(heads, tokens);
+  const kvcrush::policy::with_kvcrush<kvcrush::policy::precomputed> policy{{}, crush_half()};
+  auto one_layer = [&](index_t, index_t layer, kvcrush::workspace& ws) {
+    kvcrush::layer_inputs in;
+    in.kv_heads = heads;
+    in.tokens = tokens;
+    in.scores = kvcrush::make_matrix_view(scores[static_cast<std::size_t>(layer)].data(), heads, tokens);
+    kvcrush::select(policy, in, budget, {}, keep[static_cast<std::size_t>(layer)].view, ws);
+  };
+  const std::size_t bytes = static_cast<std::size_t>(layers * heads * tokens) * sizeof(float);
+  double baseline = 0;
+  for (const auto& s : scores) baseline += kvcrush_bench::read_pass_seconds(s.data(), s.size() * sizeof(float));
+  kvcrush_bench::loop_timer timer;
+  timer.start();
+  for (auto _ : state) {
+    kvcrush::for_each_sequence_layer(ex, 1, layers, spaces, one_layer);
+    benchmark::DoNotOptimize(keep.front().positions.data());
+  }
+  kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(layers * tokens), baseline);
 }
 
 // One decode step: for each head, p = softmax(K q / sqrt(d)), out = V^T p.
@@ -138,24 +222,51 @@ void decode_attention(benchmark::State& state) {
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
 }
 
+// Every policy in every mode for one ISA, under `family` ("select" or
+// "select_avx2").
+template <class Isa>
+void register_selections(const std::string& family, index_t h, index_t n) {
+  for (mode m : {mode::token, mode::block16, mode::block32, mode::per_head}) {
+    const std::string tail = mode_suffix(m);
+    auto add = [&](const char* policy, void (*fn)(benchmark::State&, mode)) {
+      benchmark::RegisterBenchmark((family + "/" + policy + tail).c_str(), fn, m)
+          ->Args({h, n})
+          ->Unit(benchmark::kMicrosecond);
+    };
+    add("snapkv", select_snapkv<Isa, false>);
+    add("snapkv+kvcrush", select_snapkv<Isa, true>);
+    add("h2o", select_h2o<Isa, false>);
+    add("h2o+kvcrush", select_h2o<Isa, true>);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::printf("kvcrush end-to-end selection benchmarks; ISA %s; budget N/4 (sink 4, recent 32), crush 0.5\n",
-              std::string(kvcrush::isa::name()).c_str());
+  // Context goes to stderr: stdout carries only the requested format, so
+  // that `--benchmark_format=json | ...` works.
+  std::fprintf(stderr,
+               "kvcrush end-to-end selection benchmarks; ISA %s; budget N/4 (sink 4, or one block; recent 32), "
+               "crush 0.5\n",
+               std::string(kvcrush::isa::name()).c_str());
   if (!kvcrush::isa::cpu_supports<kvcrush::isa::active>()) {
-    std::printf("this CPU lacks %s; rebuild the benchmarks for it\n", std::string(kvcrush::isa::name()).c_str());
+    std::fprintf(stderr, "this CPU lacks %s; rebuild the benchmarks for it\n", std::string(kvcrush::isa::name()).c_str());
     return 77;
   }
+  constexpr bool compare_avx2 = std::is_same_v<kvcrush::isa::active, kvcrush::isa::avx512>;
   for (index_t h : head_counts)
     for (index_t n : token_counts) {
       benchmark::RegisterBenchmark("read_pass", read_pass)->Args({h, n})->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark("select/snapkv", select_snapkv<false>)->Args({h, n})->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark("select/snapkv+kvcrush", select_snapkv<true>)->Args({h, n})->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark("select/h2o", select_h2o<false>)->Args({h, n})->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark("select/h2o+kvcrush", select_h2o<true>)->Args({h, n})->Unit(benchmark::kMicrosecond);
+      register_selections<kvcrush::isa::active>("select", h, n);
+      if constexpr (compare_avx2) register_selections<kvcrush::isa::avx2>("select_avx2", h, n);
       benchmark::RegisterBenchmark("decode_attention", decode_attention)->Args({h, n})->Unit(benchmark::kMicrosecond);
     }
+  for (index_t threads : {1, 2}) {
+    benchmark::RegisterBenchmark("evict_layers", evict_layers)
+        ->Args({threads, 32, 8, 32768})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -11,6 +11,7 @@
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/simd/hamming.hpp"
 #include "kvcrush/simd/bits.hpp"
+#include "kvcrush/simd/column_counts.hpp"
 #include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/simd/partition.hpp"
 #include "kvcrush/simd/signature.hpp"
@@ -472,4 +473,38 @@ TEST(HammingKernel, ScalarCountsDifferingBits) {
   std::vector<std::uint32_t> d2(3);
   simd::hamming_kernel<isa::scalar>::run(sig.data(), 3, 2, anchor2.data(), d2.data());
   EXPECT_EQ(d2, (std::vector<std::uint32_t>{0, 3 + 62, 2 + 64}));
+}
+
+// Column bit counts against counting one bit at a time, with row counts
+// around the 255-row chunks of the byte counters and word counts around the
+// vector widths.
+TEST(ColumnCountKernel, EveryIsaCountsEveryBitOfEveryColumn) {
+  auto check = [](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t words : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17}) {
+      for (long n : {0L, 1L, 2L, 254L, 255L, 256L, 511L, 600L}) {
+        std::mt19937_64 rng(static_cast<std::uint64_t>(words * 1000 + n));
+        std::vector<std::uint64_t> rows(static_cast<std::size_t>(n * words) + 1);
+        // Dense, sparse and all-ones words, so that byte counters reach 255.
+        for (std::size_t i = 0; i < rows.size(); ++i) {
+          const std::uint64_t r = rng();
+          rows[i] = i % 3 == 0 ? r : i % 3 == 1 ? (r & rng() & rng()) : ~std::uint64_t{0};
+        }
+        std::vector<index_t> expected(static_cast<std::size_t>(64 * words), 0);
+        for (long r = 0; r < n; ++r)
+          for (index_t w = 0; w < words; ++w)
+            for (int bit = 0; bit < 64; ++bit)
+              expected[static_cast<std::size_t>(w * 64 + bit)] += (rows[static_cast<std::size_t>(r * words + w) + 1] >> bit) & 1u;
+        // Counts are added to what is there.
+        std::vector<index_t> got(expected.size(), 5);
+        // rows + 1: rows start off a 64-byte boundary.
+        simd::column_count_kernel<Isa>::run(rows.data() + 1, n, words, got.data());
+        for (auto& c : got) c -= 5;
+        ASSERT_EQ(got, expected) << Isa::name << " words=" << words << " n=" << n;
+      }
+    }
+  };
+  check(isa::scalar{});
+  const int isas = kvcrush_test::for_each_simd_isa(check);
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build (scalar checked)";
 }

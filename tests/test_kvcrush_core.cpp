@@ -329,9 +329,11 @@ TEST(OpenVinoVectors, MeanAnchorOfBlockIndicators) {
   const std::vector<int> indicators = {1, 0, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0};
   std::vector<std::uint64_t> token_sig(indicators.begin(), indicators.end());
   std::vector<std::uint64_t> block_sig(5);
-  kvcrush::impl::concatenate_block_signatures(token_sig.data(), 1, 1, 5, 4, block_sig.data());
-  std::vector<index_t> counts(4, 0);
-  kvcrush::count_signature_bits(block_sig.data(), 5, 1, counts.data());
+  const std::uint64_t* blocks =
+      kvcrush::impl::concatenate_block_signatures(token_sig.data(), 1, 1, 5, 4, block_sig.data());
+  std::vector<index_t> counts(64, 0);
+  kvcrush::impl::count_block_bits<kvcrush::isa::active>(blocks, 5, 1, counts.data());
+  EXPECT_EQ(std::vector<index_t>(counts.begin(), counts.begin() + 4), (std::vector<index_t>{3, 2, 3, 0}));
   std::uint64_t anchor = 0;
   kvcrush::make_anchor(kvcrush::anchor_mode::mean, 4, counts.data(), 5, 0, &anchor);
   EXPECT_EQ(anchor, 0b0101u) << "anchor {1,0,1,0}: bit i is block position i";
@@ -340,10 +342,11 @@ TEST(OpenVinoVectors, MeanAnchorOfBlockIndicators) {
 TEST(OpenVinoVectors, BlockDistancesToAnchor) {
   const std::vector<std::uint64_t> token_sig = {1, 0, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0};
   std::vector<std::uint64_t> block_sig(3);
-  kvcrush::impl::concatenate_block_signatures(token_sig.data(), 1, 1, 3, 4, block_sig.data());
+  const std::uint64_t* blocks =
+      kvcrush::impl::concatenate_block_signatures(token_sig.data(), 1, 1, 3, 4, block_sig.data());
   const std::uint64_t anchor = 0b0101;  // {1,0,1,0}
   std::vector<std::uint32_t> d(3);
-  kvcrush::hamming_distances(kvcrush::make_matrix_view<const std::uint64_t>(block_sig.data(), 3, 1),
+  kvcrush::hamming_distances(kvcrush::make_matrix_view<const std::uint64_t>(blocks, 3, 1),
                              kvcrush::make_vector_view<const std::uint64_t>(&anchor, 1),
                              kvcrush::make_vector_view(d.data(), 3));
   EXPECT_EQ(d, (std::vector<std::uint32_t>{0, 4, 2}));
@@ -381,4 +384,47 @@ TEST(Hamming, PublicApiChecksShapes) {
   kvcrush::hamming_distances(s, kvcrush::make_vector_view<const std::uint64_t>(anchor.data(), 2),
                              kvcrush::make_vector_view(d.data(), 3));
   EXPECT_EQ(d, (std::vector<std::uint32_t>{2, 3, 4}));
+}
+
+// Block signatures against a bit-by-bit concatenation, for signature widths
+// that take each path (whole words, packed streams of 1..32-bit signatures,
+// shifted words) and block sizes whose blocks do and do not end on word
+// boundaries.
+TEST(BlockSignatures, ConcatenationMatchesBitByBit) {
+  for (index_t bits : {1, 2, 3, 4, 7, 8, 9, 16, 24, 32, 33, 63, 64, 65, 100, 128}) {
+    for (index_t b : {1, 2, 3, 4, 8, 16, 32, 64}) {
+      const index_t blocks = 5;
+      const index_t token_words = kvcrush::signature_words(bits);
+      const index_t block_words = kvcrush::signature_words(bits * b);
+      std::mt19937_64 rng(static_cast<std::uint64_t>(bits * 1000 + b));
+      std::vector<std::uint64_t> token_sig(static_cast<std::size_t>(blocks * b * token_words));
+      for (std::size_t t = 0; t < token_sig.size(); ++t) {
+        // Bits past `bits` stay zero, as the signature builders leave them.
+        const index_t used = bits - 64 * static_cast<index_t>(t % static_cast<std::size_t>(token_words));
+        token_sig[t] = used >= 64 ? rng() : rng() & ((std::uint64_t{1} << used) - 1);
+      }
+      std::vector<std::uint64_t> expected(static_cast<std::size_t>(blocks * block_words), 0);
+      for (index_t j = 0; j < blocks; ++j)
+        for (index_t i = 0; i < b; ++i)
+          for (index_t bit = 0; bit < bits; ++bit) {
+            const std::uint64_t word = token_sig[static_cast<std::size_t>((j * b + i) * token_words + bit / 64)];
+            if ((word >> (bit % 64)) & 1u) {
+              const index_t at = i * bits + bit;
+              expected[static_cast<std::size_t>(j * block_words + at / 64)] |= std::uint64_t{1} << (at % 64);
+            }
+          }
+      std::vector<std::uint64_t> scratch(expected.size() + 1, 0xdeadbeefull);
+      const std::uint64_t* got = kvcrush::impl::concatenate_block_signatures(token_sig.data(), token_words, bits,
+                                                                             blocks, b, scratch.data());
+      ASSERT_EQ(std::vector<std::uint64_t>(got, got + expected.size()), expected) << "bits " << bits << " b " << b;
+      // The mean anchor's counts of those block signatures.
+      std::vector<index_t> counts(static_cast<std::size_t>(64 * block_words), -1);
+      kvcrush::impl::count_block_bits<kvcrush::isa::active>(got, blocks, block_words, counts.data());
+      for (index_t bit = 0; bit < 64 * block_words; ++bit) {
+        index_t set = 0;
+        for (index_t j = 0; j < blocks; ++j) set += (expected[static_cast<std::size_t>(j * block_words + bit / 64)] >> (bit % 64)) & 1u;
+        ASSERT_EQ(counts[static_cast<std::size_t>(bit)], set) << "bits " << bits << " b " << b << " bit " << bit;
+      }
+    }
+  }
 }

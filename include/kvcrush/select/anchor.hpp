@@ -45,19 +45,5 @@ inline void make_anchor(anchor_mode mode, index_t bits, const index_t* counts, i
   }
 }
 
-// counts[b] += number of the n signatures (words each) with bit b set, for b
-// in [0, bits).
-inline void count_signature_bits(const std::uint64_t* sig, index_t n, index_t words, index_t* counts) noexcept {
-  for (index_t t = 0; t < n; ++t) {
-    for (index_t w = 0; w < words; ++w) {
-      std::uint64_t x = sig[t * words + w];
-      while (x) {
-        counts[w * 64 + __builtin_ctzll(x)] += 1;
-        x &= x - 1;
-      }
-    }
-  }
-}
-
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush

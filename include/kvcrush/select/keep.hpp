@@ -15,6 +15,7 @@
 
 #include "kvcrush/error.hpp"
 #include "kvcrush/select/anchor.hpp"
+#include "kvcrush/select/block_signatures.hpp"
 #include "kvcrush/select/buckets.hpp"
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
@@ -96,28 +97,6 @@ namespace impl {
 enum : std::uint8_t { flag_evict = 0, flag_important = 1, flag_representative = 2 };
 
 enum class selection_status { ok, nan_in_scores, nan_in_signature_scores };
-
-// Concatenates the token signatures (token_words words each, `bits` bits
-// used) of each block of b tokens into block signatures of
-// signature_words(bits * b) words: token i of a block owns bits
-// [i * bits, (i + 1) * bits).
-inline void concatenate_block_signatures(const std::uint64_t* token_sig, index_t token_words, index_t bits,
-                                         index_t blocks, index_t b, std::uint64_t* block_sig) noexcept {
-  const index_t block_words = signature_words(bits * b);
-  for (index_t j = 0; j < blocks; ++j) {
-    std::uint64_t* out = block_sig + j * block_words;
-    for (index_t w = 0; w < block_words; ++w) out[w] = 0;
-    for (index_t i = 0; i < b; ++i) {
-      const std::uint64_t* in = token_sig + (j * b + i) * token_words;
-      for (index_t bit = 0; bit < bits; ++bit) {
-        if ((in[bit / 64] >> (bit % 64)) & 1u) {
-          const index_t target = i * bits + bit;
-          out[target / 64] |= std::uint64_t{1} << (target % 64);
-        }
-      }
-    }
-  }
-}
 
 inline bool any_nan_in(const float* v, index_t n) noexcept {
   bool nan = false;
@@ -233,12 +212,10 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
       unit_bits = sig_bits * b;
       unit_words = signature_words(unit_bits);
       std::uint64_t* block_sig = ws.block_signatures(static_cast<std::size_t>(n * unit_words) + 1);
-      concatenate_block_signatures(token_sig, token_words, sig_bits, n, b, block_sig);
-      unit_sig = block_sig;
-      counts = ws.unit_counts(static_cast<std::size_t>(unit_bits) + 1);
+      unit_sig = concatenate_block_signatures(token_sig, token_words, sig_bits, n, b, block_sig);
+      counts = ws.unit_counts(static_cast<std::size_t>(unit_words * 64) + 1);
       if (cfg.anchor == anchor_mode::mean || cfg.anchor == anchor_mode::inv_mean) {
-        for (index_t i = 0; i < unit_bits; ++i) counts[i] = 0;
-        count_signature_bits(block_sig, n, unit_words, counts);
+        count_block_bits<Isa>(unit_sig, n, unit_words, counts);
       }
     }
     std::uint64_t* anchor = ws.anchor(static_cast<std::size_t>(unit_words));

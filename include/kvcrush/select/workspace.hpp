@@ -72,7 +72,7 @@ class workspace {
     signature_copy(n * hs);
     importance(n * h + 1);
     unit_importance(n + 1);
-    unit_counts(unit_bits + 1);
+    unit_counts(((unit_bits + 63) / 64) * 64 + 1);
     thresholds(hs);
     ties(hs);
     bit_counts(hs);
