@@ -244,61 +244,97 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 
 // The intrinsics SIMDe 0.7.4 does not provide (the list is what kvcrush's
 // AVX-512 kernels use; a new one fails to compile here, never silently).
+// Each is #undef'd first: without optimisation GCC's own headers define the
+// immediate-operand intrinsics as macros, which these replace.
+#undef _cvtmask32_u32
 #define _cvtmask32_u32(k) static_cast<std::uint32_t>(k)
+#undef _cvtmask64_u64
 #define _cvtmask64_u64(k) static_cast<std::uint64_t>(k)
+#undef _mm512_kunpackw
 #define _mm512_kunpackw(hi, lo) \
   static_cast<__mmask32>((static_cast<std::uint32_t>(hi) & 0xffffu) << 16 | (static_cast<std::uint32_t>(lo) & 0xffffu))
+#undef _mm512_kunpackd
 #define _mm512_kunpackd(hi, lo)                                                       \
   static_cast<__mmask64>((static_cast<std::uint64_t>(hi) & 0xffffffffu) << 32 | \
                          (static_cast<std::uint64_t>(lo) & 0xffffffffu))
+#undef _mm512_mask_cmp_ps_mask
 #define _mm512_mask_cmp_ps_mask(k, a, b, p) static_cast<__mmask16>((k) & simde_mm512_cmp_ps_mask(a, b, p))
+#undef _mm512_mask_cmp_epi32_mask
 #define _mm512_mask_cmp_epi32_mask(k, a, b, p) kvcrush_emulated::mask_cmp_epi32_mask(k, a, b, p)
+#undef _mm512_i64gather_epi64
 #define _mm512_i64gather_epi64(i, base, s) \
   kvcrush_emulated::mask_i64gather_epi64(simde_mm512_setzero_si512(), 0xff, i, base, s)
+#undef _mm512_mask_i64gather_epi64
 #define _mm512_mask_i64gather_epi64(src, k, i, base, s) kvcrush_emulated::mask_i64gather_epi64(src, k, i, base, s)
+#undef _mm512_mask_i64scatter_epi64
 #define _mm512_mask_i64scatter_epi64(base, k, i, a, s) kvcrush_emulated::mask_i64scatter_epi64(base, k, i, a, s)
+#undef _mm512_mask3_fmadd_ps
 #define _mm512_mask3_fmadd_ps(a, b, c, k) kvcrush_emulated::mask3_fmadd_ps(a, b, c, k)
+#undef _mm512_mask_loadu_ps
 #define _mm512_mask_loadu_ps(src, k, p) \
   kvcrush_emulated::from_lanes<__m512>(kvcrush_emulated::masked_load(kvcrush_emulated::to_lanes<float, 16>(src), k, p))
+#undef _mm512_maskz_loadu_ps
 #define _mm512_maskz_loadu_ps(k, p) \
   kvcrush_emulated::from_lanes<__m512>(kvcrush_emulated::masked_load(kvcrush_emulated::lanes<float, 16>{}, k, p))
+#undef _mm512_maskz_loadu_epi64
 #define _mm512_maskz_loadu_epi64(k, p) \
   kvcrush_emulated::from_lanes<__m512i>(kvcrush_emulated::masked_load(kvcrush_emulated::lanes<std::int64_t, 8>{}, k, p))
+#undef _mm256_maskz_loadu_epi16
 #define _mm256_maskz_loadu_epi16(k, p) \
   kvcrush_emulated::from_lanes<__m256i>(kvcrush_emulated::masked_load(kvcrush_emulated::lanes<std::int16_t, 16>{}, k, p))
+#undef _mm_maskz_loadu_epi8
 #define _mm_maskz_loadu_epi8(k, p) \
   kvcrush_emulated::from_lanes<__m128i>(kvcrush_emulated::masked_load(kvcrush_emulated::lanes<std::int8_t, 16>{}, k, p))
+#undef _mm512_mask_storeu_ps
 #define _mm512_mask_storeu_ps(p, k, a) kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<float, 16>(a))
+#undef _mm512_mask_storeu_epi64
 #define _mm512_mask_storeu_epi64(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int64_t, 8>(a))
+#undef _mm256_mask_storeu_epi32
 #define _mm256_mask_storeu_epi32(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int32_t, 8>(a))
+#undef _mm256_mask_storeu_epi16
 #define _mm256_mask_storeu_epi16(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int16_t, 16>(a))
+#undef _mm_mask_storeu_epi8
 #define _mm_mask_storeu_epi8(p, k, a) kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int8_t, 16>(a))
+#undef _mm512_maskz_extracti32x8_epi32
 #define _mm512_maskz_extracti32x8_epi32(k, a, i) kvcrush_emulated::maskz_extracti32x8_epi32(k, a, i)
+#undef _mm512_maskz_extractf32x8_ps
 #define _mm512_maskz_extractf32x8_ps(k, a, i) kvcrush_emulated::maskz_extractf32x8_ps(k, a, i)
+#undef _mm512_maskz_cvtepi32_ps
 #define _mm512_maskz_cvtepi32_ps(k, a)                                                                  \
   kvcrush_emulated::from_lanes<__m512>(                                                                 \
       kvcrush_emulated::maskz_convert<float>(k, kvcrush_emulated::to_lanes<std::int32_t, 16>(a)))
+#undef _mm512_maskz_cvtepi64_epi32
 #define _mm512_maskz_cvtepi64_epi32(k, a)                                                                \
   kvcrush_emulated::from_lanes<__m256i>(                                                                 \
       kvcrush_emulated::maskz_convert<std::uint32_t>(k, kvcrush_emulated::to_lanes<std::uint64_t, 8>(a)))
+#undef _mm512_maskz_cvtepi32_epi8
 #define _mm512_maskz_cvtepi32_epi8(k, a)                                                                 \
   kvcrush_emulated::from_lanes<__m128i>(                                                                 \
       kvcrush_emulated::maskz_convert<std::uint8_t>(k, kvcrush_emulated::to_lanes<std::uint32_t, 16>(a)))
+#undef _mm512_maskz_cvtepu16_epi32
 #define _mm512_maskz_cvtepu16_epi32(k, a)                                                                \
   kvcrush_emulated::from_lanes<__m512i>(                                                                 \
       kvcrush_emulated::maskz_convert<std::int32_t>(k, kvcrush_emulated::to_lanes<std::uint16_t, 16>(a)))
+#undef _mm512_maskz_cvtepu8_epi32
 #define _mm512_maskz_cvtepu8_epi32(k, a)                                                                 \
   kvcrush_emulated::from_lanes<__m512i>(                                                                 \
       kvcrush_emulated::maskz_convert<std::int32_t>(k, kvcrush_emulated::to_lanes<std::uint8_t, 16>(a)))
+#undef _mm512_maskz_cvtps_epi32
 #define _mm512_maskz_cvtps_epi32(k, a) kvcrush_emulated::maskz_cvtps_epi32(k, a)
+#undef _mm512_maskz_cvtph_ps
 #define _mm512_maskz_cvtph_ps(k, a) kvcrush_emulated::maskz_cvtps_ph_to_ps(k, a)
+#undef _mm512_maskz_cvt_roundps_ph
 #define _mm512_maskz_cvt_roundps_ph(k, a, r) kvcrush_emulated::maskz_cvt_roundps_ph(k, a, r)
+#undef _mm512_maskz_shuffle_f32x4
 #define _mm512_maskz_shuffle_f32x4(k, a, b, i) kvcrush_emulated::maskz_shuffle_f32x4(k, a, b, i)
+#undef _mm512_maskz_shuffle_ps
 #define _mm512_maskz_shuffle_ps(k, a, b, i) kvcrush_emulated::maskz_shuffle_ps(k, a, b, i)
+#undef _mm512_maskz_slli_epi32
 #define _mm512_maskz_slli_epi32(k, a, i) kvcrush_emulated::maskz_slli_epi32(k, a, i)
+#undef _mm512_maskz_srlv_epi32
 #define _mm512_maskz_srlv_epi32(k, a, c) kvcrush_emulated::maskz_srlv_epi32(k, a, c)
 
 // The feature macros the AVX-512 level of KVCRUSH_ISA_FLAGS_avx512 would set.
