@@ -1,5 +1,6 @@
-// SPEC.md written plainly: full sorts, one bool per bit, no cleverness. The
-// library's O(N) and SIMD paths are checked against this.
+// docs/SEMANTICS.md (sections 1-4) written plainly: full sorts, one bool per
+// bit, no cleverness. The library's O(N) and SIMD paths are checked against
+// this.
 #pragma once
 
 #include <algorithm>

@@ -80,7 +80,7 @@ inline std::vector<float> tricky_floats(std::size_t n, std::uint32_t seed, int l
   return out;
 }
 
-// Sizes that hit every SIMD tail (DESIGN.md).
+// Sizes that hit every SIMD tail.
 inline std::vector<long> tail_sizes() {
   std::vector<long> sizes;
   for (long n = 0; n <= 17; ++n) sizes.push_back(n);

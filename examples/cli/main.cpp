@@ -65,7 +65,7 @@ budgets
   Prints one budget per layer, one per line: PyramidKV's (--pyramid, beta 20 as in
   KVCache-Factory) or uniform.
 
-Selection semantics: SPEC.md (exact, deterministic, ties broken by position).
+Selection semantics: docs/SEMANTICS.md (exact, deterministic, ties broken by position).
 )";
 
 void write_positions(const std::string& path, const std::vector<index_t>& data, std::vector<std::int64_t> shape) {

@@ -1,9 +1,9 @@
 // Pooling along tokens and GQA reduction over query-head groups (SPEC 5).
 //
-// Arithmetic order is part of the contract (so that any implementation,
-// scalar or SIMD or NumPy, gets the same bits): avg pooling adds the k
-// neighbours left to right starting from 0.0f and divides by k; the GQA mean
-// adds the G rows in query-head order and divides by G.
+// Arithmetic order is part of the contract (docs/SEMANTICS.md section 7), so
+// that any implementation, scalar or SIMD or NumPy, gets the same bits: avg
+// pooling adds the k neighbours left to right starting from 0.0f and divides
+// by k; the GQA mean adds the G rows in query-head order and divides by G.
 #pragma once
 
 #include <array>
