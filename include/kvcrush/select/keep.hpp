@@ -104,9 +104,20 @@ inline bool any_nan_in(const float* v, index_t n) noexcept {
   return nan;
 }
 
-// sums[j] = float32 sum of v[j*b .. j*b+b) in position order.
+// sums[j] = float32 sum of v[j*b .. j*b+b) in position order. Eight blocks
+// are summed side by side: each block's additions form one dependent chain,
+// and one chain at a time would wait on the adder's latency at every token.
 inline void block_sums(const float* v, index_t blocks, index_t b, float* sums) noexcept {
-  for (index_t j = 0; j < blocks; ++j) {
+  constexpr index_t lanes = 8;
+  index_t j = 0;
+  for (; j + lanes <= blocks; j += lanes) {
+    float acc[lanes];
+    for (index_t l = 0; l < lanes; ++l) acc[l] = v[(j + l) * b];
+    for (index_t i = 1; i < b; ++i)
+      for (index_t l = 0; l < lanes; ++l) acc[l] += v[(j + l) * b + i];
+    for (index_t l = 0; l < lanes; ++l) sums[j + l] = acc[l];
+  }
+  for (; j < blocks; ++j) {
     float acc = v[j * b];
     for (index_t i = 1; i < b; ++i) acc += v[j * b + i];
     sums[j] = acc;
