@@ -83,7 +83,7 @@ def select(rows):
     header = ["H", "N", "read pass (µs)"] + [f"{p} µs (× read)" for p in policies]
     header += ["decode step (µs)", "snapkv+kvcrush / decode step"]
     lines = []
-    for h in (8, 32):
+    for h in (1, 8, 32):
         for n in (4096, 32768, 131072):
             key = f"{h}/{n}"
             if f"select/snapkv/{key}" not in rows:
@@ -96,6 +96,57 @@ def select(rows):
             decode = micros(rows[f"decode_attention/{key}"])
             line += [fmt(decode), fmt(micros(rows[f"select/snapkv+kvcrush/{key}"]) / decode, 3)]
             lines.append(line)
+    return table(header, lines)
+
+
+def select_modes(rows):
+    """Each mode's time over token mode's, same policy, H and N."""
+    policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
+    modes = ["block16", "block32", "per_head"]
+    header = ["H", "N"] + [f"{p} {m}" for p in policies for m in modes]
+    lines = []
+    for h in (1, 8, 32):
+        for n in (4096, 32768, 131072):
+            if f"select/snapkv/block16/{h}/{n}" not in rows:
+                continue
+            line = [str(h), str(n)]
+            for p in policies:
+                token = micros(rows[f"select/{p}/{h}/{n}"])
+                line += [fmt(micros(rows[f"select/{p}/{m}/{h}/{n}"]) / token, 2) for m in modes]
+            lines.append(line)
+    return table(header, lines)
+
+
+def select_avx2(rows):
+    """AVX2 kernels over AVX-512 kernels, same binary and run."""
+    policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
+    modes = ["", "/block32", "/per_head"]
+    header = ["H", "N"] + [f"{p}{m.replace('/', ' ')}" for p in policies for m in modes]
+    lines = []
+    for h in (1, 8, 32):
+        for n in (4096, 32768, 131072):
+            if f"select_avx2/snapkv/{h}/{n}" not in rows:
+                continue
+            line = [str(h), str(n)]
+            for p in policies:
+                for m in modes:
+                    fast = micros(rows[f"select/{p}{m}/{h}/{n}"])
+                    line.append(fmt(micros(rows[f"select_avx2/{p}{m}/{h}/{n}"]) / fast, 2))
+            lines.append(line)
+    return table(header, lines)
+
+
+def evict_layers(rows):
+    found = sorted((int(k.split("/")[1]), k) for k in rows if k.startswith("evict_layers/"))
+    if not found:
+        return "(no evict_layers rows)"
+    one = micros(rows[found[0][1]])
+    header = ["threads", "layers", "H", "N", "ms", "speed-up over 1 thread"]
+    lines = []
+    for threads, key in found:
+        parts = key.split("/")
+        t = micros(rows[key])
+        lines.append([str(threads), parts[2], parts[3], parts[4], fmt(t / 1000, 2), fmt(one / t, 2)])
     return table(header, lines)
 
 
@@ -144,6 +195,9 @@ def main():
         sys.exit(__doc__)
     rows, context = load(sys.argv[1:])
     sections = [("KVCrush kernels", "signatures/", kernels), ("Selection, scores to keep set", "select/", select),
+                ("Selection modes, time over token mode", "select/snapkv/block16/", select_modes),
+                ("AVX2 kernels, time over AVX-512 kernels", "select_avx2/", select_avx2),
+                ("Selection of many layers on an executor (SnapKV+KVCrush)", "evict_layers/", evict_layers),
                 ("Cache compaction and paged eviction (float16, head_dim 128)", "compact/", cache),
                 ("Quantized cache kernels (head_dim 128, N = 32768, one head)", "quant_dot/", quant)]
     print(f"Measured {context.get('date', '?')} on {context.get('num_cpus', '?')} CPUs "
