@@ -204,10 +204,11 @@ void paged_evict_blocks(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::printf("kvcrush cache benchmarks; build ISA %s; float16 K/V, head_dim %ld, keep half\n",
+  // Context to stderr: stdout carries only the format asked for.
+  std::fprintf(stderr, "kvcrush cache benchmarks; build ISA %s; float16 K/V, head_dim %ld, keep half\n",
               std::string(kvcrush::isa::name()).c_str(), static_cast<long>(head_dim));
   if (!kvcrush::isa::cpu_supports<kvcrush::isa::active>()) {
-    std::printf("this CPU lacks %s; rebuild the benchmarks for it\n", std::string(kvcrush::isa::name()).c_str());
+    std::fprintf(stderr, "this CPU lacks %s; rebuild the benchmarks for it\n", std::string(kvcrush::isa::name()).c_str());
     return 77;
   }
   const index_t heads = 8;

@@ -135,10 +135,11 @@ void register_isa() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::printf("kvcrush kernel benchmarks; build ISA %s (scalar rows are the scalar kernels as compiled in this build)\n",
+  // Context to stderr: stdout carries only the format asked for.
+  std::fprintf(stderr, "kvcrush kernel benchmarks; build ISA %s (scalar rows are the scalar kernels as compiled in this build)\n",
               std::string(isa::name()).c_str());
   if (!isa::cpu_supports<isa::active>()) {
-    std::printf("this CPU lacks %s; rebuild the benchmarks for it\n", std::string(isa::name()).c_str());
+    std::fprintf(stderr, "this CPU lacks %s; rebuild the benchmarks for it\n", std::string(isa::name()).c_str());
     return 77;
   }
   for (index_t h : head_counts)
