@@ -196,13 +196,15 @@ class Tokenizer:
             propose(i)
         while heap:
             _, left, right, left_id, right_id, merged = heapq.heappop(heap)
-            if not alive[right] or nxt[left] != right or ids[left] != left_id or ids[right] != right_id:
-                continue  # stale: a neighbour changed since the pair was proposed
+            if not (alive[left] and alive[right]) or nxt[left] != right or ids[left] != left_id \
+                    or ids[right] != right_id:
+                continue  # stale: a symbol changed or was merged away since the pair was proposed
             ids[left] = merged
             nxt[left] = nxt[right]
             if nxt[right] >= 0:
                 prv[nxt[right]] = left
             alive[right] = False
+            nxt[right] = -1
             propose(prv[left])
             propose(left)
         out, i = [], 0
@@ -355,10 +357,10 @@ def main():
     if args.compare_eval:
         figure, eval_positions = eval_agreement(args)
         print("kvcrush-eval on the same chunk and settings: %.4f over %d positions" % (figure, eval_positions))
-        # Both engines compute in float32 but in different orders, so a
-        # near-tie between two next tokens may flip: allow one position in
-        # a hundred, no more.
-        if eval_positions != positions or abs(figure - agree / positions) > 0.01:
+        # Same chunk, same selections: the figures match exactly. Both
+        # engines compute in float32 but sum in different orders, so one
+        # near-tie between two next tokens may flip; allow that one.
+        if eval_positions != positions or abs(figure * positions - agree) > 1.0 + 1e-6:
             print("FAILED: the PyTorch example and kvcrush-eval disagree")
             return 1
     return 0
