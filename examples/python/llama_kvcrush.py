@@ -32,20 +32,21 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
-
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+# What is missing is reported by main() as a skip, not a traceback.
 try:
-    import kvcrush
-except ImportError:  # running from a source checkout
-    sys.path.insert(0, str(REPO / "python"))
-    import kvcrush
-
-try:
+    import numpy as np
     import torch
-except ImportError:
-    torch = None
+except ImportError as error:
+    MISSING = "%s (Debian: apt-get install python3-numpy python3-torch)" % error
+else:
+    MISSING = None
+    try:
+        import kvcrush
+    except ImportError:  # running from a source checkout
+        sys.path.insert(0, str(REPO / "python"))
+        import kvcrush
 
 
 # ---- The model: llama2.c checkpoint, plain PyTorch -------------------------------
@@ -339,8 +340,8 @@ def main():
                         help="also run kvcrush-eval with these settings and require the same agreement")
     args = parser.parse_args()
 
-    if torch is None:
-        print("SKIPPED: PyTorch is not installed (Debian: apt-get install python3-torch)")
+    if MISSING:
+        print("SKIPPED: the PyTorch example needs NumPy and PyTorch: " + MISSING)
         return 77
     for path in (args.model, args.tokenizer, args.text):
         if not pathlib.Path(path).exists():
