@@ -409,3 +409,17 @@ def test_errors_carry_the_cli_message(tmp_path):
     with pytest.raises(ValueError) as error:
         kvcrush.select(scores=np.load(tmp_path / "S.npy"), budget=6, sink=4, recent=4)
     assert run.stderr.strip() == "kvcrush: error: " + str(error.value)
+
+
+def test_readme_python_example(tmp_path):
+    """The README's Python snippet, run as a reader would (PYTHONPATH=python)."""
+    readme = (PACKAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- readme-example:python -->")
+    end = readme.index("<!-- /readme-example:python -->", start)
+    code = readme[start:end].split("```python\n", 1)[1].rsplit("```", 1)[0]
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_DIR), PYTHONDONTWRITEBYTECODE="1")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    kept, isa, lengths = run.stdout.split(" ", 2)
+    assert kept == "1024" and isa == kvcrush.isa()
+    assert sum(int(n) for n in lengths.strip("[]\n").split(",")) == 8 * 1024
