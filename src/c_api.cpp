@@ -215,6 +215,10 @@ resolved_selection resolve(const kvcrush_select_options* o, input_kind kind, ind
   require(o->kernel >= 1 && o->kernel % 2 == 1, "select: pooling kernel must be odd and >= 1 (got ", o->kernel, ")");
 
   require(o->recent >= -1, "select: recent must be >= 0, or -1 for the default (got ", o->recent, ")");
+  // Bounded so that sums like sink + recent cannot overflow.
+  constexpr std::int64_t most = PTRDIFF_MAX / 8;
+  require(o->budget <= most && o->sink <= most && o->recent <= most && o->block_size <= most,
+          "select: budget, sink, recent and block_size must be below ", most);
   r.budget.budget = o->budget;
   r.budget.sink = o->sink;
   r.budget.recent = o->recent == -1 ? (from_scores ? 0 : window) : o->recent;

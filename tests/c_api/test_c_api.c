@@ -432,6 +432,11 @@ static void test_errors(kvcrush_workspace* ws) {
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
               "below sink + recent");
   CHECK(all_equal_i64(keep, heads * 32, -7));
+  o.budget = INT64_MAX; /* sink + recent must not overflow on the way */
+  o.sink = INT64_MAX;
+  CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
+              "must be below");
+  o.sink = 4;
   o.budget = 32;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 31, counts), KVCRUSH_BUFFER_TOO_SMALL,
               "32 needed");
