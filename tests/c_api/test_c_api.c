@@ -406,7 +406,7 @@ static void test_compact(void) {
 static void test_errors(kvcrush_workspace* ws) {
   enum { heads = 4, tokens = 64 };
   static float scores[heads * tokens];
-  int64_t keep[heads * 32], counts[heads];
+  int64_t keep[heads * 64], counts[heads]; /* room for AdaKV's widest rows */
   fill_scores(scores, heads * tokens);
   kvcrush_select_options o;
   kvcrush_select_options_init(&o);
@@ -415,23 +415,28 @@ static void test_errors(kvcrush_workspace* ws) {
   o.recent = 4;
   o.crush = 0.5;
 
-  for (int i = 0; i < heads * 32; ++i) keep[i] = -7;
+  for (int i = 0; i < heads * 64; ++i) keep[i] = -7;
   for (int i = 0; i < heads; ++i) counts[i] = -7;
   scores[40] = NAN;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
               "NaN");
-  CHECK(all_equal_i64(keep, heads * 32, -7) && all_equal_i64(counts, heads, -7));
+  CHECK(all_equal_i64(keep, heads * 64, -7) && all_equal_i64(counts, heads, -7));
   o.per_head = 1;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, heads, 32, counts), KVCRUSH_INVALID_ARGUMENT,
               "NaN");
-  CHECK(all_equal_i64(keep, heads * 32, -7) && all_equal_i64(counts, heads, -7));
+  CHECK(all_equal_i64(keep, heads * 64, -7) && all_equal_i64(counts, heads, -7));
   o.per_head = 0;
+  o.policy = "precomputed+adakv+kvcrush"; /* head-wise budgets read the scores first */
+  CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, heads, 64, counts), KVCRUSH_INVALID_ARGUMENT,
+              "NaN");
+  CHECK(all_equal_i64(keep, heads * 64, -7) && all_equal_i64(counts, heads, -7));
+  o.policy = NULL;
   scores[40] = 1.0f;
 
   o.budget = 6; /* below sink + recent */
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
               "below sink + recent");
-  CHECK(all_equal_i64(keep, heads * 32, -7));
+  CHECK(all_equal_i64(keep, heads * 64, -7));
   o.budget = INT64_MAX; /* sink + recent must not overflow on the way */
   o.sink = INT64_MAX;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
@@ -448,7 +453,7 @@ static void test_errors(kvcrush_workspace* ws) {
               "scores is NULL");
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, (int64_t)1 << 62, &o, keep, 1, 32, counts),
               KVCRUSH_INVALID_ARGUMENT, "too large");
-  CHECK(all_equal_i64(keep, heads * 32, -7) && all_equal_i64(counts, heads, -7));
+  CHECK(all_equal_i64(keep, heads * 64, -7) && all_equal_i64(counts, heads, -7));
 
   o.crush = 1.5;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
@@ -472,7 +477,7 @@ static void test_errors(kvcrush_workspace* ws) {
   o.struct_size = 3;
   CHECK_FAILS(kvcrush_select_scores(ws, scores, heads, tokens, &o, keep, 1, 32, counts), KVCRUSH_INVALID_ARGUMENT,
               "kvcrush_select_options_init");
-  CHECK(all_equal_i64(keep, heads * 32, -7) && all_equal_i64(counts, heads, -7));
+  CHECK(all_equal_i64(keep, heads * 64, -7) && all_equal_i64(counts, heads, -7));
 
   /* Attention: kv_heads must divide; NaN leaves both outputs untouched. */
   {
@@ -498,7 +503,7 @@ static void test_errors(kvcrush_workspace* ws) {
     ao.kv_heads = 2;
     CHECK_FAILS(kvcrush_select_attention(ws, a, qh, rows, n, &ao, keep, 1, 8, counts), KVCRUSH_INVALID_ARGUMENT,
                 "NaN");
-    CHECK(all_equal_i64(keep, heads * 32, -7));
+    CHECK(all_equal_i64(keep, heads * 64, -7));
   }
 
   /* Signatures: NaN and a wrong output shape leave the output untouched. */
