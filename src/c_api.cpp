@@ -394,6 +394,8 @@ kvcrush_status kvcrush_keep_shape(const kvcrush_select_options* options, int64_t
     // the selection calls.
     const bool attention = attention_rows > 0;
     const int64_t window = attention && options->window != 0 ? options->window : attention_rows;
+    require(!attention || (window >= 1 && window <= attention_rows), "keep_shape: window ", window,
+            " must be in [1, ", attention_rows, "]");
     const auto r = resolve(options, attention ? input_kind::attention : input_kind::scores, window);
     const keep_shape s = shape_of(r, heads, tokens);
     *rows = s.rows;

@@ -361,9 +361,10 @@ def _cache_arg(array, name, dtype):
         raise ValueError("%s must have 3 dimensions, got shape %s" % (name, array.shape))
     expected = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
     if array.dtype != expected:
-        raise ValueError("%s has dtype %s; dtype %r needs %s%s" % (
+        hint = " (pass dtype='bfloat16' for bfloat16 bits)" if array.dtype == np.uint16 else ""
+        raise ValueError("%s has dtype %s; dtype %r needs %s%s%s" % (
             name, array.dtype, dtype, np.dtype(expected).name,
-            " (the raw bfloat16 bits)" if dtype == "bfloat16" else ""))
+            " (the raw bfloat16 bits)" if dtype == "bfloat16" else "", hint))
 
 
 def compact(keys, values=None, *, keep, layout="head_token_dim", tokens=None, block_size=1, dtype=None):

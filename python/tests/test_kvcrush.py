@@ -256,6 +256,10 @@ def test_compact_rejects_bad_input_and_moves_nothing():
         kvcrush.compact(k[:, ::2], keep=np.array([0]))
     with pytest.raises(ValueError, match="dtype"):
         kvcrush.compact(k, keep=np.array([0]), dtype="float16")
+    with pytest.raises(ValueError, match="dtype='bfloat16'"):
+        kvcrush.compact(k.view(np.uint16), keep=np.array([0]))
+    with pytest.raises(ValueError, match="window 13 must be in"):
+        kvcrush.select(attention=attention((4, 12, 30)), kv_heads=2, window=13, budget=20)
     with pytest.raises(ValueError, match="NumPy array"):
         kvcrush.compact(k.tolist(), keep=np.array([0]))
     np.testing.assert_array_equal(k, k0)
