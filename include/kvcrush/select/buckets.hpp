@@ -96,17 +96,13 @@ namespace impl {
 // Among the items t in [0, n) with flags[t] == candidate (in position
 // order), ordered by (dist[t], t), sets flags = mark on the k representatives.
 // dist[t] <= max_distance. histogram holds representative_histogram_size
-// (max_distance) entries; order holds n entries of scratch.
+// (max_distance) entries, order n.
 //
-// A counting sort, without the sorted list: the histogram gives every
-// distance's first rank, the representatives' ranks are marked in a bitmap
-// (in `order`), and one more pass in position order hands each candidate
-// its rank (its distance's next one) and marks it when that rank is in the
-// bitmap. The passes run on four contiguous quarters of [0, n) at once,
-// each with its own counters: one counter per distance would chain every
-// step to the previous one through memory (consecutive tokens often share a
-// distance). Quarter c's items of distance d rank after those of quarters
-// < c, which is the stable (distance, position) order.
+// The counting sort runs on four contiguous quarters of [0, n) at once, each
+// with its own counters: one counter per distance would chain every step to
+// the previous one through memory (consecutive tokens often share a
+// distance). Quarter c's items of distance d land after those of quarters
+// < c, so the order is the same stable (distance, position) order.
 inline void mark_representatives(const std::uint32_t* dist, std::uint8_t* flags, index_t n,
                                  std::uint8_t candidate, std::uint8_t mark, index_t k,
                                  representative_rule rule, index_t max_distance, index_t* histogram,
@@ -126,7 +122,7 @@ inline void mark_representatives(const std::uint32_t* dist, std::uint8_t* flags,
       if (t < end[c]) h[c][dist[t]] += flags[t] == candidate;
     }
   }
-  // First rank of each (quarter, distance) run in the sorted order.
+  // Start of each (quarter, distance) run in the sorted order.
   index_t count = 0;
   for (index_t d = 0; d <= max_distance; ++d) {
     for (index_t c = 0; c < parts; ++c) {
@@ -135,32 +131,13 @@ inline void mark_representatives(const std::uint32_t* dist, std::uint8_t* flags,
       count += items;
     }
   }
-  // Ranks that are representatives. A non-candidate reads the rank its
-  // distance would give next, at most `count`: one word past the last rank.
-  auto* chosen = reinterpret_cast<std::uint64_t*>(order);
-  const index_t words = count / 64 + 1;
-  for (index_t w = 0; w < words; ++w) chosen[w] = 0;
-  for_each_representative_index(rule, count, k, [&](index_t p) noexcept {
-    chosen[p / 64] |= std::uint64_t{1} << (p % 64);
-  });
-  auto visit = [&](index_t c, index_t t) noexcept {
-    const std::uint32_t d = dist[t];
-    const index_t is_candidate = flags[t] == candidate;
-    const index_t rank = h[c][d];
-    h[c][d] = rank + is_candidate;
-    const auto hit = static_cast<index_t>((chosen[rank / 64] >> (rank % 64)) & 1u) & is_candidate;
-    // Branch-free: about one candidate in several is a representative.
-    flags[t] = static_cast<std::uint8_t>(hit ? mark : flags[t]);
-  };
-  const index_t full = end[parts - 1] - (parts - 1) * quarter;  // items in the last quarter
-  for (index_t i = 0; i < full; ++i) {
-    for (index_t c = 0; c < parts; ++c) visit(c, c * quarter + i);
-  }
-  for (index_t i = full < 0 ? 0 : full; i < quarter; ++i) {
-    for (index_t c = 0; c + 1 < parts; ++c) {
-      if (c * quarter + i < end[c]) visit(c, c * quarter + i);
+  for (index_t i = 0; i < quarter; ++i) {
+    for (index_t c = 0; c < parts; ++c) {
+      const index_t t = c * quarter + i;
+      if (t < end[c] && flags[t] == candidate) order[h[c][dist[t]]++] = t;
     }
   }
+  for_each_representative_index(rule, count, k, [&](index_t p) noexcept { flags[order[p]] = mark; });
 }
 
 }  // namespace impl
