@@ -167,11 +167,26 @@ bool mark_top_k(const float* v, index_t n, index_t k, std::uint8_t* flags, std::
   index_t ties = k - kth.above;  // values equal to the answer still to take, by position
   const float value = kth.value;
   // A select rather than a branch: about half the tokens pass, unpredictably.
+  if (kth.equal <= ties) {
+    // Every value equal to the answer is taken (the usual case: one such
+    // value), so one pass decides every token.
+    for (index_t i = 0; i < n; ++i) flags[i] = v[i] >= value ? mark : flags[i];
+    return true;
+  }
   for (index_t i = 0; i < n; ++i) flags[i] = v[i] > value ? mark : flags[i];
-  for (index_t i = 0; i < n && ties > 0; ++i) {
-    if (v[i] == value) {
-      flags[i] = mark;
-      --ties;
+  // The first `ties` equal values by position. Blocks without one are
+  // skipped by a count the compiler vectorises, not a branch per value.
+  constexpr index_t block = 64;
+  for (index_t start = 0; start < n && ties > 0; start += block) {
+    const index_t end = n - start < block ? n : start + block;
+    index_t equal = 0;
+    for (index_t i = start; i < end; ++i) equal += v[i] == value;
+    if (equal == 0) continue;
+    for (index_t i = start; i < end && ties > 0; ++i) {
+      if (v[i] == value) {
+        flags[i] = mark;
+        --ties;
+      }
     }
   }
   return true;
