@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,7 +34,11 @@ namespace detail {
 // How to turn a PyTorch tensor into what the CLI reads; .float() because
 // NumPy has no bfloat16.
 inline std::string save_hint(const std::string& path) {
-  return "save the tensor with numpy.save('" + path + "', t.float().numpy())";
+  const auto dot = path.find_last_of('.');
+  const auto slash = path.find_last_of('/');
+  const bool has_extension = dot != std::string::npos && (slash == std::string::npos || dot > slash);
+  const std::string npy = (has_extension ? path.substr(0, dot) : path) + ".npy";
+  return "save the tensor with numpy.save('" + npy + "', t.float().numpy()) and pass that file";
 }
 
 // kvcrush::io reads no float64. A '<f8' array has the item size of '<u8',
@@ -95,8 +100,9 @@ inline float_array read_float_array(const std::string& path, std::size_t rank, c
       double value = 0;
       std::memcpy(&value, array.bytes.data() + i * sizeof(double), sizeof(double));
       if (std::isfinite(value) && std::fabs(value) > static_cast<double>(FLT_MAX)) {
-        throw cli_error(what + ": " + path + " holds " + std::to_string(value) + " at index " + std::to_string(i) +
-                        ", beyond float32's range");
+        std::ostringstream text;
+        text << what << ": " << path << " holds " << value << " at index " << i << ", beyond float32's range";
+        throw cli_error(text.str());
       }
       out.values[i] = static_cast<float>(value);
     }
