@@ -1,0 +1,104 @@
+# kvcrush-llama's compression, counting and sampling options on the shared
+# model: the full policy is llama2.c's text, a budget covering every position
+# changes nothing, a small one holds the cache (stderr reports it) and
+# changes the text after the budget, --steps counts generated tokens,
+# sampling is reproducible for a seed, and the errors that need the model
+# exit 2. Prints "SKIPPED:" when the shared files are missing, unless CI=true.
+#   cmake -DCLI=<kvcrush-llama> -DSHARED_DIR=<dir> -P cli_policies.cmake
+if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
+  set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
+endif()
+set(model "${SHARED_DIR}/models/stories260K.bin")
+set(tokenizer "${SHARED_DIR}/models/tok512.bin")
+set(reference "${SHARED_DIR}/models/stories260K_greedy200.txt")
+foreach(file IN ITEMS "${model}" "${tokenizer}" "${reference}")
+  if(NOT EXISTS "${file}")
+    if("$ENV{CI}" STREQUAL "true")
+      message(FATAL_ERROR "missing shared file ${file} (CI=true requires it)")
+    endif()
+    message("SKIPPED: missing shared file ${file}; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR")
+    return()
+  endif()
+endforeach()
+file(READ "${reference}" golden)
+
+# Runs kvcrush-llama with the model and the given arguments; sets out, err
+# and fails unless the exit code is `expected`.
+function(llama expected)
+  execute_process(COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" ${ARGN}
+    OUTPUT_VARIABLE output ERROR_VARIABLE errors RESULT_VARIABLE result)
+  if(NOT result EQUAL expected)
+    message(FATAL_ERROR "kvcrush-llama ${ARGN}: exit ${result}, expected ${expected}; stderr '${errors}'")
+  endif()
+  set(out "${output}" PARENT_SCOPE)
+  set(err "${errors}" PARENT_SCOPE)
+endfunction()
+
+llama(0 --steps 200 --policy full)
+if(NOT out STREQUAL "${golden}\n" OR NOT err STREQUAL "")
+  message(FATAL_ERROR "--policy full must print llama2.c's text and a newline, nothing on stderr: '${out}' '${err}'")
+endif()
+
+llama(0 --steps 200 --policy h2o --budget 200)
+if(NOT out STREQUAL "${golden}\n")
+  message(FATAL_ERROR "a budget covering every position must change nothing: '${out}'")
+endif()
+if(NOT err MATCHES "at most 200 of 200 positions cached per layer, 0 selections")
+  message(FATAL_ERROR "the report must say nothing was evicted: '${err}'")
+endif()
+
+foreach(policy IN ITEMS h2o snapkv+kvcrush tova streaming knorm random)
+  llama(0 --steps 200 --policy ${policy} --budget 64 --sink 4 --window 16)
+  string(REPLACE "+" "\\+" pattern "${policy}")
+  if(NOT err MATCHES "^kvcrush-llama: policy ${pattern}, budget 64 [^\n]*: at most 64 of 200 positions cached per layer, [1-9][0-9]* selections\n$")
+    message(FATAL_ERROR "--policy ${policy} --budget 64: the cache must hold 64 rows at most: '${err}'")
+  endif()
+  if(out STREQUAL "${golden}\n" OR NOT out MATCHES "\n$")
+    message(FATAL_ERROR "--policy ${policy} --budget 64 must change the text and end with a newline: '${out}'")
+  endif()
+  string(SUBSTRING "${golden}" 0 100 head)
+  string(FIND "${out}" "${head}" at)
+  if(NOT at EQUAL 0)
+    message(FATAL_ERROR "--policy ${policy}: the first 64 tokens come before any eviction: '${out}'")
+  endif()
+  message("kvcrush-llama --policy ${policy} --budget 64: ${err}")
+endforeach()
+
+# --steps counts generated tokens: the prompt is echoed, then N more tokens.
+# 200 positions from BOS are llama2.c's 200 steps; with a 5-token prompt
+# (BOS included, with tok512), --steps 196 runs the same 200 positions.
+llama(0 --steps 10 --prompt "Once upon a time")
+set(ten "${out}")
+llama(0 --steps 196 --prompt "Once upon a time")
+if(NOT out STREQUAL "${golden}\n")
+  message(FATAL_ERROR "--steps 196 after 'Once upon a time' must give the 200-position text: '${out}'")
+endif()
+string(REGEX REPLACE "\n$" "" ten "${ten}")
+string(FIND "${golden}" "${ten}" at)
+string(LENGTH "${ten}" length)
+if(NOT at EQUAL 0 OR NOT length GREATER 30)
+  message(FATAL_ERROR "--steps 10 after the prompt must continue it with 10 greedy tokens: '${ten}'")
+endif()
+
+# Sampling: the same seed, the same text; another seed, another text.
+llama(0 --steps 100 --temperature 1 --seed 5)
+set(first "${out}")
+llama(0 --steps 100 --temperature 1 --seed 5)
+if(NOT out STREQUAL first)
+  message(FATAL_ERROR "--seed 5 twice must print the same text")
+endif()
+llama(0 --steps 100 --temperature 1 --seed 6)
+if(out STREQUAL first)
+  message(FATAL_ERROR "--seed 6 and --seed 5 printed the same text")
+endif()
+
+# Errors that need the model: one line, exit 2.
+foreach(arguments IN ITEMS "--steps;600" "--policy;knorm;--budget;64;--paged")
+  llama(2 ${arguments})
+  string(REGEX MATCHALL "\n" newlines "${err}")
+  list(LENGTH newlines lines)
+  if(NOT err MATCHES "^kvcrush-llama: error: " OR NOT lines EQUAL 1 OR NOT out STREQUAL "")
+    message(FATAL_ERROR "kvcrush-llama ${arguments}: expected one error line, got '${err}' '${out}'")
+  endif()
+endforeach()
+message("kvcrush-llama policies, steps and sampling: as documented")
