@@ -578,3 +578,52 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
     EXPECT_FALSE(fs::exists(path("never.npy"))) << arguments << " wrote an output";
   }
 }
+
+// The README's CLI commands, as printed there, on inputs of the shapes they
+// name (H 8, Hq 32, W 32, N 600): each must succeed and write its output.
+TEST_F(Cli, ReadmeCommandsRun) {
+  std::ifstream readme(KVCRUSH_README_PATH);
+  ASSERT_TRUE(readme) << KVCRUSH_README_PATH;
+  std::stringstream text;
+  text << readme.rdbuf();
+  const std::string all = text.str();
+  const auto begin = all.find("<!-- readme-example:cli -->");
+  ASSERT_NE(begin, std::string::npos) << "README.md lacks the <!-- readme-example:cli --> block";
+  const auto end = all.find("<!-- /readme-example -->", begin);
+  std::istringstream block(all.substr(begin, end - begin));
+  std::vector<std::string> commands;
+  std::string line, pending;
+  while (std::getline(block, line)) {
+    if (pending.empty() && line.rfind("kvcrush ", 0) != 0) continue;
+    const auto comment = line.find("  #");
+    if (comment != std::string::npos) line = line.substr(0, comment);
+    const bool continued = !line.empty() && line.back() == '\\';
+    pending += continued ? line.substr(0, line.size() - 1) : line;
+    if (!continued) {
+      commands.push_back(pending.substr(std::string("kvcrush ").size()));
+      pending.clear();
+    }
+  }
+  ASSERT_GE(commands.size(), 7u);
+  const index_t h = 8, hq = 32, w = 32, n = 600, d = 16;
+  write_scores("S.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 41, 0.0f, 1.0f), {h, n});
+  write_scores("A.npy", kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 42, 0.0f, 1.0f), {hq, w, n});
+  write_scores("K.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 43), {h, n, d});
+  for (const auto& command : commands) {
+    // Relative file names are the README's: run from the test's folder.
+    std::string local = command;
+    for (const char* name : {"S.npy", "A.npy", "K.npy", "keep.npy", "counts.npy", "sig.npy"}) {
+      for (auto at = local.find(std::string(" ") + name); at != std::string::npos;
+           at = local.find(std::string(" ") + name, at + 1)) {
+        local.replace(at + 1, std::string(name).size(), path(name));
+      }
+    }
+    fs::remove(path("keep.npy"));
+    const auto o = run(local);
+    EXPECT_EQ(o.code, 0) << command << ": " << o.err;
+    EXPECT_TRUE(o.err.empty()) << command;
+    if (command.find("--out keep.npy") != std::string::npos) {
+      EXPECT_TRUE(fs::exists(path("keep.npy"))) << command;
+    }
+  }
+}
