@@ -105,7 +105,7 @@ bucket_center|bucket_start|linspace|stride, --threshold median|mean
                       for a shared keep set; (H, K) with --per-head. AdaKV heads keep different
                       numbers of tokens: (H, max count), each row padded at the end with -1; a
                       row's count is its number of entries >= 0.
---counts counts.npy   also write the number of entries of each row, int64 (H,) ((1,) shared).
+--counts counts.npy   per-head output: also write each row's number of entries, int64 (H,).
 )";
 
 const char* const signatures_text = R"(kvcrush signatures: KVCrush head-behaviour signatures
