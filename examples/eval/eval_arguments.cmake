@@ -4,7 +4,8 @@ cmake_minimum_required(VERSION 3.25)
 foreach(args "--budgets;1.5" "--budgets;abc" "--policies;snapkv+magic" "--crush;2" "--format;xml" "--chunks;0"
              "--wat" "--model" "--anchor;middle" "--context;8" "--prefill;-1" "--byte-budgets;0"
              "--precisions;int3" "--precisions;mixed-fp8" "--byte-policies;knorm" "--quant-group;20"
-             "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming" "--context;0"
+             "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming" "--context;0" "--budgets=abc"
+             "--quiet=yes" "--chunks="
              "--model;/nonexistent.bin")
   execute_process(COMMAND "${EVAL}" ${args} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT result EQUAL 2)

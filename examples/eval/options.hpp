@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <system_error>
 #include <sstream>
 #include <stdexcept>
@@ -95,7 +96,8 @@ mean KL(full || policy).
 It runs each of --policies at each of --budgets, then the equal-byte rows (--byte-policies x
 --precisions x --byte-budgets). The equal-byte rows run by default and whenever one of
 --byte-budgets, --precisions, --byte-policies is given; with --policies or --budgets alone
-only those rows run. --ablation runs the ablation alone.
+only those rows run. --ablation runs the ablation alone. Options take "--name value" or
+"--name=value".
 
   --model FILE          llama2.c checkpoint (default )" + defaults.model + R"()
   --tokenizer FILE      llama2.c tokenizer (default )" + defaults.tokenizer + R"()
@@ -187,8 +189,20 @@ inline options parse_options(int argc, char** argv) {
   options o;
   bool rows_chosen = false, byte_option = false;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
+    std::string arg = argv[i];
+    // "--name=value" is the same as "--name value", as in the other tools.
+    std::optional<std::string> inline_value;
+    const auto equals = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && equals != std::string::npos) {
+      inline_value = arg.substr(equals + 1);
+      arg = arg.substr(0, equals);
+    }
     auto value = [&]() -> std::string {
+      if (inline_value) {
+        std::string v = *inline_value;
+        inline_value.reset();
+        return v;
+      }
       if (i + 1 >= argc) throw usage_error("option " + arg + " needs a value");
       return argv[++i];
     };
@@ -268,6 +282,7 @@ inline options parse_options(int argc, char** argv) {
     } else {
       throw usage_error("unknown option " + arg + " (see kvcrush-eval --help)");
     }
+    if (inline_value) throw usage_error("option " + arg + " takes no value");  // a switch given "=..."
   }
   if (o.format != "md" && o.format != "csv") throw usage_error("--format must be md or csv");
   if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
