@@ -407,13 +407,13 @@ int run_budgets(int argc, char** argv) {
   const arguments args(argc, argv, 2, {"budget", "window", "layers", "tokens", "beta"}, {"pyramid"});
   const index_t budget = args.integer("budget"), window = args.integer("window");
   const index_t layers = args.integer("layers"), tokens = args.integer("tokens");
+  if (budget < 1) throw cli_error("--budget " + std::to_string(budget) + " keeps no token; give --budget >= 1");
   const auto budgets = args.has("pyramid")
                            ? kvcrush::pyramid_budgets(budget, window, layers, tokens, args.integer("beta", 20))
                            : kvcrush::uniform_budgets(budget, layers);
   for (index_t b : budgets) std::printf("%td\n", b);
   return 0;
 }
-
 
 // The help of one command, or nullptr for an unknown one.
 const char* help_of(const std::string& command) {

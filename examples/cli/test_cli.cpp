@@ -567,6 +567,7 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"budgets --pyramid --budget 8 --window 8 --layers 4 --tokens 100", "must exceed the window"},
       {"budgets --pyramid --budget 64 --window 8 --layers 0 --tokens 100", "at least one layer"},
       {"budgets --budget 64 --window 8 --layers 2", "missing required option --tokens"},
+      {"budgets --budget 0 --window 0 --layers 2 --tokens 100", "--budget 0 keeps no token"},
   };
   for (const auto& [arguments, fragment] : cases) {
     const auto o = run(arguments);
