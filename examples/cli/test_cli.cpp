@@ -456,6 +456,20 @@ TEST_F(Cli, AdaKVWritesRaggedRowsPaddedWithMinusOne) {
   }
   EXPECT_EQ(keep.shape, (std::vector<std::int64_t>{h, widest}));
   EXPECT_EQ(total, h * 32) << "the layer's budget is shared out";
+  // The shares, by brute force (README: a floor of alpha x the budget after
+  // sink and recent per head, then the best remaining (head, token) pairs of
+  // all heads, ties by (head, position)).
+  const long rest = 32 - 12, floor_share = static_cast<long>(std::floor(0.3 * static_cast<double>(rest)));
+  std::vector<std::pair<float, long>> remaining;  // (score, head * n + position)
+  std::vector<long> shares(static_cast<std::size_t>(h), floor_share);
+  for (index_t k = 0; k < h; ++k) {
+    const auto top = spec::top_k(spec::range(4, n - 8), [&](long t) { return scores[k * n + t]; }, floor_share);
+    for (long t = 4; t < n - 8; ++t)
+      if (!std::binary_search(top.begin(), top.end(), t)) remaining.push_back({scores[k * n + t], k * n + t});
+  }
+  std::stable_sort(remaining.begin(), remaining.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (long i = 0; i < h * (rest - floor_share); ++i) shares[static_cast<std::size_t>(remaining[i].second / n)] += 1;
+  for (index_t k = 0; k < h; ++k) EXPECT_EQ(c[k], 12 + shares[k]) << "head " << k << "'s share";
   EXPECT_NE(*std::min_element(c.begin(), c.end()), widest) << "heads got different shares, so the rows are ragged";
   // The allocation and the rows are the library's.
   kvcrush::layer_inputs in;
