@@ -2,8 +2,8 @@
 // every layer's cache to a token budget while the engine runs.
 //
 // Before each token, make_room() evicts down to the budget in any layer
-// that would otherwise exceed budget + slack (one selection per slack + 1
-// tokens); after each layer's attention, the controller observes the
+// that would otherwise exceed budget + slack (one selection per slack new
+// tokens, per token with slack 0); after each layer's attention, the controller observes the
 // probabilities, which is where H2O's sums and SnapKV's/TOVA's window of
 // attention rows come from. The policy is any policy_config the controller
 // takes: every base policy and +kvcrush, not +adakv (its head-wise budgets

@@ -1,7 +1,8 @@
 # kvcrush-llama's compression, counting and sampling options on the shared
 # model: the full policy is llama2.c's text, a budget covering every position
 # changes nothing, a small one holds the cache (stderr reports it) and
-# changes the text after the budget, --steps counts generated tokens,
+# changes the text after the budget (the same on the paged cache), slack
+# spaces the selections, --steps counts generated tokens,
 # sampling is reproducible for a seed, and the errors that need the model
 # exit 2. Prints "SKIPPED:" when the shared files are missing, unless CI=true.
 #   cmake -DCLI=<kvcrush-llama> -DSHARED_DIR=<dir> -P cli_policies.cmake
@@ -61,8 +62,23 @@ foreach(policy IN ITEMS h2o snapkv+kvcrush tova streaming knorm random)
   if(NOT at EQUAL 0)
     message(FATAL_ERROR "--policy ${policy}: the first 64 tokens come before any eviction: '${out}'")
   endif()
+  # The paged cache evicts the same tokens (knorm needs contiguous keys).
+  if(NOT policy STREQUAL "knorm")
+    set(contiguous "${out}")
+    llama(0 --steps 200 --policy ${policy} --budget 64 --sink 4 --window 16 --paged)
+    if(NOT out STREQUAL contiguous)
+      message(FATAL_ERROR "--policy ${policy} --budget 64 --paged differs from the contiguous cache: '${out}'")
+    endif()
+  endif()
   message("kvcrush-llama --policy ${policy} --budget 64: ${err}")
 endforeach()
+
+# Slack: the cache at most budget + slack, a selection once per slack tokens
+# (27 per layer: from token 70 to 200 every 5 tokens, in 5 layers).
+llama(0 --steps 200 --policy h2o --budget 64 --slack 5)
+if(NOT err MATCHES "slack 5\\): at most 69 of 200 positions cached per layer, 135 selections")
+  message(FATAL_ERROR "--slack 5: 64 + 5 rows at most, one selection per 5 tokens in each of 5 layers: '${err}'")
+endif()
 
 # --steps counts generated tokens: the prompt is echoed, then N more tokens.
 # 200 positions from BOS are llama2.c's 200 steps; with a 5-token prompt
