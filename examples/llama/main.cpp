@@ -78,13 +78,17 @@ void print_usage(std::FILE* out) {
                "  --paged           keep the KV cache in kvcrush's paged cache (blocks of 16 tokens)\n"
                "                    instead of the contiguous one; the output is the same\n"
                "  --policy P        KV-cache eviction policy while generating, a policy_config string\n"
-               "                    (full streaming random h2o snapkv pyramidkv tova knorm, +kvcrush;\n"
-               "                    not +adakv: decode-time eviction needs heads of one length).\n"
-               "                    Default full: nothing is evicted.\n"
+               "                    (full streaming random h2o snapkv pyramidkv tova knorm, +kvcrush,\n"
+               "                    +adakv). Default full: nothing is evicted. +adakv: when a layer first\n"
+               "                    exceeds B + slack, B per KV head is shared out across its heads\n"
+               "                    from SnapKV scores of the last W queries (AdaKV, alpha 0.2); each\n"
+               "                    head then keeps to its share. A share is at most the B + slack\n"
+               "                    tokens then held, so heads differ only with --slack > 0 (not with\n"
+               "                    --paged).\n"
                "  --budget B        tokens each layer's cache holds (needed with a policy other than\n"
                "                    full); before a token would exceed B + slack, the policy evicts\n"
                "                    down to B (kvcrush::eviction_controller). The cache is allocated\n"
-               "                    at B + slack rows.\n"
+               "                    at B + slack rows (AdaKV: B + 2 x slack per KV head).\n"
                "  --sink S          first tokens always kept (default 4)\n"
                "  --window W        recent tokens always kept, and the attention rows SnapKV and\n"
                "                    PyramidKV score with (default 16; streaming keeps B - S recent)\n"
@@ -186,10 +190,9 @@ std::unique_ptr<kvcrush_llama::eviction_plan> plan_of(const options& o) {
   if (policy.base == kvcrush::base_policy::precomputed) {
     throw usage_error{"--policy precomputed needs scores from the caller; an engine has none"};
   }
-  if (policy.adakv) {
-    throw usage_error{"--policy " + o.policy +
-                      ": AdaKV's head-wise budgets leave KV heads with different lengths, which decode-time "
-                      "eviction cannot follow (kvcrush-eval runs AdaKV as prompt compression)"};
+  if (policy.adakv && o.paged) {
+    throw usage_error{"--policy " + o.policy + ": AdaKV's heads keep different tokens, which the paged cache's "
+                      "shared blocks cannot hold; drop --paged"};
   }
   if (o.budget < 0) throw usage_error{"--policy " + o.policy + " needs --budget B (tokens per layer)"};
   if (o.budget < 1) throw usage_error{"--budget 0 keeps no token; give --budget >= 1"};
@@ -268,10 +271,7 @@ int main(int argc, char** argv) {
     // With a policy, the cache is allocated at budget + slack rows: the
     // engine itself refuses a token that would overflow it.
     const long capacity = plan ? std::min<long>(positions, kvcrush_llama::eviction_capacity(*plan)) : positions;
-    kvcrush_llama::engine engine =
-        opts.paged ? kvcrush_llama::engine(*model, std::make_unique<kvcrush_llama::paged_store>(
-                                                       c.n_layers, c.n_kv_heads, c.head_dim(), capacity, 16))
-                   : kvcrush_llama::engine(*model, capacity);
+    kvcrush_llama::engine engine(*model, kvcrush_llama::make_store(c, plan.get(), capacity, opts.paged));
     std::unique_ptr<kvcrush_llama::decode_eviction> eviction;
     try {
       if (plan) eviction = kvcrush_llama::make_decode_eviction(engine, *plan);
@@ -299,12 +299,20 @@ int main(int argc, char** argv) {
       report_error("cannot write the output");
       return exit_internal;
     }
-    if (eviction) {
+    if (eviction && !plan->policy.adakv) {
       std::fprintf(stderr,
                    "kvcrush-llama: policy %s, budget %td (sink %td, recent %td, slack %ld): at most %td of %td "
                    "positions cached per layer, %td selections\n",
                    plan->policy.name().c_str(), plan->budget.budget, plan->budget.sink, plan->budget.recent,
-                   opts.slack, eviction->peak_rows(), engine.position(), eviction->selections());
+                   opts.slack, eviction->peak_head_rows(), engine.position(), eviction->selections());
+    } else if (eviction) {
+      // Heads hold different numbers of rows; the budget bounds their mean.
+      std::fprintf(stderr,
+                   "kvcrush-llama: policy %s, budget %td (sink %td, recent %td, slack %ld): at most %.2f of %td "
+                   "positions cached per layer (mean over its KV heads; longest head %td), %td selections\n",
+                   plan->policy.name().c_str(), plan->budget.budget, plan->budget.sink, plan->budget.recent,
+                   opts.slack, eviction->peak_mean_rows(), engine.position(), eviction->peak_head_rows(),
+                   eviction->selections());
     }
   } catch (const std::exception& e) {
     report_error(e.what());

@@ -23,7 +23,7 @@ set(bad_command_lines
   "--policy|h2o"
   "--policy|h2o|--budget|0"
   "--policy|h2o|--budget|10"
-  "--policy|snapkv+adakv|--budget|64"
+  "--policy|snapkv+adakv|--budget|64|--paged"
   "--policy|precomputed|--budget|64"
   "--budget|64"
   "--policy|full|--budget|64"

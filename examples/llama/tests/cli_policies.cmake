@@ -73,6 +73,20 @@ foreach(policy IN ITEMS h2o snapkv+kvcrush tova streaming knorm random)
   message("kvcrush-llama --policy ${policy} --budget 64: ${err}")
 endforeach()
 
+# AdaKV: nothing changes while the budget covers everything; with slack the
+# heads' shares differ, and their mean stays within budget + slack.
+llama(0 --steps 200 --policy adakv --budget 200)
+if(NOT out STREQUAL "${golden}\n")
+  message(FATAL_ERROR "--policy adakv with a budget covering every position must change nothing: '${out}'")
+endif()
+llama(0 --steps 200 --policy snapkv+adakv+kvcrush --budget 64 --slack 16)
+if(NOT err MATCHES "at most 80.00 of 200 positions cached per layer \\(mean over its KV heads; longest head (8[1-9]|9[0-6])\\), [1-9][0-9]* selections")
+  message(FATAL_ERROR "--policy snapkv+adakv+kvcrush --slack 16: heads of different lengths, mean <= 80: '${err}'")
+endif()
+if(out STREQUAL "${golden}\n")
+  message(FATAL_ERROR "--policy snapkv+adakv+kvcrush --budget 64 must change the text")
+endif()
+
 # Slack: the cache at most budget + slack, a selection once per slack tokens
 # (27 per layer: from token 70 to 200 every 5 tokens, in 5 layers).
 llama(0 --steps 200 --policy h2o --budget 64 --slack 5)

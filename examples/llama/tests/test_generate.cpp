@@ -2,7 +2,7 @@
 // draw, reproducibility for a seed), the generation loop's token counts, and
 // decode-time eviction through kvcrush's eviction_controller (the cache held
 // to the budget, the rows StreamingLLM must keep, no change while the budget
-// covers everything).
+// covers everything, AdaKV's ragged heads).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -64,7 +64,8 @@ TEST(Sampler, DrawsByCumulativeProbability) {
 struct generated {
   std::vector<int> tokens;
   std::string text;
-  index_t peak = 0;
+  index_t peak = 0;   // rows in the longest head
+  double mean_peak = 0;  // rows in a layer, mean over its KV heads
   index_t selections = 0;
   std::vector<std::vector<index_t>> last_positions;  // layer 0's cache positions per KV head at the end
 };
@@ -75,7 +76,7 @@ struct generated {
 generated run(const model& m, const kvcrush_llama::tokenizer& vocabulary, const std::string& prompt, index_t positions,
               const kvcrush_llama::eviction_plan* plan, float temperature = 0.0f, std::uint64_t seed = 1) {
   const index_t capacity = plan ? std::min(positions, kvcrush_llama::eviction_capacity(*plan)) : positions;
-  engine e(m, capacity);
+  engine e(m, kvcrush_llama::make_store(m.config(), plan, capacity, false));
   std::unique_ptr<kvcrush_llama::decode_eviction> eviction;
   if (plan) eviction = kvcrush_llama::make_decode_eviction(e, *plan);
   e.set_observer(eviction.get());
@@ -92,10 +93,12 @@ generated run(const model& m, const kvcrush_llama::tokenizer& vocabulary, const 
       },
       [&](std::string_view piece) { out.text += piece; });
   if (eviction) {
-    out.peak = eviction->peak_rows();
+    out.peak = eviction->peak_head_rows();
+    out.mean_peak = eviction->peak_mean_rows();
     out.selections = eviction->selections();
   }
   auto* store = dynamic_cast<kvcrush_llama::contiguous_store*>(&e.cache());
+  if (store == nullptr) return out;  // AdaKV's per-head store
   const auto p = store->cache().positions(0);
   for (index_t h = 0; h < p.extent(0); ++h) {
     out.last_positions.emplace_back();
@@ -162,12 +165,29 @@ TEST(Generate, DecodeTimeEvictionHoldsTheBudget) {
   for (const auto& head : s.last_positions) EXPECT_EQ(head, expected);
   EXPECT_NE(s.text, full.text.substr(0, s.text.size())) << "a 20-token window changes the story";
 
-  // What the controller refuses.
-  engine e(m, 64);
+  // AdaKV: one controller per KV head. With a budget covering everything
+  // nothing changes; with slack the heads get different shares, whose mean
+  // the budget bounds (plus slack), and the layer's total budget is kept.
   kvcrush_llama::eviction_plan ada;
   ada.policy = kvcrush::policy_config::parse("snapkv+adakv");
-  ada.budget = {48, 4, 16};
-  EXPECT_THROW((void)kvcrush_llama::make_decode_eviction(e, ada), std::invalid_argument);
+  ada.budget = {150, 4, 16};
+  EXPECT_EQ(run(m, vocabulary, "", 150, &ada).text, full.text);
+  for (const char* name : {"snapkv+adakv", "h2o+adakv+kvcrush", "knorm+adakv"}) {
+    ada.policy = kvcrush::policy_config::parse(name);
+    ada.budget = {48, 4, 16};
+    ada.slack = 12;
+    const auto g = run(m, vocabulary, "", 150, &ada);
+    EXPECT_EQ(g.tokens.size(), 151u) << name;
+    EXPECT_LE(g.mean_peak, 60.0) << name;
+    EXPECT_GT(g.peak, 60) << name << ": some head holds more than the mean";
+    EXPECT_LE(g.peak, 48 + 2 * 12) << name << ": the capacity make_store allocated";
+    EXPECT_GT(g.selections, 0) << name;
+  }
+
+  // What the controllers refuse.
+  engine e(m, 64);
+  EXPECT_THROW((void)kvcrush_llama::make_decode_eviction(e, ada), std::invalid_argument) << "AdaKV needs per-head";
+  EXPECT_THROW((void)kvcrush_llama::make_store(m.config(), &ada, 64, true), std::invalid_argument) << "not paged";
   engine paged(m, std::make_unique<kvcrush_llama::paged_store>(5, 4, 8, 64, 16));
   kvcrush_llama::eviction_plan norms;
   norms.policy = kvcrush::policy_config::parse("knorm");
