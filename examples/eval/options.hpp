@@ -119,7 +119,8 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
   --chunks N            chunks per text, spread over it (default 8)
   --sink N              first tokens always kept (default 4)
   --window N            recent tokens always kept, and SnapKV's window (default 16)
-  --slack N             decode-time eviction every N+1 tokens: cache <= budget + N (default 0)
+  --slack N             decode-time eviction once per N new tokens (every token with 0):
+                        cache <= budget + N (default 0)
   --paged               run the engine on the paged cache (block size 16)
   --byte-budgets LIST   equal-byte rows: fractions of the full cache's float16 bytes
                         (default 0.25,0.125; 'none' for no such rows)
