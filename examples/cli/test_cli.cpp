@@ -500,6 +500,8 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
   const auto nan_file = write_scores("nan.npy", nan, {2, 40});
   const auto rank3 = write_scores("r3.npy", kvcrush_test::random_floats(2 * 2 * 40, 1), {2, 2, 40});
   const auto attention = write_scores("a.npy", kvcrush_test::random_floats(4 * 3 * 40, 1, 0, 1), {4, 3, 40});
+  write_scores("no_rows.npy", {}, {4, 0, 40});
+  write_scores("no_tokens.npy", {}, {2, 0});
   write_scores("a_wide.npy", kvcrush_test::random_floats(4 * 3 * 2, 1, 0, 1), {4, 3, 2});
   std::vector<std::int64_t> ints(80, 1);
   kvcrush::io::write_npy<std::int64_t>(path("ints.npy"), {2, 40}, ints.data());
@@ -552,6 +554,11 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --scores " + scores + " --budget 10 --counts " + path("never.npy") + out, "--counts applies to per-head output"},
       {"select --scores " + scores + " --budget=10 --per-head=yes" + out, "option --per-head takes no value"},
       {"select --scores " + scores + " --budget=" + out, "--budget expects an integer, got ''"},
+      {"select --scores " + scores + " --budget 10 --block-size 0" + out, "--block-size must be >= 1"},
+      {"select --policy random --tokens 10 --kv-heads 0 --budget 4" + out, "--kv-heads must be >= 1"},
+      {"select --policy tova --attention " + path("no_rows.npy") + " --kv-heads 2 --budget 4" + out, "--attention holds no query rows"},
+      {"select --scores " + path("no_tokens.npy") + " --budget 4" + out, "--scores holds no tokens"},
+      {"select --scores " + scores + " --budget 10 positional" + out, "unexpected argument 'positional'"},
       {"select --policy streaming+kvcrush --tokens 40 --budget 10 --sink 2 --recent 2 --crush 0.5" + out, "StreamingLLM ranks no tokens"},
       {"select --scores " + rank3 + " --budget 10" + out, "must have 2 dimensions"},
       {"select --scores " + nan_file + " --budget 10" + out, "NaN"},
