@@ -42,8 +42,8 @@ float16 (widened exactly) or float64 (rounded to the nearest float32, ties to ev
 that differ only beyond float32's precision become ties, broken by position; finite values
 beyond float32's range are refused). A PyTorch tensor t: numpy.save('A.npy', t.float().numpy()).
 
-Exit status: 0 success, 2 bad usage or input (one line "kvcrush: error: ..." on stderr, no
-output written), 1 internal failure.
+Exit status: 0 success, 2 bad usage or input, a file that cannot be read or written
+included (one line "kvcrush: error: ..." on stderr, no output written), 1 internal failure.
 Selection semantics: SPEC.md (exact, deterministic, ties broken by position).
 )";
 

@@ -131,4 +131,19 @@ foreach(arguments IN ITEMS "--steps;600" "--policy;knorm;--budget;64;--paged")
     message(FATAL_ERROR "kvcrush-llama ${arguments}: expected one error line, got '${err}' '${out}'")
   endif()
 endforeach()
+# A prompt longer than the context is bad input too.
+string(REPEAT "Lily and Tom played in the park. " 120 long_prompt)
+llama(2 --prompt "${long_prompt}")
+if(NOT err MATCHES "^kvcrush-llama: error: the prompt's [0-9]+ tokens fill the model's 512 positions\n$")
+  message(FATAL_ERROR "a prompt beyond the context must be refused: '${err}'")
+endif()
+
+# A failure to write the output is the tool's, not the user's: exit 1.
+if(EXISTS /dev/full)
+  execute_process(COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" --steps 20
+    OUTPUT_FILE /dev/full ERROR_VARIABLE errors RESULT_VARIABLE result)
+  if(NOT result EQUAL 1 OR NOT errors MATCHES "^kvcrush-llama: error: cannot write the output\n$")
+    message(FATAL_ERROR "stdout on /dev/full: exit ${result}, stderr '${errors}' (expected 1, one error line)")
+  endif()
+endif()
 message("kvcrush-llama policies, steps and sampling: as documented")
