@@ -46,10 +46,15 @@ inline std::string save_hint(const std::string& path) {
 // library still checks everything else (shape, order, sizes); the bytes are
 // reinterpreted as doubles afterwards. Returns whether it was float64.
 inline bool retag_float64(std::vector<unsigned char>& content) {
-  if (content.size() < 10) return false;
-  const std::size_t start = content[6] == 1 ? 10 : 12;
-  if (content.size() < start) return false;
-  const std::string_view header(reinterpret_cast<const char*>(content.data()) + start, content.size() - start);
+  if (content.size() < 12 || std::memcmp(content.data(), "\x93NUMPY", 6) != 0) return false;
+  // Only the header dictionary is searched: its length is 2 bytes in
+  // version 1, 4 in later ones (little-endian).
+  const bool v1 = content[6] == 1;
+  const std::size_t start = v1 ? 10 : 12;
+  std::size_t length = 0;
+  for (std::size_t i = 0; i < (v1 ? 2u : 4u); ++i) length |= static_cast<std::size_t>(content[8 + i]) << (8 * i);
+  if (content.size() - start < length) return false;  // the library reports the truncation
+  const std::string_view header(reinterpret_cast<const char*>(content.data()) + start, length);
   const auto key = header.find("descr");
   if (key == std::string_view::npos) return false;
   // Skip the key's closing quote, then find the value's opening quote.
