@@ -6,6 +6,9 @@ cmake_minimum_required(VERSION 3.25)
 # stories260K, 1024 for austen-kjv-14m, seen through a text too short for
 # 1024). Prints "SKIPPED:" without the shared files, unless CI=true.
 #   cmake -DEVAL=<kvcrush-eval> -DSHARED_DIR=<dir> -DWORK_DIR=<dir> -P eval_exact.cmake
+# The defaults --help must name are the build's, whatever the environment
+# points the test's own runs at.
+set(BUILD_SHARED_DIR "${SHARED_DIR}")
 if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
   set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
 endif()
@@ -21,10 +24,10 @@ endforeach()
 
 # --help: the resolved default paths, the model's own context, no 512.
 execute_process(COMMAND "${EVAL}" --help RESULT_VARIABLE result OUTPUT_VARIABLE help)
-file(REAL_PATH "${SHARED_DIR}/models/stories260K.bin" model)
-file(REAL_PATH "${SHARED_DIR}/models/tok512.bin" tokenizer)
-file(REAL_PATH "${SHARED_DIR}/data/pride_and_prejudice.txt" text)
-foreach(expected "(default ${model})" "(default ${tokenizer})" "${text}" "default: the model's")
+file(REAL_PATH "${BUILD_SHARED_DIR}/models/stories260K.bin" default_model)
+file(REAL_PATH "${BUILD_SHARED_DIR}/models/tok512.bin" default_tokenizer)
+file(REAL_PATH "${BUILD_SHARED_DIR}/data/pride_and_prejudice.txt" default_text)
+foreach(expected "(default ${default_model})" "(default ${default_tokenizer})" "${default_text}" "default: the model's")
   string(FIND "${help}" "${expected}" at)
   if(at LESS 0)
     message(FATAL_ERROR "kvcrush-eval --help must show '${expected}':\n${help}")
@@ -33,6 +36,9 @@ endforeach()
 if(help MATCHES "model's 512" OR help MATCHES "default 512" OR help MATCHES "\\.\\./shared")
   message(FATAL_ERROR "kvcrush-eval --help states a default it does not use:\n${help}")
 endif()
+
+file(REAL_PATH "${SHARED_DIR}/models/stories260K.bin" model)
+file(REAL_PATH "${SHARED_DIR}/models/tok512.bin" tokenizer)
 
 # A short text: about 700 tokens, one context of stories260K, less than one of
 # austen-kjv-14m.
