@@ -207,7 +207,9 @@ int run_select(int argc, char** argv) {
       throw cli_error("give exactly one of --scores and --attention, or a --policy (see kvcrush select --help)");
     }
     policy.base = given[0] == input_kind::scores ? kvcrush::base_policy::precomputed : kvcrush::base_policy::snapkv;
-    policy.kvcrush = args.real("crush", 0.0) > 0.0;
+    // Any nonzero --crush turns KVCrush on, so that the library checks the
+    // fraction's range (a negative one is refused, not ignored).
+    policy.kvcrush = args.real("crush", 0.0) != 0.0;
   }
   const kvcrush::base_policy base = policy.base;
   const std::string name = policy.name();

@@ -565,6 +565,7 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --scores " + scores + " --budget 4 --sink 3 --recent 3" + out, "below sink + recent"},
       {"select --scores " + scores + " --budget 10 --crush 1.5" + out, "crush_fraction"},
       {"select --scores " + scores + " --budget 10 --crush abc" + out, "expects a number"},
+      {"select --scores " + scores + " --budget 10 --crush -0.5" + out, "crush_fraction must be in [0, 1]"},
       {"select --scores " + scores + " --budget 10x" + out, "expects an integer"},
       {"select --scores " + scores + " --budget 10 --budget 12" + out, "given twice"},
       {"select --scores " + scores + " --budget" , "needs a value"},
