@@ -55,6 +55,7 @@ struct options {
   long window = 16;
   long slack = 0;
   double crush = -1;  // -1: not given
+  double alpha = -1;  // -1: not given
 };
 
 struct usage_error {
@@ -65,7 +66,8 @@ void print_usage(std::FILE* out) {
   std::fprintf(out,
                "usage: kvcrush-llama [--model PATH] [--tokenizer PATH] [--prompt TEXT] [--steps N]\n"
                "                     [--temperature T] [--seed N] [--paged]\n"
-               "                     [--policy P --budget B [--sink S] [--window W] [--slack N] [--crush F]]\n"
+               "                     [--policy P --budget B [--sink S] [--window W] [--slack N] [--crush F]\n"
+               "                      [--alpha A]]\n"
                "  --model PATH      llama2.c checkpoint (default %s)\n"
                "  --tokenizer PATH  llama2.c tokenizer (default %s)\n"
                "  --prompt TEXT     text to start from (default: none, start from BOS)\n"
@@ -81,7 +83,7 @@ void print_usage(std::FILE* out) {
                "                    (full streaming random h2o snapkv pyramidkv tova knorm, +kvcrush,\n"
                "                    +adakv). Default full: nothing is evicted. +adakv: when a layer first\n"
                "                    exceeds B + slack, B per KV head is shared out across its heads\n"
-               "                    from SnapKV scores of the last W queries (AdaKV, alpha 0.2); each\n"
+               "                    from SnapKV scores of the last W queries (AdaKV, --alpha); each\n"
                "                    head then keeps to its share. A share is at most the B + slack\n"
                "                    tokens then held, so heads differ only with --slack > 0 (not with\n"
                "                    --paged).\n"
@@ -96,6 +98,8 @@ void print_usage(std::FILE* out) {
                "                    one selection per token once the cache is full)\n"
                "  --crush F         +kvcrush: share of the unprotected budget for KVCrush\n"
                "                    representatives (default 0.5)\n"
+               "  --alpha A         +adakv: each KV head's floor, a share of its budget after sink\n"
+               "                    and recent (default 0.2)\n"
                "With a policy, one line on stderr reports what the cache held.\n"
                "Exit status: 0 success, 2 bad usage or input, 1 internal failure.\n",
                KVCRUSH_LLAMA_DEFAULT_MODEL, KVCRUSH_LLAMA_DEFAULT_TOKENIZER, default_steps);
@@ -146,7 +150,7 @@ options parse_arguments(int argc, char** argv) {
     }
     static const char* const valued[] = {"--model",  "--tokenizer", "--steps", "--prompt", "--temperature",
                                          "--seed",   "--policy",    "--budget", "--sink",  "--window",
-                                         "--slack",  "--crush"};
+                                         "--slack",  "--crush",       "--alpha"};
     if (std::find(std::begin(valued), std::end(valued), flag) == std::end(valued)) {
       throw usage_error{"unknown argument '" + flag + "' (see --help)"};
     }
@@ -165,6 +169,7 @@ options parse_arguments(int argc, char** argv) {
     else if (flag == "--sink") parsed.sink = parse_count(flag, value);
     else if (flag == "--window") parsed.window = parse_count(flag, value);
     else if (flag == "--slack") parsed.slack = parse_count(flag, value);
+    else if (flag == "--alpha") parsed.alpha = parse_number(flag, value);
     else parsed.crush = parse_number(flag, value);
   }
   if (parsed.help) return parsed;
@@ -200,6 +205,9 @@ std::unique_ptr<kvcrush_llama::eviction_plan> plan_of(const options& o) {
   if (o.crush >= 0 && !policy.kvcrush) throw usage_error{"--crush applies to +kvcrush policies only"};
   if (o.crush > 1) throw usage_error{"--crush must be in [0, 1]"};
   if (o.crush >= 0) policy.crush.fraction = o.crush;
+  if (o.alpha != -1 && !policy.adakv) throw usage_error{"--alpha applies to +adakv policies only"};
+  if (o.alpha != -1 && !(o.alpha >= 0 && o.alpha <= 1)) throw usage_error{"--alpha must be in [0, 1]"};
+  if (o.alpha != -1) policy.adakv_alpha = o.alpha;
   auto plan = std::make_unique<kvcrush_llama::eviction_plan>();
   plan->policy = policy;
   plan->slack = o.slack;

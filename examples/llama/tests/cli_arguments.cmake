@@ -30,6 +30,9 @@ set(bad_command_lines
   "--policy|h2o|--budget|64|--crush|0.5"
   "--policy|h2o+kvcrush|--budget|64|--crush|2"
   "--policy|h2o|--budget|64|--window|0"
+  "--policy|h2o|--budget|64|--alpha|0.3"
+  "--policy|adakv|--budget|64|--alpha|2"
+  "--policy|adakv|--budget|64|--alpha|x"
   "--model|/nonexistent/kvcrush/model.bin")
 foreach(command_line IN LISTS bad_command_lines)
   string(REPLACE "|" ";" arguments "${command_line}")

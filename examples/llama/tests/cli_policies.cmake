@@ -86,6 +86,11 @@ endif()
 if(out STREQUAL "${golden}\n")
   message(FATAL_ERROR "--policy snapkv+adakv+kvcrush --budget 64 must change the text")
 endif()
+# --alpha is AdaKV's floor: at 1 every head keeps exactly its even share.
+llama(0 --steps 200 --policy adakv --budget 64 --slack 16 --alpha 1)
+if(NOT err MATCHES "at most 80.00 of 200 positions cached per layer \\(mean over its KV heads; longest head 80\\)")
+  message(FATAL_ERROR "--alpha 1: every head's share is the budget: '${err}'")
+endif()
 
 # Slack: the cache at most budget + slack, a selection once per slack tokens
 # (27 per layer: from token 70 to 200 every 5 tokens, in 5 layers).
