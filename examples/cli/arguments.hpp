@@ -23,19 +23,28 @@ class arguments {
  public:
   // valued: options that take a value; switches: options that do not.
   arguments(int argc, char** argv, int first, const std::set<std::string>& valued,
-            const std::set<std::string>& switches) {
+            const std::set<std::string>& switches)
+      : command_(first > 1 ? argv[first - 1] : "") {
     for (int i = first; i < argc; ++i) {
       const std::string arg = argv[i];
       if (arg.rfind("--", 0) != 0) throw cli_error("unexpected argument '" + arg + "'");
-      const std::string name = arg.substr(2);
+      // "--name=value" is the same as "--name value" (GNU style), so that
+      // both spellings users type work.
+      const auto equals = arg.find('=');
+      const std::string name = arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
       if (switches.count(name)) {
+        if (equals != std::string::npos) throw cli_error("option --" + name + " takes no value");
         switches_.insert(name);
       } else if (valued.count(name)) {
-        if (i + 1 >= argc) throw cli_error("option --" + name + " needs a value");
         if (values_.count(name)) throw cli_error("option --" + name + " given twice");
-        values_[name] = argv[++i];
+        if (equals != std::string::npos) {
+          values_[name] = arg.substr(equals + 1);
+        } else {
+          if (i + 1 >= argc) throw cli_error("option --" + name + " needs a value");
+          values_[name] = argv[++i];
+        }
       } else {
-        throw cli_error("unknown option --" + name + " (see kvcrush --help)");
+        throw cli_error("unknown option --" + name + " (see kvcrush " + command_ + " --help)");
       }
     }
   }
@@ -82,6 +91,7 @@ class arguments {
     return out;
   }
 
+  std::string command_;  // the subcommand, named in the hint of an unknown option
   std::map<std::string, std::string> values_;
   std::set<std::string> switches_;
 };

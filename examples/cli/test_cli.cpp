@@ -1,11 +1,14 @@
 // The kvcrush executable end to end: real .npy files in, real .npy files
-// out, compared with the library and with SPEC written plainly; and every
-// bad input exits 2 with one line on stderr and writes nothing.
+// out, compared with the library and with SPEC written plainly (every
+// policy, ragged AdaKV output, float16/float64 inputs); and every bad input
+// exits 2 with one line on stderr and writes nothing.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -66,6 +69,57 @@ class Cli : public ::testing::Test {
 
   fs::path dir_;
 };
+
+// The library's own answer through the runtime facade: one row per keep set,
+// each cut to its count.
+std::vector<std::vector<long>> library_select(const kvcrush::policy_config& policy, const kvcrush::layer_inputs& in,
+                                              const kvcrush::layer_budget& budget) {
+  const index_t rows = policy.layout.per_head ? in.kv_heads : 1;
+  std::vector<index_t> keep(static_cast<std::size_t>(rows * in.tokens));
+  std::vector<index_t> counts(static_cast<std::size_t>(rows));
+  kvcrush::workspace ws;
+  kvcrush::select(policy, in, budget,
+                  {kvcrush::make_matrix_view(keep.data(), rows, in.tokens), kvcrush::make_vector_view(counts.data(), rows)},
+                  ws);
+  std::vector<std::vector<long>> out;
+  for (index_t r = 0; r < rows; ++r) out.emplace_back(keep.begin() + r * in.tokens, keep.begin() + r * in.tokens + counts[r]);
+  return out;
+}
+
+// A (rows, K) int64 output padded with -1, as rows of their kept entries;
+// the padding must all be at the end of each row.
+std::vector<std::vector<long>> unpad(const kvcrush::io::npy_array& keep) {
+  EXPECT_EQ(keep.dtype, kvcrush::io::npy_dtype::int64);
+  const auto values = keep.values<std::int64_t>();
+  const index_t rows = keep.shape.size() == 2 ? keep.shape[0] : 1;
+  const index_t width = keep.shape.back();
+  std::vector<std::vector<long>> out(static_cast<std::size_t>(rows));
+  for (index_t r = 0; r < rows; ++r) {
+    bool padding = false;
+    for (index_t i = 0; i < width; ++i) {
+      const auto v = values[static_cast<std::size_t>(r * width + i)];
+      if (v < 0) {
+        EXPECT_EQ(v, -1) << "padding is -1";
+        padding = true;
+      } else {
+        EXPECT_FALSE(padding) << "row " << r << ": an entry after the padding";
+        out[static_cast<std::size_t>(r)].push_back(static_cast<long>(v));
+      }
+    }
+  }
+  return out;
+}
+
+// A float64 .npy, which kvcrush::io does not write: the bytes of a uint64
+// array of the same shape with the descr changed (NumPy's own layout).
+void write_float64(const std::string& file, const std::vector<double>& data, std::vector<std::int64_t> shape) {
+  auto bytes = kvcrush::io::serialize_npy(kvcrush::io::npy_dtype::uint64, shape, data.data());
+  std::string text(bytes.begin(), bytes.end());
+  const auto at = text.find("'<u8'");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 2] = 'f';
+  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
 
 spec::Rows rows_of(const std::vector<float>& flat, index_t rows, index_t tokens) {
   spec::Rows out(static_cast<std::size_t>(rows), std::vector<float>(static_cast<std::size_t>(tokens)));
@@ -183,13 +237,260 @@ TEST_F(Cli, BudgetsPrintPyramidKV) {
 TEST_F(Cli, HelpAndVersion) {
   const auto help = run("--help");
   EXPECT_EQ(help.code, 0);
-  for (const char* option : {"--scores", "--attention", "--kv-heads", "--window", "--pool", "--kernel", "--gqa",
-                             "--signature-heads", "--budget", "--sink", "--recent", "--crush", "--anchor", "--seed",
-                             "--representative", "--threshold", "--per-head", "--block-size", "--out", "--pyramid",
-                             "--layers", "--tokens", "ISA in use"}) {
+  for (const char* option : {"--policy", "--scores", "--attention", "--keys", "--tokens", "--kv-heads", "--window",
+                             "--pool", "--kernel", "--gqa", "--h2o-normalised", "--alpha", "--signature-heads",
+                             "--budget", "--sink", "--recent", "--crush", "--anchor", "--seed", "--representative",
+                             "--threshold", "--per-head", "--block-size", "--out", "--counts", "--pyramid", "--layers",
+                             "ISA in use", "float16", "float64", "t.float().numpy()", "Exit status"}) {
     EXPECT_NE(help.out.find(option), std::string::npos) << option;
   }
+  // Every base policy is documented with the input it reads.
+  for (const char* policy : {"precomputed", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "full", "streaming",
+                             "random", "+adakv", "+kvcrush"}) {
+    EXPECT_NE(help.out.find(policy), std::string::npos) << policy;
+  }
   EXPECT_EQ(run("--version").out.rfind("kvcrush ", 0), 0u);
+  // COMMAND --help (or -h, anywhere): that command's options only, exit 0.
+  for (const auto& [command, title] : std::vector<std::pair<std::string, std::string>>{
+           {"select --help", "kvcrush select:"}, {"select --budget 3 -h", "kvcrush select:"},
+           {"signatures --help", "kvcrush signatures:"}, {"budgets --help", "kvcrush budgets:"}}) {
+    const auto o = run(command);
+    EXPECT_EQ(o.code, 0) << command << ": " << o.err;
+    EXPECT_EQ(o.out.rfind(title, 0), 0u) << command << " -> " << o.out;
+    EXPECT_TRUE(o.err.empty()) << command;
+  }
+  EXPECT_EQ(run("budgets --help").out.find("--attention"), std::string::npos) << "only the command's own options";
+}
+
+TEST_F(Cli, OptionEqualsValueIsTheSameAsTwoWords) {
+  const auto scores = write_scores("s.npy", kvcrush_test::random_floats(3 * 90, 4), {3, 90});
+  ASSERT_EQ(run("select --scores " + scores + " --budget 20 --sink 2 --recent 4 --crush 0.5 --out " + path("a.npy")).code, 0);
+  const auto o = run("select --scores=" + scores + " --budget=20 --sink=2 --recent=4 --crush=0.5 --out=" + path("b.npy"));
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(kvcrush::io::read_npy(path("a.npy")).values<std::int64_t>(),
+            kvcrush::io::read_npy(path("b.npy")).values<std::int64_t>());
+  ASSERT_EQ(run("budgets --budget=64 --window=8 --layers=2 --tokens=1000").out, "64\n64\n");
+}
+
+TEST_F(Cli, Float16AndFloat64InputsAreConverted) {
+  const index_t h = 3, n = 120;
+  // float16: widened exactly, so the keep set is that of the same values in
+  // float32.
+  const auto wide = kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 8, 0.0f, 4.0f);
+  std::vector<kvcrush::float16> halves;
+  std::vector<float> widened;
+  for (float x : wide) {
+    halves.push_back(kvcrush::to_float16(x));
+    widened.push_back(kvcrush::to_float(halves.back()));
+  }
+  kvcrush::io::write_npy<kvcrush::float16>(path("h.npy"), {h, n}, halves.data());
+  kvcrush::keep_config cfg;
+  cfg.budget = 30;
+  cfg.sink = 2;
+  cfg.recent = 3;
+  cfg.crush_fraction = 0.5;
+  auto o = run("select --scores " + path("h.npy") + " --budget 30 --sink 2 --recent 3 --crush 0.5 --out " + path("k.npy"));
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(as_longs(kvcrush::io::read_npy(path("k.npy")).values<std::int64_t>()),
+            spec::keep(rows_of(widened, h, n), rows_of(widened, h, n), cfg)[0]);
+
+  // float64: rounded to the nearest float32. Pairs of values that differ
+  // only below float32's precision become ties, broken by position.
+  std::vector<double> doubles(static_cast<std::size_t>(h * n));
+  std::vector<float> rounded(doubles.size());
+  for (std::size_t i = 0; i < doubles.size(); ++i) {
+    doubles[i] = static_cast<double>(wide[i]) + (i % 2 == 0 ? 1e-12 * static_cast<double>(i) : 0.0);
+    rounded[i] = static_cast<float>(doubles[i]);
+  }
+  doubles[10] = 2.5;
+  doubles[11] = 2.5 + 1e-9;  // bigger in float64, equal in float32
+  rounded[10] = rounded[11] = 2.5f;
+  write_float64(path("d.npy"), doubles, {h, n});
+  o = run("select --scores " + path("d.npy") + " --budget 30 --sink 2 --recent 3 --crush 0.5 --out " + path("k.npy"));
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(as_longs(kvcrush::io::read_npy(path("k.npy")).values<std::int64_t>()),
+            spec::keep(rows_of(rounded, h, n), rows_of(rounded, h, n), cfg)[0]);
+  // Attention and keys are converted the same way.
+  std::vector<double> keys(static_cast<std::size_t>(2 * 40 * 4));
+  for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = std::sin(static_cast<double>(i));
+  write_float64(path("keys.npy"), keys, {2, 40, 4});
+  EXPECT_EQ(run("select --policy knorm --keys " + path("keys.npy") + " --budget 10 --out " + path("k.npy")).code, 0);
+}
+
+TEST_F(Cli, EveryPolicyMatchesTheLibraryAndSpec) {
+  const index_t hq = 8, h = 2, q = 6, n = 90, d = 4;
+  const auto attention = kvcrush_test::random_floats(static_cast<std::size_t>(hq * q * n), 21, 0.0f, 1.0f);
+  const auto scores = kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 22, 0.0f, 1.0f);
+  const auto keys = kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 23);
+  const auto a_file = write_scores("a.npy", attention, {hq, q, n});
+  const auto s_file = write_scores("s.npy", scores, {h, n});
+  kvcrush::io::write_npy<float>(path("k.npy"), {h, n, d}, keys.data());
+  const std::string out = " --out " + path("keep.npy");
+  auto got = [&](const std::string& arguments) {
+    const auto o = run(arguments + out);
+    EXPECT_EQ(o.code, 0) << arguments << ": " << o.err;
+    return unpad(kvcrush::io::read_npy(path("keep.npy")));
+  };
+  kvcrush::keep_config cfg;
+  cfg.budget = 24;
+  cfg.sink = 2;
+  cfg.recent = 3;
+  const std::string budget = " --budget 24 --sink 2 --recent 3";
+
+  // H2O from sums: the sums are S.
+  EXPECT_EQ(got("select --policy h2o --scores " + s_file + budget), spec::keep(rows_of(scores, h, n), rows_of(scores, h, n), cfg));
+
+  // H2O from the attention of the last Q queries, by hand: token t is seen
+  // by the rows whose query is at or after it; GQA mean in head order.
+  std::vector<float> sums(static_cast<std::size_t>(h * n), 0.0f), normalised(sums.size());
+  std::vector<int> seen(sums.size(), 0);
+  for (index_t r = 0; r < q; ++r) {
+    const index_t length = n - q + r + 1;
+    for (index_t k = 0; k < h; ++k)
+      for (index_t t = 0; t < length; ++t) {
+        float group = 0.0f;
+        for (index_t g = 0; g < hq / h; ++g) group += attention[static_cast<std::size_t>(((k * (hq / h) + g) * q + r) * n + t)];
+        sums[k * n + t] += group / static_cast<float>(hq / h);
+        seen[k * n + t] += 1;
+      }
+  }
+  for (std::size_t i = 0; i < sums.size(); ++i) normalised[i] = sums[i] / static_cast<float>(seen[i]);
+  EXPECT_EQ(got("select --policy h2o --attention " + a_file + " --kv-heads 2" + budget + " --per-head"),
+            [&] { auto c = cfg; c.per_head = true; return spec::keep(rows_of(sums, h, n), rows_of(sums, h, n), c); }());
+  EXPECT_EQ(got("select --policy h2o --h2o-normalised --attention " + a_file + " --kv-heads 2" + budget),
+            spec::keep(rows_of(normalised, h, n), rows_of(normalised, h, n), cfg));
+
+  // TOVA: the last row averaged over the query heads, in head order.
+  std::vector<float> tova(static_cast<std::size_t>(n), 0.0f);
+  for (index_t t = 0; t < n; ++t) {
+    for (index_t g = 0; g < hq; ++g) tova[t] += attention[static_cast<std::size_t>((g * q + q - 1) * n + t)];
+    tova[t] /= static_cast<float>(hq);
+  }
+  EXPECT_EQ(got("select --policy tova --attention " + a_file + " --kv-heads 2" + budget), spec::keep({tova}, {tova}, cfg));
+
+  // Key norm: S = -||k|| (accumulated with fma in dim order, as SPEC's
+  // arithmetic order note says).
+  std::vector<float> norms(static_cast<std::size_t>(h * n));
+  for (index_t k = 0; k < h; ++k)
+    for (index_t t = 0; t < n; ++t) {
+      float squares = 0.0f;
+      for (index_t j = 0; j < d; ++j) squares = std::fma(keys[(k * n + t) * d + j], keys[(k * n + t) * d + j], squares);
+      norms[k * n + t] = -std::sqrt(squares);
+    }
+  EXPECT_EQ(got("select --policy knorm --keys " + path("k.npy") + budget), spec::keep(rows_of(norms, h, n), rows_of(norms, h, n), cfg));
+
+  // Streaming: sink + recent, recent defaulting to the rest of the budget.
+  std::vector<long> streaming = {0, 1};
+  for (long t = 20 - 8; t < 20; ++t) streaming.push_back(t);
+  EXPECT_EQ(got("select --policy streaming --tokens 20 --kv-heads 3 --budget 10 --sink 2"), std::vector<std::vector<long>>{streaming});
+  // Full: every position, per head too.
+  EXPECT_EQ(got("select --policy full --tokens 5 --kv-heads 2 --per-head"),
+            (std::vector<std::vector<long>>{{0, 1, 2, 3, 4}, {0, 1, 2, 3, 4}}));
+
+  // The library through the runtime facade, for the rest (same inputs,
+  // same options): random, snapkv/pyramidkv (= today's --attention path),
+  // compositions.
+  kvcrush::layer_inputs by_tokens;
+  by_tokens.kv_heads = 3;
+  by_tokens.tokens = 50;
+  auto random = kvcrush::policy_config::parse("random+kvcrush");
+  random.seed = random.crush.seed = 5;
+  EXPECT_EQ(got("select --policy random+kvcrush --tokens 50 --kv-heads 3 --seed 5" + budget),
+            library_select(random, by_tokens, {24, 2, 3}));
+  kvcrush::layer_inputs window;
+  window.kv_heads = h;
+  window.tokens = n;
+  window.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {hq, q, n}, {q * n, n, 1});
+  auto snap = kvcrush::policy_config::parse("snapkv+kvcrush");
+  snap.window.pooling = kvcrush::pooling_mode::max;
+  snap.crush.heads = kvcrush::signature_heads::query;
+  const auto snap_expected = library_select(snap, window, {24, 2, q});
+  EXPECT_EQ(got("select --policy snapkv+kvcrush --attention " + a_file + " --kv-heads 2 --pool max --signature-heads query --budget 24 --sink 2"),
+            snap_expected);
+  EXPECT_EQ(got("select --policy pyramidkv+kvcrush --attention " + a_file + " --kv-heads 2 --pool max --signature-heads query --budget 24 --sink 2"),
+            snap_expected);
+  EXPECT_EQ(got("select --attention " + a_file + " --kv-heads 2 --pool max --signature-heads query --crush 0.5 --budget 24 --sink 2"),
+            snap_expected) << "without --policy: snapkv, +kvcrush when --crush > 0";
+  auto h2o_crush = kvcrush::policy_config::parse("h2o+kvcrush");
+  h2o_crush.crush.fraction = 0.25;
+  h2o_crush.crush.anchor = kvcrush::anchor_mode::ones;
+  kvcrush::layer_inputs with_scores;
+  with_scores.kv_heads = h;
+  with_scores.tokens = n;
+  with_scores.scores = kvcrush::make_matrix_view<const float>(scores.data(), h, n);
+  h2o_crush.base = kvcrush::base_policy::precomputed;
+  EXPECT_EQ(got("select --policy h2o+kvcrush --crush 0.25 --anchor ones --scores " + s_file + budget),
+            library_select(h2o_crush, with_scores, {24, 2, 3}));
+}
+
+TEST_F(Cli, AdaKVWritesRaggedRowsPaddedWithMinusOne) {
+  const index_t h = 4, n = 120;
+  // Heads of different spread, so that AdaKV shares the budget unevenly.
+  auto scores = kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 31, 0.0f, 1.0f);
+  for (index_t t = 0; t < n; ++t) {
+    scores[0 * n + t] = 0.5f + 0.001f * static_cast<float>(t % 17);
+    scores[3 * n + t] = t % 40 == 0 ? 10.0f : 0.0f;
+  }
+  const auto file = write_scores("s.npy", scores, {h, n});
+  const auto o = run("select --policy precomputed+adakv --alpha 0.3 --scores " + file +
+                     " --budget 32 --sink 4 --recent 8 --out " + path("keep.npy") + " --counts " + path("counts.npy"));
+  ASSERT_EQ(o.code, 0) << o.err;
+  const auto keep = kvcrush::io::read_npy(path("keep.npy"));
+  const auto rows = unpad(keep);
+  const auto counts = kvcrush::io::read_npy(path("counts.npy"));
+  ASSERT_EQ(counts.dtype, kvcrush::io::npy_dtype::int64);
+  ASSERT_EQ(counts.shape, (std::vector<std::int64_t>{h}));
+  const auto c = counts.values<std::int64_t>();
+  ASSERT_EQ(rows.size(), static_cast<std::size_t>(h));
+  std::int64_t total = 0, widest = 0;
+  for (index_t k = 0; k < h; ++k) {
+    ASSERT_EQ(static_cast<std::int64_t>(rows[k].size()), c[k]) << "counts match the unpadded rows";
+    total += c[k];
+    widest = std::max(widest, c[k]);
+    // Each row: the protected tokens and the head's own top evictable ones
+    // (SPEC's top-k written plainly).
+    std::vector<long> expected = spec::range(0, 4);
+    for (long t : spec::top_k(spec::range(4, n - 8), [&](long t) { return scores[k * n + t]; }, c[k] - 12)) expected.push_back(t);
+    for (long t = n - 8; t < n; ++t) expected.push_back(t);
+    EXPECT_EQ(rows[k], expected) << "head " << k;
+  }
+  EXPECT_EQ(keep.shape, (std::vector<std::int64_t>{h, widest}));
+  EXPECT_EQ(total, h * 32) << "the layer's budget is shared out";
+  // The shares, by brute force (README: a floor of alpha x the budget after
+  // sink and recent per head, then the best remaining (head, token) pairs of
+  // all heads, ties by (head, position)).
+  const long rest = 32 - 12, floor_share = static_cast<long>(std::floor(0.3 * static_cast<double>(rest)));
+  std::vector<std::pair<float, long>> remaining;  // (score, head * n + position)
+  std::vector<long> shares(static_cast<std::size_t>(h), floor_share);
+  for (index_t k = 0; k < h; ++k) {
+    const auto top = spec::top_k(spec::range(4, n - 8), [&](long t) { return scores[k * n + t]; }, floor_share);
+    for (long t = 4; t < n - 8; ++t)
+      if (!std::binary_search(top.begin(), top.end(), t)) remaining.push_back({scores[k * n + t], k * n + t});
+  }
+  std::stable_sort(remaining.begin(), remaining.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (long i = 0; i < h * (rest - floor_share); ++i) shares[static_cast<std::size_t>(remaining[i].second / n)] += 1;
+  for (index_t k = 0; k < h; ++k) EXPECT_EQ(c[k], 12 + shares[k]) << "head " << k << "'s share";
+  EXPECT_NE(*std::min_element(c.begin(), c.end()), widest) << "heads got different shares, so the rows are ragged";
+  // The allocation and the rows are the library's.
+  kvcrush::layer_inputs in;
+  in.kv_heads = h;
+  in.tokens = n;
+  in.scores = kvcrush::make_matrix_view<const float>(scores.data(), h, n);
+  auto policy = kvcrush::policy_config::parse("precomputed+adakv");
+  policy.adakv_alpha = 0.3;
+  EXPECT_EQ(rows, library_select(policy, in, {32, 4, 8}));
+  // snapkv+adakv+kvcrush from attention: the library's ragged rows too.
+  const index_t hq = 8, w = 4;
+  const auto attention = kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 32, 0.0f, 1.0f);
+  const auto a_file = write_scores("a.npy", attention, {hq, w, n});
+  const auto crushed = run("select --policy snapkv+adakv+kvcrush --attention " + a_file + " --kv-heads 4 --budget 32 --sink 4 --out " + path("keep.npy"));
+  ASSERT_EQ(crushed.code, 0) << crushed.err;
+  kvcrush::layer_inputs window;
+  window.kv_heads = h;
+  window.tokens = n;
+  window.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {hq, w, n}, {w * n, n, 1});
+  EXPECT_EQ(unpad(kvcrush::io::read_npy(path("keep.npy"))),
+            library_select(kvcrush::policy_config::parse("snapkv+adakv+kvcrush"), window, {32, 4, w}));
 }
 
 TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
@@ -199,9 +500,16 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
   const auto nan_file = write_scores("nan.npy", nan, {2, 40});
   const auto rank3 = write_scores("r3.npy", kvcrush_test::random_floats(2 * 2 * 40, 1), {2, 2, 40});
   const auto attention = write_scores("a.npy", kvcrush_test::random_floats(4 * 3 * 40, 1, 0, 1), {4, 3, 40});
+  write_scores("no_rows.npy", {}, {4, 0, 40});
+  write_scores("no_tokens.npy", {}, {2, 0});
+  write_scores("a_wide.npy", kvcrush_test::random_floats(4 * 3 * 2, 1, 0, 1), {4, 3, 2});
   std::vector<std::int64_t> ints(80, 1);
   kvcrush::io::write_npy<std::int64_t>(path("ints.npy"), {2, 40}, ints.data());
   { std::ofstream(path("garbage.npy")) << "not a numpy file at all"; }
+  { std::ofstream(path("torch.pt"), std::ios::binary) << std::string("PK\x03\x04", 4) << "archive/data.pkl"; }
+  { std::ofstream(path("legacy.pt"), std::ios::binary) << std::string("\x80\x02\x8a\x0a", 4) << "pickle"; }
+  write_float64(path("huge.npy"), {1.0, 1e39, 2.0, 3.0}, {2, 2});
+  const auto keys = write_scores("k.npy", kvcrush_test::random_floats(2 * 40 * 4, 1), {2, 40, 4});
   const std::string out = " --out " + path("never.npy");
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"", "missing command"},
@@ -209,16 +517,55 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --scores " + scores + " --budget 10 --wat 3" + out, "unknown option --wat"},
       {"select --scores " + scores + " --budget 10", "missing required option --out"},
       {"select --scores " + scores + out, "missing required option --budget"},
-      {"select --budget 10" + out, "exactly one of --scores and --attention"},
+      {"select --budget 10" + out, "exactly one of --scores and --attention, or a --policy"},
       {"select --scores " + scores + " --attention " + attention + " --budget 10" + out, "exactly one of"},
       {"select --scores " + path("missing.npy") + " --budget 10" + out, "cannot open"},
       {"select --scores " + path("garbage.npy") + " --budget 10" + out, "not a .npy file"},
-      {"select --scores " + path("ints.npy") + " --budget 10" + out, "must be float32"},
+      {"select --scores " + path("ints.npy") + " --budget 10" + out, "must hold floating-point values (float32, float16 or float64)"},
+      {"select --scores " + path("torch.pt") + " --budget 10" + out, "zip archive (torch.save or numpy.savez), not a .npy file; save the tensor with numpy.save('" + path("torch.npy") + "', t.float().numpy())"},
+      {"select --scores " + path("legacy.pt") + " --budget 10" + out, "Python pickle (torch.save's legacy format), not a .npy file; save the tensor with numpy.save("},
+      {"select --scores " + path("huge.npy") + " --budget 10" + out, "beyond float32's range"},
+      {"select --scores " + scores + " --budget 0" + out, "--budget 0 keeps no token"},
+      {"select --scores " + scores + " --budget -3" + out, "--budget -3 keeps no token"},
+      {"select --policy tova --tokens 40 --budget 0" + out, "needs --attention"},
+      {"select --policy snapkv+magic --scores " + scores + " --budget 10" + out, "unknown policy modifier 'magic'"},
+      {"select --policy lru --scores " + scores + " --budget 10" + out, "unknown policy 'lru'"},
+      {"select --policy full+kvcrush --tokens 10" + out, "takes no modifiers"},
+      {"select --policy snapkv --scores " + scores + " --budget 10" + out, "policy 'snapkv' needs --attention A.npy (Hq, W, N): the window's attention, not --scores"},
+      {"select --policy tova --keys " + keys + " --budget 10" + out, "policy 'tova' needs --attention"},
+      {"select --policy knorm --scores " + scores + " --budget 10" + out, "policy 'knorm' needs --keys K.npy (H, N, D), not --scores"},
+      {"select --policy precomputed --attention " + attention + " --kv-heads 2 --budget 10" + out, "needs --scores"},
+      {"select --policy random --scores " + scores + " --budget 10" + out, "reads no input; give --tokens N"},
+      {"select --policy streaming --budget 10" + out, "missing required option --tokens"},
+      {"select --policy random --tokens 0 --budget 10" + out, "--tokens must be >= 1"},
+      {"select --policy h2o --scores " + scores + " --keys " + keys + " --budget 10" + out, "exactly one of --scores, --attention and --keys"},
+      {"select --policy knorm --keys " + scores + " --budget 10" + out, "--keys must have 3 dimensions"},
+      {"select --policy full --tokens 10 --budget 10" + out, "does not apply to policy 'full'"},
+      {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --alpha 0.1" + out, "--alpha applies to +adakv policies only"},
+      {"select --policy adakv --attention " + attention + " --kv-heads 2 --budget 10 --alpha 2" + out, "--alpha must be in [0, 1]"},
+      {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --crush 0.5" + out, "--crush applies to +kvcrush policies only (policy 'snapkv')"},
+      {"select --policy tova --attention " + attention + " --kv-heads 2 --budget 10 --window 2" + out, "--window applies to snapkv and pyramidkv only"},
+      {"select --policy tova --attention " + attention + " --kv-heads 2 --budget 10 --gqa max" + out, "does not apply to tova"},
+      {"select --policy h2o --scores " + scores + " --budget 10 --h2o-normalised" + out, "--h2o-normalised applies to --attention only"},
+      {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --h2o-normalised" + out, "applies to h2o only"},
+      {"select --policy h2o --attention " + path("a_wide.npy") + " --kv-heads 2 --budget 3" + out, "h2o reads the causal attention of the last Q <= N queries"},
+      {"select --policy random --tokens 40 --scores " + scores + " --budget 10" + out, "reads no input; give --tokens N (and --kv-heads H), not --scores"},
+      {"select --policy knorm --keys " + keys + " --tokens 40 --budget 10" + out, "--tokens applies to policies that read no input"},
+      {"select --scores " + scores + " --budget 10 --counts " + path("never.npy") + out, "--counts applies to per-head output"},
+      {"select --scores " + scores + " --budget=10 --per-head=yes" + out, "option --per-head takes no value"},
+      {"select --scores " + scores + " --budget=" + out, "--budget expects an integer, got ''"},
+      {"select --scores " + scores + " --budget 10 --block-size 0" + out, "--block-size must be >= 1"},
+      {"select --policy random --tokens 10 --kv-heads 0 --budget 4" + out, "--kv-heads must be >= 1"},
+      {"select --policy tova --attention " + path("no_rows.npy") + " --kv-heads 2 --budget 4" + out, "--attention holds no query rows"},
+      {"select --scores " + path("no_tokens.npy") + " --budget 4" + out, "--scores holds no tokens"},
+      {"select --scores " + scores + " --budget 10 positional" + out, "unexpected argument 'positional'"},
+      {"select --policy streaming+kvcrush --tokens 40 --budget 10 --sink 2 --recent 2 --crush 0.5" + out, "StreamingLLM ranks no tokens"},
       {"select --scores " + rank3 + " --budget 10" + out, "must have 2 dimensions"},
       {"select --scores " + nan_file + " --budget 10" + out, "NaN"},
       {"select --scores " + scores + " --budget 4 --sink 3 --recent 3" + out, "below sink + recent"},
       {"select --scores " + scores + " --budget 10 --crush 1.5" + out, "crush_fraction"},
       {"select --scores " + scores + " --budget 10 --crush abc" + out, "expects a number"},
+      {"select --scores " + scores + " --budget 10 --crush -0.5" + out, "crush_fraction must be in [0, 1]"},
       {"select --scores " + scores + " --budget 10x" + out, "expects an integer"},
       {"select --scores " + scores + " --budget 10 --budget 12" + out, "given twice"},
       {"select --scores " + scores + " --budget" , "needs a value"},
@@ -226,7 +573,7 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --scores " + scores + " --budget 10 --representative any" + out, "unknown representative rule"},
       {"select --scores " + scores + " --budget 10 --threshold mode" + out, "unknown threshold mode"},
       {"select --scores " + scores + " --budget 10 --block-size 4" + out, "multiples of the block size"},
-      {"select --scores " + scores + " --budget 10 --kv-heads 2" + out, "--kv-heads applies to --attention only"},
+      {"select --scores " + scores + " --budget 10 --kv-heads 2" + out, "--kv-heads applies to --attention only (the heads of --scores"},
       {"select --scores " + scores + " --budget 10 --signature-heads query" + out, "applies to --attention only"},
       {"select --attention " + attention + " --budget 10" + out, "missing required option --kv-heads"},
       {"select --attention " + attention + " --kv-heads 3 --budget 10" + out, "must divide"},
@@ -242,6 +589,7 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"budgets --pyramid --budget 8 --window 8 --layers 4 --tokens 100", "must exceed the window"},
       {"budgets --pyramid --budget 64 --window 8 --layers 0 --tokens 100", "at least one layer"},
       {"budgets --budget 64 --window 8 --layers 2", "missing required option --tokens"},
+      {"budgets --budget 0 --window 0 --layers 2 --tokens 100", "--budget 0 keeps no token"},
   };
   for (const auto& [arguments, fragment] : cases) {
     const auto o = run(arguments);
@@ -251,5 +599,54 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
     EXPECT_NE(o.err.find(fragment), std::string::npos) << arguments << " -> " << o.err;
     EXPECT_TRUE(o.out.empty()) << arguments;
     EXPECT_FALSE(fs::exists(path("never.npy"))) << arguments << " wrote an output";
+  }
+}
+
+// The README's CLI commands, as printed there, on inputs of the shapes they
+// name (H 8, Hq 32, W 32, N 600): each must succeed and write its output.
+TEST_F(Cli, ReadmeCommandsRun) {
+  std::ifstream readme(KVCRUSH_README_PATH);
+  ASSERT_TRUE(readme) << KVCRUSH_README_PATH;
+  std::stringstream text;
+  text << readme.rdbuf();
+  const std::string all = text.str();
+  const auto begin = all.find("<!-- readme-example:cli -->");
+  ASSERT_NE(begin, std::string::npos) << "README.md lacks the <!-- readme-example:cli --> block";
+  const auto end = all.find("<!-- /readme-example -->", begin);
+  std::istringstream block(all.substr(begin, end - begin));
+  std::vector<std::string> commands;
+  std::string line, pending;
+  while (std::getline(block, line)) {
+    if (pending.empty() && line.rfind("kvcrush ", 0) != 0) continue;
+    const auto comment = line.find("  #");
+    if (comment != std::string::npos) line = line.substr(0, comment);
+    const bool continued = !line.empty() && line.back() == '\\';
+    pending += continued ? line.substr(0, line.size() - 1) : line;
+    if (!continued) {
+      commands.push_back(pending.substr(std::string("kvcrush ").size()));
+      pending.clear();
+    }
+  }
+  ASSERT_GE(commands.size(), 7u);
+  const index_t h = 8, hq = 32, w = 32, n = 600, d = 16;
+  write_scores("S.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 41, 0.0f, 1.0f), {h, n});
+  write_scores("A.npy", kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 42, 0.0f, 1.0f), {hq, w, n});
+  write_scores("K.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 43), {h, n, d});
+  for (const auto& command : commands) {
+    // Relative file names are the README's: run from the test's folder.
+    std::string local = command;
+    for (const char* name : {"S.npy", "A.npy", "K.npy", "keep.npy", "counts.npy", "sig.npy"}) {
+      for (auto at = local.find(std::string(" ") + name); at != std::string::npos;
+           at = local.find(std::string(" ") + name, at + 1)) {
+        local.replace(at + 1, std::string(name).size(), path(name));
+      }
+    }
+    fs::remove(path("keep.npy"));
+    const auto o = run(local);
+    EXPECT_EQ(o.code, 0) << command << ": " << o.err;
+    EXPECT_TRUE(o.err.empty()) << command;
+    if (command.find("--out keep.npy") != std::string::npos) {
+      EXPECT_TRUE(fs::exists(path("keep.npy"))) << command;
+    }
   }
 }

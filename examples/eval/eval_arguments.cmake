@@ -1,9 +1,12 @@
 cmake_minimum_required(VERSION 3.25)
-# kvcrush-eval rejects bad arguments with one line on stderr and exit code 2.
+# kvcrush-eval rejects bad arguments and input files with one line on stderr
+# and exit code 2.
 foreach(args "--budgets;1.5" "--budgets;abc" "--policies;snapkv+magic" "--crush;2" "--format;xml" "--chunks;0"
              "--wat" "--model" "--anchor;middle" "--context;8" "--prefill;-1" "--byte-budgets;0"
              "--precisions;int3" "--precisions;mixed-fp8" "--byte-policies;knorm" "--quant-group;20"
-             "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming")
+             "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming" "--context;0" "--budgets=abc"
+             "--quiet=yes" "--chunks="
+             "--model;/nonexistent.bin")
   execute_process(COMMAND "${EVAL}" ${args} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT result EQUAL 2)
     message(FATAL_ERROR "kvcrush-eval ${args}: exit ${result}, expected 2")
@@ -17,7 +20,7 @@ if(NOT result EQUAL 0 OR NOT out MATCHES "--policies")
   message(FATAL_ERROR "kvcrush-eval --help failed")
 endif()
 execute_process(COMMAND "${EVAL}" --model /nonexistent.bin --quiet RESULT_VARIABLE result ERROR_VARIABLE err)
-if(NOT result EQUAL 1 OR NOT err MATCHES "nonexistent")
-  message(FATAL_ERROR "a missing model must be reported (exit 1): ${result} ${err}")
+if(NOT result EQUAL 2 OR NOT err MATCHES "nonexistent")
+  message(FATAL_ERROR "a missing model is bad input, reported with exit 2: ${result} ${err}")
 endif()
 message("eval arguments: all refused cleanly")

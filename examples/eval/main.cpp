@@ -5,6 +5,7 @@
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,8 +50,9 @@ std::vector<job> plan(const options& o) {
       }
       for (double b : o.budgets) jobs.push_back({name, "", configure(name, o), b});
     }
-    // Equal-byte rows: every storage kind at every byte budget.
-    for (const auto& name : o.byte_policies) {
+    // Equal-byte rows: every storage kind at every byte budget, when asked
+    // (options.hpp: byte_rows).
+    for (const auto& name : o.byte_rows ? o.byte_policies : std::vector<std::string>{}) {
       for (const auto& storage : o.precisions) {
         const precision p = parse_precision(storage);
         if (name == "streaming" && p.kind == storage_kind::mixed) {
@@ -86,16 +88,45 @@ std::vector<job> plan(const options& o) {
   return jobs;
 }
 
-int run(const options& o) {
+int run(const options& given) {
+  options o = given;
   const std::vector<job> jobs = plan(o);
-  const auto model = kvcrush_llama::model::load(o.model);
-  const auto tok = kvcrush_llama::tokenizer::load(o.tokenizer, model.config().vocab_size);
-  if (o.context > model.config().seq_len) {
-    throw usage_error("--context " + std::to_string(o.context) + " exceeds the model's " +
-                      std::to_string(model.config().seq_len) + " positions");
-  }
+  // Input: the model, tokenizer and texts. What goes wrong here is the
+  // user's to fix (a path, a file, a context the model cannot hold): exit 2.
+  std::unique_ptr<kvcrush_llama::model> loaded;
+  std::unique_ptr<kvcrush_llama::tokenizer> vocabulary;
   std::vector<text_chunks> corpora;
-  for (const auto& path : o.text_paths()) corpora.push_back(make_chunks(path, tok, o.context, o.chunks));
+  try {
+    loaded = std::make_unique<kvcrush_llama::model>(kvcrush_llama::model::load(o.model));
+    vocabulary = std::make_unique<kvcrush_llama::tokenizer>(
+        kvcrush_llama::tokenizer::load(o.tokenizer, loaded->config().vocab_size));
+    if (o.context == 0) o.context = loaded->config().seq_len;
+    if (o.context > loaded->config().seq_len) {
+      throw usage_error("--context " + std::to_string(o.context) + " exceeds the model's " +
+                        std::to_string(loaded->config().seq_len) + " positions");
+    }
+    // Every budget must hold the tokens always kept (StreamingLLM keeps
+    // sink + the rest of its budget, so it needs one token more than the
+    // sink; see runner.hpp's budget_of).
+    for (const auto& j : jobs) {
+      if (j.bytes || j.config.base == kvcrush::base_policy::full) continue;
+      const auto tokens = static_cast<long>(j.budget * static_cast<double>(o.context));
+      const bool streaming = j.config.base == kvcrush::base_policy::streaming && !j.config.kvcrush;
+      const long needed = streaming ? o.sink + 1 : o.sink + o.window;
+      if (tokens < needed) {
+        throw usage_error("budget " + fixed(j.budget, 3) + " of the " + std::to_string(o.context) +
+                          "-token context is " + std::to_string(tokens) + " tokens, fewer than " + j.policy +
+                          " keeps always (" + std::to_string(needed) + ": --sink" +
+                          (streaming ? " + 1" : " + --window") + ")");
+      }
+    }
+    for (const auto& path : o.text_paths()) corpora.push_back(make_chunks(path, *vocabulary, o.context, o.chunks));
+  } catch (const usage_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw usage_error(e.what());
+  }
+  const kvcrush_llama::model& model = *loaded;
   long total = 0;
   for (const auto& c : corpora) total += static_cast<long>(c.chunks.size() * (jobs.size() + 1));
   progress_bar bar(total, o.progress);
@@ -144,11 +175,11 @@ int run(const options& o) {
     std::cout << table;
   } else {
     std::ofstream out(o.output);
-    if (!(out << table)) throw std::runtime_error("cannot write " + o.output);
+    if (!(out << table)) throw usage_error("cannot write " + o.output);
   }
   if (!o.plot.empty()) {
     std::ofstream out(o.plot);
-    if (!(out << svg_plot(rows))) throw std::runtime_error("cannot write " + o.plot);
+    if (!(out << svg_plot(rows))) throw usage_error("cannot write " + o.plot);
   }
   return 0;
 }

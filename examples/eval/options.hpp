@@ -1,10 +1,14 @@
-// kvcrush-eval's command line. Defaults point at ../shared (the CMake cache
-// variable KVCRUSH_SHARED_DIR), so that running it without arguments
+// kvcrush-eval's command line. Defaults point at the shared folder the build
+// was configured with (the CMake cache variable KVCRUSH_SHARED_DIR, an
+// absolute path; --help prints it), so that running it without arguments
 // reproduces the README's tables.
 #pragma once
 
 #include <charconv>
 #include <cstdlib>
+#include <filesystem>
+#include <optional>
+#include <system_error>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -23,16 +27,25 @@ class usage_error : public std::runtime_error {
 #define KVCRUSH_EVAL_SHARED_DIR "../shared"
 #endif
 
+// A default file in the shared folder, with "dir/../shared" resolved, so
+// that --help and errors name the file as it is.
+inline std::string shared_file(const std::string& relative) {
+  std::error_code ignored;
+  const std::filesystem::path path = std::filesystem::path(KVCRUSH_EVAL_SHARED_DIR) / relative;
+  const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ignored);
+  return (resolved.empty() ? path : resolved).string();
+}
+
 struct options {
-  std::string model = std::string(KVCRUSH_EVAL_SHARED_DIR) + "/models/stories260K.bin";
-  std::string tokenizer = std::string(KVCRUSH_EVAL_SHARED_DIR) + "/models/tok512.bin";
+  std::string model = shared_file("models/stories260K.bin");
+  std::string tokenizer = shared_file("models/tok512.bin");
   std::vector<std::string> texts;  // default: both shared texts
   std::vector<std::string> policies = {"full",      "streaming",         "random", "h2o",   "snapkv",
                                        "tova",      "knorm",             "pyramidkv", "adakv", "h2o+kvcrush",
                                        "snapkv+kvcrush", "tova+kvcrush", "pyramidkv+kvcrush"};
   std::vector<double> budgets = {0.5, 0.25, 0.125};
   kvcrush::crush_options crush{};
-  long context = 512;
+  long context = 0;  // tokens per chunk; 0: the model's seq_len
   double prefill = 0.5;  // fraction of the chunk (< 1), or a token count (>= 1)
   long chunks = 8;
   long sink = 4;
@@ -55,15 +68,21 @@ struct options {
   long quant_group = 16;        // G: tokens per key group
   std::string quant_eviction = "token";  // intN storage: evict tokens (regrouping) or whole groups
   double high_fraction = 0.5;   // share of the bytes the float16 tier may take (mixed precision)
+  // The equal-byte rows run when nothing chose what to run (the README's
+  // full evaluation) or when an option about them was given: choosing
+  // --policies or --budgets alone runs exactly those rows.
+  bool byte_rows = true;
 
   std::vector<std::string> text_paths() const {
     if (!texts.empty()) return texts;
-    return {std::string(KVCRUSH_EVAL_SHARED_DIR) + "/data/pride_and_prejudice.txt",
-            std::string(KVCRUSH_EVAL_SHARED_DIR) + "/data/stories_sampled.txt"};
+    return {shared_file("data/pride_and_prejudice.txt"), shared_file("data/stories_sampled.txt")};
   }
 };
 
-inline const char* usage() {
+// The help, with the defaults this build really uses.
+inline std::string usage() {
+  const options defaults;
+  const auto texts = defaults.text_paths();
   return R"(kvcrush-eval - accuracy of KV-cache eviction policies on a real model
 
 usage: kvcrush-eval [options]
@@ -74,9 +93,16 @@ decode-time eviction (the cache never exceeds budget + slack tokens per layer), 
 every next-token prediction with the full cache's: perplexity and its change, top-1 agreement,
 mean KL(full || policy).
 
-  --model FILE          llama2.c checkpoint (default ../shared/models/stories260K.bin)
-  --tokenizer FILE      llama2.c tokenizer (default ../shared/models/tok512.bin)
-  --text FILE           evaluation text, repeatable (default: both texts in ../shared/data)
+It runs each of --policies at each of --budgets, then the equal-byte rows (--byte-policies x
+--precisions x --byte-budgets). The equal-byte rows run by default and whenever one of
+--byte-budgets, --precisions, --byte-policies is given; with --policies or --budgets alone
+only those rows run. --ablation runs the ablation alone. Options take "--name value" or
+"--name=value".
+
+  --model FILE          llama2.c checkpoint (default )" + defaults.model + R"()
+  --tokenizer FILE      llama2.c tokenizer (default )" + defaults.tokenizer + R"()
+  --text FILE           evaluation text, repeatable (default: )" + texts[0] + R"( and
+                        )" + texts[1] + R"()
   --policies LIST       comma-separated: full streaming random h2o snapkv tova knorm pyramidkv
                         adakv, and compositions like snapkv+kvcrush (default: all bases and
                         h2o/snapkv/tova/pyramidkv+kvcrush)
@@ -87,13 +113,14 @@ mean KL(full || policy).
   --threshold T         median mean (default median)
   --signature-heads H   kv query (default kv)
   --seed N              random policy and random anchor seed (default 0)
-  --context N           tokens per chunk, at most the model's 512 (default 512)
+  --context N           tokens per chunk, at most the model's seq_len (default: the model's
+                        seq_len, read from --model)
   --prefill P           prefill length: a fraction of the chunk if < 1, else tokens (default 0.5)
   --chunks N            chunks per text, spread over it (default 8)
   --sink N              first tokens always kept (default 4)
   --window N            recent tokens always kept, and SnapKV's window (default 16)
-  --slack N             decode-time eviction: cache <= budget + N, one selection per N new
-                        tokens (every token with 0) (default 0)
+  --slack N             decode-time eviction once per N new tokens (every token with 0):
+                        cache <= budget + N (default 0)
   --paged               run the engine on the paged cache (block size 16)
   --byte-budgets LIST   equal-byte rows: fractions of the full cache's float16 bytes
                         (default 0.25,0.125; 'none' for no such rows)
@@ -120,6 +147,9 @@ mean KL(full || policy).
   --plot FILE.svg       accuracy-against-budget plot
   --quiet               no progress bar on stderr
   --help
+
+Exit status: 0 success, 2 bad usage or input (one line "kvcrush-eval: error: ..." on
+stderr), 1 internal failure.
 )";
 }
 
@@ -158,10 +188,22 @@ inline long parse_integer(const std::string& option, const std::string& value) {
 
 inline options parse_options(int argc, char** argv) {
   options o;
-  bool policies_given = false;
+  bool rows_chosen = false, byte_option = false;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
+    std::string arg = argv[i];
+    // "--name=value" is the same as "--name value", as in the other tools.
+    std::optional<std::string> inline_value;
+    const auto equals = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && equals != std::string::npos) {
+      inline_value = arg.substr(equals + 1);
+      arg = arg.substr(0, equals);
+    }
     auto value = [&]() -> std::string {
+      if (inline_value) {
+        std::string v = *inline_value;
+        inline_value.reset();
+        return v;
+      }
       if (i + 1 >= argc) throw usage_error("option " + arg + " needs a value");
       return argv[++i];
     };
@@ -175,10 +217,11 @@ inline options parse_options(int argc, char** argv) {
       o.texts.push_back(value());
     } else if (arg == "--policies") {
       o.policies = split_list(value());
-      policies_given = true;
+      rows_chosen = true;
     } else if (arg == "--budgets") {
       o.budgets.clear();
       for (const auto& b : split_list(value())) o.budgets.push_back(parse_real("--budgets", b));
+      rows_chosen = true;
     } else if (arg == "--crush") {
       o.crush.fraction = parse_real(arg, value());
     } else if (arg == "--anchor") {
@@ -194,6 +237,7 @@ inline options parse_options(int argc, char** argv) {
       o.crush.seed = o.seed;
     } else if (arg == "--context") {
       o.context = parse_integer(arg, value());
+      if (o.context < 16) throw usage_error("--context must be >= 16");
     } else if (arg == "--prefill") {
       o.prefill = parse_real(arg, value());
     } else if (arg == "--chunks") {
@@ -208,13 +252,16 @@ inline options parse_options(int argc, char** argv) {
       o.paged = true;
     } else if (arg == "--byte-budgets") {
       o.byte_budgets.clear();
+      byte_option = true;
       const std::string list = value();
       if (list != "none")
         for (const auto& b : split_list(list)) o.byte_budgets.push_back(parse_real(arg, b));
     } else if (arg == "--precisions") {
       o.precisions = split_list(value());
+      byte_option = true;
     } else if (arg == "--byte-policies") {
       o.byte_policies = split_list(value());
+      byte_option = true;
     } else if (arg == "--quant-eviction") {
       o.quant_eviction = value();
     } else if (arg == "--quant-group") {
@@ -236,10 +283,10 @@ inline options parse_options(int argc, char** argv) {
     } else {
       throw usage_error("unknown option " + arg + " (see kvcrush-eval --help)");
     }
+    if (inline_value) throw usage_error("option " + arg + " takes no value");  // a switch given "=..."
   }
   if (o.format != "md" && o.format != "csv") throw usage_error("--format must be md or csv");
   if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
-  if (o.context < 16) throw usage_error("--context must be >= 16");
   if (o.sink < 0 || o.window < 1 || o.slack < 0) throw usage_error("--sink >= 0, --window >= 1, --slack >= 0 required");
   if (o.prefill <= 0) throw usage_error("--prefill must be positive");
   for (double b : o.budgets) {
@@ -258,7 +305,7 @@ inline options parse_options(int argc, char** argv) {
     if (p != "streaming" && p != "random" && p != "h2o" && p != "snapkv" && p != "tova")
       throw usage_error("--byte-policies takes streaming random h2o snapkv tova, not '" + p + "'");
   }
-  (void)policies_given;
+  o.byte_rows = byte_option || !rows_chosen;
   return o;
 }
 
