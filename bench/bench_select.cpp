@@ -268,7 +268,7 @@ int main(int argc, char** argv) {
         ->UseRealTime();
   }
   benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;  // bad usage, as in every kvcrush tool
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

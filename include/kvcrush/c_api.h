@@ -13,7 +13,8 @@
  *  - Calls that need scratch memory take a kvcrush_workspace. Reuse one per
  *    thread: once it has grown to the largest call, calls allocate nothing.
  *    Passing NULL uses a workspace private to the calling thread.
- *  - Selection semantics are those of the C++ library and its SPEC (exact,
+ *  - Selection semantics are those of the C++ library, defined in
+ *    docs/SEMANTICS.md of the kvcrush repository (exact,
  *    deterministic, ties broken by position).
  */
 #ifndef KVCRUSH_C_API_H

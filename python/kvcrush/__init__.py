@@ -10,7 +10,8 @@ arguments are the CLI's option names with dashes as underscores::
 
 Arrays go in as NumPy arrays (or anything ``numpy.asarray`` takes, such as
 CPU PyTorch tensors); results come back as NumPy arrays. Bad input raises
-``ValueError`` with the library's message. Selection semantics: SPEC.md
+``ValueError`` with the library's message. Selection semantics:
+docs/SEMANTICS.md in the kvcrush repository
 (exact, deterministic, ties broken by position).
 
 The library is found through ``KVCRUSH_LIBRARY`` (a path to
