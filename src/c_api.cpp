@@ -543,13 +543,22 @@ kvcrush_status kvcrush_compact(void* keys, void* values, kvcrush_dtype dtype, kv
                                int64_t tokens, int64_t head_dim, int64_t token_capacity, const int64_t* keep,
                                int64_t keep_rows, int64_t keep_width, const int64_t* counts, int64_t block_size,
                                int64_t* new_tokens) {
+  // C callers may pass any int (C enums are ints, ctypes passes ints), but
+  // in C++ reading an enum holding a value outside its enumerators' range
+  // is undefined (found by fuzzing: UBSan stops here, and -fstrict-enums
+  // may drop the checks below). So the values are read as the ints they
+  // are and checked before they are used as enums.
+  int raw_dtype = 0, raw_layout = 0;
+  static_assert(sizeof raw_dtype == sizeof dtype && sizeof raw_layout == sizeof layout, "C enums are int-sized");
+  std::memcpy(&raw_dtype, &dtype, sizeof raw_dtype);
+  std::memcpy(&raw_layout, &layout, sizeof raw_layout);
   return guarded([&] {
     require_pointer(keys, "compact", "keys");
     require_pointer(keep, "compact", "keep");
-    require(dtype == KVCRUSH_FLOAT32 || dtype == KVCRUSH_FLOAT16 || dtype == KVCRUSH_BFLOAT16,
-            "compact: unknown dtype ", static_cast<int>(dtype));
-    require(layout == KVCRUSH_HEAD_TOKEN_DIM || layout == KVCRUSH_TOKEN_HEAD_DIM, "compact: unknown layout ",
-            static_cast<int>(layout));
+    require(raw_dtype == KVCRUSH_FLOAT32 || raw_dtype == KVCRUSH_FLOAT16 || raw_dtype == KVCRUSH_BFLOAT16,
+            "compact: unknown dtype ", raw_dtype);
+    require(raw_layout == KVCRUSH_HEAD_TOKEN_DIM || raw_layout == KVCRUSH_TOKEN_HEAD_DIM, "compact: unknown layout ",
+            raw_layout);
     if (token_capacity == 0 || layout == KVCRUSH_TOKEN_HEAD_DIM) token_capacity = tokens;
     require(token_capacity >= tokens, "compact: token_capacity ", token_capacity, " is below tokens ", tokens);
     check_extents("compact", {{"heads", heads}, {"token capacity", token_capacity}, {"head_dim", head_dim}});

@@ -83,6 +83,33 @@ TEST(OrderStatistics, KthLargestReportsNaN) {
   }
 }
 
+// Found by fuzzing (tests/fuzz/corpus/select/regression-kth-largest-nan):
+// without NaN detection, the partitions silently dropped NaN values, the
+// rank ran past the values left, and the search went on with a rank beyond
+// its set (a float-to-integer conversion of NaN, then reads past the
+// values). The sample positions (step / 2 + j * step) hold numbers so that
+// the sample alone does not reveal the NaN; everything else is NaN, so
+// fewer numbers than the rank remain.
+template <class Isa>
+void kth_with_hidden_nan() {
+  for (const index_t n : {index_t{200}, index_t{5000}}) {
+    const index_t step = n / 64;  // kth_largest's sample stride up to 8192 values
+    std::vector<float> v(static_cast<std::size_t>(n), std::numeric_limits<float>::quiet_NaN());
+    index_t numbers = 0;
+    for (index_t i = step / 2; i < n; i += step, ++numbers) v[static_cast<std::size_t>(i)] = static_cast<float>(i % 7);
+    for (const index_t k : {numbers + 1, n / 2, n}) {
+      std::vector<float> a(static_cast<std::size_t>(n) + 64), b(static_cast<std::size_t>(n) + 64);
+      const auto r = kvcrush::impl::kth_largest<Isa>(v.data(), n, k, a.data(), b.data(), /*detect_nan=*/false);
+      EXPECT_TRUE(r.has_nan || r.value != r.value) << Isa::name << " n=" << n << " k=" << k;
+    }
+  }
+}
+
+TEST(OrderStatistics, KthLargestWithoutNaNDetectionStaysInItsSet) {
+  kth_with_hidden_nan<isa::scalar>();
+  kvcrush_test::for_each_simd_isa([](auto tag) { kth_with_hidden_nan<decltype(tag)>(); });
+}
+
 TEST(OrderStatistics, TopKBreaksTiesByPosition) {
   const std::vector<float> v = {1, 3, 3, 2, 3, 3, 0};
   std::vector<std::uint8_t> flags(v.size(), 0);

@@ -354,6 +354,18 @@ TEST(RuntimeFacade, ParsesNamesAndMatchesCompileTimePipelines) {
       ASSERT_EQ(std::vector<long>(pos.begin(), pos.begin() + counts[0]), compile_time.row(0));
     }
   }
+  // 'full' checks the layout itself (found by fuzzing: block_size 0 was a
+  // division by zero), and refuses before writing anything.
+  for (const index_t block_size : {index_t{0}, index_t{-3}}) {
+    auto cfg = kvcrush::policy_config::parse("full");
+    cfg.layout.block_size = block_size;
+    std::vector<index_t> pos(static_cast<std::size_t>(f.n + 1), -1), counts(1, -1);
+    EXPECT_THROW(kvcrush::select(cfg, in, b, {kvcrush::make_matrix_view(pos.data(), 1, f.n + 1),
+                                              kvcrush::make_vector_view(counts.data(), 1)}, ws),
+                 std::invalid_argument);
+    EXPECT_EQ(counts[0], -1);
+    EXPECT_EQ(pos[0], -1);
+  }
   // Layer budgets follow the policy.
   EXPECT_EQ(kvcrush::layer_budgets(kvcrush::policy_config::parse("pyramidkv"), 128, 8, 4, 1000),
             kvcrush::pyramid_budgets(128, 8, 4, 1000));

@@ -391,6 +391,19 @@ static void test_compact(void) {
       }
     }
   }
+  /* Unknown dtype and layout values, as a C caller may pass them: refused
+   * with a message (found by fuzzing: the C++ side read them as enums out
+   * of range, undefined behaviour that UBSan stops on). */
+  {
+    float k[4] = {0, 1, 2, 3};
+    static const int64_t keep[] = {1};
+    CHECK_FAILS(kvcrush_compact(k, NULL, (kvcrush_dtype)7, KVCRUSH_HEAD_TOKEN_DIM, 1, 4, 1, 0, keep, 1, 1, NULL, 1,
+                                NULL),
+                KVCRUSH_INVALID_ARGUMENT, "unknown dtype 7");
+    CHECK_FAILS(kvcrush_compact(k, NULL, KVCRUSH_FLOAT32, (kvcrush_layout)-1, 1, 4, 1, 0, keep, 1, 1, NULL, 1, NULL),
+                KVCRUSH_INVALID_ARGUMENT, "unknown layout -1");
+    CHECK(k[0] == 0 && k[1] == 1);
+  }
   /* Keys alone (values NULL). */
   {
     float k[2 * 4 * 1] = {0, 1, 2, 3, 10, 11, 12, 13};

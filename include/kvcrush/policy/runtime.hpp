@@ -123,6 +123,10 @@ void select(const policy_config& cfg, const layer_inputs& in, const layer_budget
     case base_policy::full: {
       const index_t rows = cfg.layout.per_head ? in.kv_heads : 1;
       const index_t b = cfg.layout.block_size;
+      // Checked here: 'full' skips the selection's own checks, and the
+      // unit count divides by the block size (fuzzing found block_size 0).
+      kvcrush::detail::require(b >= 1 && in.tokens >= 0, "select: block_size must be >= 1 and tokens >= 0 (got ",
+                               b, " and ", in.tokens, ")");
       const index_t units = (in.tokens + b - 1) / b;
       kvcrush::detail::require(out.counts.extent(0) == rows && out.positions.extent(0) == rows &&
                                    out.positions.extent(1) >= units,

@@ -136,6 +136,10 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
     }
     src = out;
     std::swap(out, spare);
+    // The partitions drop NaN values, so with NaN in v (detect_nan = false)
+    // the rank can end up past the values left; going on would read past
+    // them. Give up with a NaN answer, as a NaN-spoiled result may be.
+    if (kk > m) return {std::numeric_limits<float>::quiet_NaN(), above, 0, true};
   }
   if (first_pass && detect_nan) {
     bool nan = false;
