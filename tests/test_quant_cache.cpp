@@ -415,7 +415,6 @@ float bfloat16_rounded(float x) {
 
 float stored(float x) { return x; }
 float stored(kvcrush::bfloat16 x) { return kvcrush::to_float(x); }
-float stored(float16 x) { return kvcrush::to_float(x); }
 
 // Checks one head's value span and window spans against the rows that were
 // appended: the quantized value rows decode (from the span's own pointers,
@@ -475,7 +474,7 @@ TEST(QuantCache, ValueAndWindowSpansDescribeTheStoredRows) {
   const index_t heads = 3, d = 64, n = 157;
   const kv_rows k = quant_test::model_like_keys(heads, n, d, 31), v = quant_test::model_like_values(heads, n, d, 32);
   for (index_t value_group : {index_t{0}, index_t{16}}) {
-    const auto cfg = make_config(4, 2, 16, 24, kvcrush::param_format::float32, value_group);
+    const auto cfg = make_config(4, 2, 16, 32, kvcrush::param_format::float32, value_group);
     quantized_layer<float> f32(heads, d, n, cfg);
     quantized_layer<kvcrush::bfloat16> b16(heads, d, n, cfg);
     f32.append(k.view(), v.view());
