@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kvcrush/quant/attention.hpp"
@@ -536,7 +537,10 @@ TEST(QuantCache, DequantizedRowsFollowTheDocumentedFormula) {
   for (auto& x : k.data) x = lcg_float(state);
   for (auto& x : v.data) x = lcg_float(state);
   const auto cfg = make_config(4, 2, g, 32, kvcrush::param_format::float32, 16);
-  const auto layer = kvcrush::quantize_layer<float16>(k.view(), v.view(), cfg);
+  auto check = [&](auto tag) {
+  using Isa = decltype(tag);
+  SCOPED_TRACE(std::string(Isa::name));
+  const auto layer = kvcrush::quantize_layer<float16, Isa>(k.view(), v.view(), cfg);
   for (index_t h = 0; h < heads; ++h) {
     const auto keys = dequantized(layer, h, true);
     const index_t q = layer.quantized_tokens(h);
@@ -559,4 +563,8 @@ TEST(QuantCache, DequantizedRowsFollowTheDocumentedFormula) {
       for (index_t c = 0; c < d; ++c)
         ASSERT_EQ(keys[static_cast<std::size_t>(t * d + c)], kvcrush::to_float(kvcrush::to_float16(k.row(h, t)[c])));
   }
+  };
+  // Every ISA's encoder (the SIMD ones compute the parameters themselves).
+  check(isa::scalar{});
+  kvcrush_test::for_each_simd_isa(check);
 }
