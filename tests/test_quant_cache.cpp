@@ -365,6 +365,10 @@ TEST(QuantCache, SameBitsInEveryBuild) {
   // the same value in the scalar, AVX2 and AVX-512 builds (and on every
   // ISA of this build): the arithmetic order of quant/params.hpp and
   // simd/quant_dot.hpp, with explicit fma, leaves nothing to the compiler.
+  // The constant was recorded from the library, so it pins the bits across
+  // builds but says nothing about whether they are right: that is
+  // DequantizedRowsFollowTheDocumentedFormula's job (and the tolerance
+  // tests' for scores and sums).
   const index_t heads = 2, d = 80, n = 203;
   std::uint64_t state = 42;
   kv_rows k(heads, n, d), v(heads, n, d);
