@@ -98,7 +98,10 @@ inline long representative(kvcrush::representative_rule rule, long i, long n, lo
 // SPEC 1-4 (4.4 when block_size > 1): keep sets, one per row (one row in
 // shared mode). S: per-KV-head scores; sig_rows: the rows signatures come
 // from (S itself unless signature heads are separate).
-inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, const kvcrush::keep_config& cfg) {
+// rest_per_row (AdaKV, SPEC 6.3): when given, row h's free budget B_rest is
+// rest_per_row[h] instead of B - s - r (token mode, per-head mode).
+inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, const kvcrush::keep_config& cfg,
+                                           const std::vector<long>& rest_per_row = {}) {
   const long H = static_cast<long>(S.size());
   const long N = static_cast<long>(S[0].size());
   const long b = cfg.block_size;
@@ -112,9 +115,7 @@ inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, 
     return result;
   }
   const long first = s, last = units - r;  // E in units
-  const long rest = B - s - r;
-  const long crush = static_cast<long>(std::floor(cfg.crush_fraction * static_cast<double>(rest)));
-  const long imp_budget = rest - crush;
+  auto rest_of = [&](long row) { return rest_per_row.empty() ? B - s - r : rest_per_row[static_cast<std::size_t>(row)]; };
 
   // Token-level signatures over the evictable tokens, concatenated per block.
   const auto token_sigs = signatures(sig_rows, first * b, last * b, cfg.threshold);
@@ -139,6 +140,9 @@ inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, 
     return sum;
   };
   for (long row = 0; row < rows; ++row) {
+    const long rest = rest_of(row);
+    const long crush = static_cast<long>(std::floor(cfg.crush_fraction * static_cast<double>(rest)));
+    const long imp_budget = rest - crush;
     auto unit_importance = [&](long u) {
       float sum = token_importance(row, u * b);
       for (long i = 1; i < b; ++i) sum += token_importance(row, u * b + i);
@@ -163,6 +167,64 @@ inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, 
     result[static_cast<std::size_t>(row)] = keep;
   }
   return result;
+}
+
+// SPEC 6.3: AdaKV free budgets per head. Each head's own top floor(alpha *
+// rest) of [begin, end), then the top H * (rest - floor) of all remaining
+// (head, token) pairs by score, ties by head then position.
+inline std::vector<long> head_budgets(const Rows& S, long begin, long end, long rest, double alpha) {
+  const long H = static_cast<long>(S.size());
+  const long floor_budget = static_cast<long>(std::floor(alpha * static_cast<double>(rest)));
+  std::vector<long> budgets(static_cast<std::size_t>(H), floor_budget);
+  std::vector<std::pair<long, long>> pairs;  // (head, token) not taken by the floor
+  for (long h = 0; h < H; ++h) {
+    const auto top = top_k(range(begin, end), [&](long t) { return S[h][t]; }, floor_budget);
+    for (long t = begin; t < end; ++t)
+      if (!std::binary_search(top.begin(), top.end(), t)) pairs.push_back({h, t});
+  }
+  // pairs are in (head, position) order already; a stable sort by score
+  // descending keeps that order among ties.
+  std::stable_sort(pairs.begin(), pairs.end(), [&](const auto& x, const auto& y) { return S[x.first][x.second] > S[y.first][y.second]; });
+  const long extra = H * (rest - floor_budget);
+  for (long i = 0; i < extra && i < static_cast<long>(pairs.size()); ++i) budgets[static_cast<std::size_t>(pairs[i].first)] += 1;
+  return budgets;
+}
+
+// SPEC 5.1 with the default options (avg pooling, kernel k, mean GQA):
+// A is (Hq, W, N) row-major. Returns the per-query-head pooled rows and the
+// per-KV-head reduced rows.
+struct window_rows {
+  Rows query, kv;
+};
+inline window_rows window_scores(const std::vector<float>& A, long Hq, long W, long N, long H, long k = 7) {
+  window_rows out{Rows(static_cast<std::size_t>(Hq), std::vector<float>(static_cast<std::size_t>(N))),
+                  Rows(static_cast<std::size_t>(H), std::vector<float>(static_cast<std::size_t>(N)))};
+  for (long q = 0; q < Hq; ++q) {
+    std::vector<float> raw(static_cast<std::size_t>(N));
+    for (long t = 0; t < N; ++t) {
+      float sum = A[static_cast<std::size_t>((q * W + 0) * N + t)];
+      for (long w = 1; w < W; ++w) sum += A[static_cast<std::size_t>((q * W + w) * N + t)];
+      raw[t] = sum;
+    }
+    const long outside = N - W;
+    for (long t = 0; t < N; ++t) {
+      if (t >= outside) {
+        out.query[q][t] = raw[t];
+        continue;
+      }
+      float acc = 0.0f;
+      for (long j = t - k / 2; j <= t + k / 2; ++j) acc += (j >= 0 && j < outside) ? raw[j] : 0.0f;
+      out.query[q][t] = acc / static_cast<float>(k);
+    }
+  }
+  const long G = Hq / H;
+  for (long h = 0; h < H; ++h)
+    for (long t = 0; t < N; ++t) {
+      float sum = out.query[h * G][t];
+      for (long g = 1; g < G; ++g) sum += out.query[h * G + g][t];
+      out.kv[h][t] = G == 1 ? sum : sum / static_cast<float>(G);
+    }
+  return out;
 }
 
 }  // namespace spec

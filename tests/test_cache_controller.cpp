@@ -645,9 +645,18 @@ std::vector<layer_rows> run_batch(kvcrush::executor& ex, bool paged) {
   for (auto& c : paged_ctls) pc.push_back(c.get());
   for (auto& c : dense_ctls) dc.push_back(c.get());
   for (int step = 0; step < 30; ++step) {
+    // Expected evictions, counted from the cache lengths before the call:
+    // one per (sequence, layer) whose next token would exceed budget + slack.
+    index_t expected_evictions = 0;
+    for (index_t i = 0; i < sequences; ++i)
+      for (index_t l = 0; l < s.layers; ++l)
+        expected_evictions += rows_of_seq(i, l).n + 1 > settings.budgets[static_cast<std::size_t>(l)].budget + settings.slack;
     const index_t evictions = paged ? kvcrush::make_room_all(pc.data(), sequences, 1, ex, spaces)
                                     : kvcrush::make_room_all(dc.data(), sequences, 1, ex, spaces);
-    EXPECT_GE(evictions, 0);
+    EXPECT_EQ(evictions, expected_evictions) << "step " << step;
+    if (step == 0) {
+      EXPECT_GT(expected_evictions, 0) << "the longest prompts are over their limit at once";
+    }
     for (index_t i = 0; i < sequences; ++i) {
       for (index_t l = 0; l < s.layers; ++l) {
         const step_data data(s, step, l, static_cast<std::uint32_t>(i + 1));
@@ -791,4 +800,45 @@ TEST(Batch, PagedForksEvictConcurrently) {
   pool.release(parent);
   EXPECT_EQ(pool.free_blocks(0), 120);
   EXPECT_EQ(pool.free_blocks(1), 120);
+}
+
+TEST(DecodeController, SetBudgetHoldsTheLayerToTheNewBudget) {
+  // set_budget changes one layer's budget from the next make_room on: that
+  // layer is cut to the new budget (keeping what select() keeps at that
+  // budget), the other layer keeps its own.
+  const index_t heads = 2, d = 4, n = 45;
+  kvcrush::contiguous_cache<float> cache(2, heads, d, 64);
+  const auto k = kvcrush_test::random_floats(static_cast<std::size_t>(heads * n * d), 77);
+  for (index_t l = 0; l < 2; ++l)
+    cache.append(l, kvcrush::make_head_token_dim<const float>(k.data(), heads, n, d),
+                 kvcrush::make_head_token_dim<const float>(k.data(), heads, n, d));
+  kvcrush::eviction_settings settings;
+  settings.policy = kvcrush::policy_config::parse("h2o");
+  settings.budgets = {kvcrush::layer_budget{40, 2, 4}};
+  settings.slack = 8;
+  settings.max_tokens = 64;
+  kvcrush::eviction_controller<kvcrush::contiguous_cache<float>> controller(cache, settings);
+  kvcrush::workspace ws;
+  EXPECT_FALSE(controller.make_room(0, 1, ws)) << "45 + 1 <= 40 + 8";
+  controller.set_budget(0, kvcrush::layer_budget{20, 2, 4});
+  EXPECT_EQ(controller.budget(0).budget, 20);
+  EXPECT_EQ(controller.limit(0), 28);
+  EXPECT_EQ(controller.limit(1), 48);
+  EXPECT_TRUE(controller.make_room(0, 1, ws));
+  EXPECT_FALSE(controller.make_room(1, 1, ws));
+  EXPECT_EQ(cache.length(0), 20);
+  EXPECT_EQ(cache.length(1), n);
+  // No attention observed: every H2O score is 0, so the ties go to the
+  // earliest positions (SPEC 2): sink [0, 2), then [2, 16), and the recent
+  // four.
+  std::vector<index_t> expected;
+  for (index_t t = 0; t < 16; ++t) expected.push_back(t);
+  for (index_t t = n - 4; t < n; ++t) expected.push_back(t);
+  for (index_t h = 0; h < heads; ++h)
+    for (index_t i = 0; i < 20; ++i) EXPECT_EQ(cache.positions(0)(h, i), expected[static_cast<std::size_t>(i)]) << h;
+  // Refused before anything changes: below sink + recent, or above the
+  // controller's capacity.
+  EXPECT_THROW(controller.set_budget(0, kvcrush::layer_budget{5, 2, 4}), std::invalid_argument);
+  EXPECT_THROW(controller.set_budget(0, kvcrush::layer_budget{60, 2, 4}), std::invalid_argument);
+  EXPECT_EQ(controller.budget(0).budget, 20);
 }

@@ -510,3 +510,33 @@ TEST(PagedCache, ErrorsLeavePoolAndSequenceUntouched) {
   (void)c;
   expect_error([&] { (void)cache.create(); }, "sequence slots");
 }
+
+TEST(PagedCache, LiveSequencesCountsCreatedForkedAndReleased) {
+  // live_sequences() is the number of handles created or forked and not yet
+  // released, counted here by hand through a sequence of operations; slots
+  // are reused after release without changing the count's meaning.
+  kvcrush::paged_cache_config cfg;
+  cfg.kv_heads = 1;
+  cfg.head_dim = 4;
+  cfg.block_size = 4;
+  cfg.blocks = 8;
+  cfg.max_sequences = 4;
+  kvcrush::paged_cache<float> pool(cfg);
+  EXPECT_EQ(pool.live_sequences(), 0);
+  const sequence_id a = pool.create();
+  EXPECT_EQ(pool.live_sequences(), 1);
+  const sequence_id b = pool.fork(a);
+  const sequence_id c = pool.create();
+  EXPECT_EQ(pool.live_sequences(), 3);
+  pool.release(b);
+  EXPECT_EQ(pool.live_sequences(), 2);
+  const sequence_id d = pool.fork(c);
+  const sequence_id e = pool.create();
+  EXPECT_EQ(pool.live_sequences(), 4);
+  EXPECT_THROW((void)pool.create(), std::exception) << "all four slots are live";
+  EXPECT_EQ(pool.live_sequences(), 4);
+  EXPECT_THROW(pool.release(b), std::invalid_argument) << "b was released already";
+  EXPECT_EQ(pool.live_sequences(), 4);
+  for (sequence_id id : {a, c, d, e}) pool.release(id);
+  EXPECT_EQ(pool.live_sequences(), 0);
+}

@@ -123,6 +123,12 @@ TEST(AdaKV, AllocationMatchesBruteForce) {
     for (index_t i = 0; i < h * (rest - floor_budget); ++i) expected[remaining[i].second / n] += 1;
     ASSERT_EQ(got, expected) << "trial " << trial;
     ASSERT_EQ(std::accumulate(got.begin(), got.end(), index_t{0}), h * rest);
+    // spec::head_budgets (the reference of the AdaKV keep-set tests) agrees
+    // with this brute force.
+    spec::Rows rows(static_cast<std::size_t>(h), std::vector<float>(static_cast<std::size_t>(n)));
+    for (index_t k = 0; k < h; ++k) std::copy(s.begin() + k * n, s.begin() + (k + 1) * n, rows[k].begin());
+    const auto reference = spec::head_budgets(rows, begin, end, rest, alpha);
+    ASSERT_EQ(std::vector<index_t>(reference.begin(), reference.end()), expected) << "trial " << trial;
   }
 }
 
@@ -172,7 +178,7 @@ TEST(Policies, KVCrushCompositionProperties) {
         const auto picks = base.row(r);
         ASSERT_TRUE(std::includes(row.begin(), row.end(), picks.begin(), picks.end()));
       }
-      // Query-head signatures differ from KV-head ones on this data.
+      // That the two signature sources differ, and how: QueryAndKVHeadSignaturesSelectDifferentRepresentatives.
     }
   }
   kvcrush::crush_options crush;
@@ -190,25 +196,14 @@ TEST(Policies, QuerySignatureRowsAreThePooledQueryHeads) {
   crush.heads = kvcrush::signature_heads::query;
   const kvcrush::policy::with_kvcrush<kvcrush::policy::snapkv> p{{}, crush};
   const auto got = run(p, in, {70, 0, 8}, {}, ws);
-  std::vector<float> s(static_cast<std::size_t>(f.h * f.n)), sq(static_cast<std::size_t>(f.hq * f.n));
-  kvcrush::window_scores(in.window_attention, {}, kvcrush::make_matrix_view(s.data(), f.h, f.n), ws,
-                         kvcrush::make_matrix_view(sq.data(), f.hq, f.n));
+  // The rows from SPEC 5.1 written plainly, not from the library's
+  // window_scores (which would share any mistake in the query-head rows).
+  const auto w = spec::window_scores(f.attention, f.hq, f.w, f.n, f.h);
   kvcrush::keep_config cfg;
   cfg.budget = 70;
   cfg.recent = 8;
   cfg.crush_fraction = 1.0;
-  const auto expected = spec::keep(
-      [&] {
-        spec::Rows rows(f.h, std::vector<float>(f.n));
-        for (index_t k = 0; k < f.h; ++k) std::copy(s.begin() + k * f.n, s.begin() + (k + 1) * f.n, rows[k].begin());
-        return rows;
-      }(),
-      [&] {
-        spec::Rows rows(f.hq, std::vector<float>(f.n));
-        for (index_t q = 0; q < f.hq; ++q) std::copy(sq.begin() + q * f.n, sq.begin() + (q + 1) * f.n, rows[q].begin());
-        return rows;
-      }(),
-      cfg);
+  const auto expected = spec::keep(w.kv, w.query, cfg);
   EXPECT_EQ(got.row(0), expected[0]);
 }
 
@@ -371,4 +366,290 @@ TEST(RuntimeFacade, ParsesNamesAndMatchesCompileTimePipelines) {
             kvcrush::pyramid_budgets(128, 8, 4, 1000));
   EXPECT_EQ(kvcrush::layer_budgets(kvcrush::policy_config::parse("snapkv"), 128, 8, 4, 1000),
             std::vector<index_t>(4, 128));
+}
+
+// ---------------------------------------------------------------------------
+// The runtime facade and AdaKV against SPEC written plainly
+// (spec_reference.hpp), not against the compile-time pipelines: the
+// controller tests use the facade as their reference, so the facade needs
+// one of its own.
+
+namespace {
+
+spec::Rows rows_of(const float* data, index_t rows, index_t n) {
+  spec::Rows out(static_cast<std::size_t>(rows), std::vector<float>(static_cast<std::size_t>(n)));
+  for (index_t r = 0; r < rows; ++r) std::copy(data + r * n, data + (r + 1) * n, out[r].begin());
+  return out;
+}
+
+// SPEC 5.1 step 4 (mean) of (Hq, N) rows into (H, N).
+spec::Rows gqa_mean(const spec::Rows& q, index_t h) {
+  const auto g = static_cast<index_t>(q.size()) / h;
+  spec::Rows out(static_cast<std::size_t>(h), std::vector<float>(q[0].size()));
+  for (index_t k = 0; k < h; ++k)
+    for (std::size_t t = 0; t < q[0].size(); ++t) {
+      float s = q[k * g][t];
+      for (index_t i = 1; i < g; ++i) s += q[k * g + i][t];
+      out[k][t] = g == 1 ? s : s / static_cast<float>(g);
+    }
+  return out;
+}
+
+// What a base policy scores (SPEC section 5), computed from the fixture's
+// raw inputs: importance rows, KV-head and query-head signature rows, and
+// whether importance ranks anything.
+struct reference_scores {
+  spec::Rows importance, kv, query;
+  bool ranks = true;
+};
+
+reference_scores reference_for(kvcrush::base_policy base, const fixture& f, std::uint64_t seed) {
+  reference_scores r;
+  switch (base) {
+    case kvcrush::base_policy::snapkv:
+    case kvcrush::base_policy::pyramidkv: {  // the layer budget arrives from outside: same selection
+      const auto w = spec::window_scores(f.attention, f.hq, f.w, f.n, f.h);
+      r.importance = r.kv = w.kv;
+      r.query = w.query;
+      break;
+    }
+    case kvcrush::base_policy::tova: {  // SPEC 5.4
+      const auto last = rows_of(f.last.data(), f.hq, f.n);
+      spec::Rows shared(1, std::vector<float>(static_cast<std::size_t>(f.n)));
+      for (index_t t = 0; t < f.n; ++t) {
+        float s = last[0][t];
+        for (index_t q = 1; q < f.hq; ++q) s += last[q][t];
+        shared[0][t] = s / static_cast<float>(f.hq);
+      }
+      r.importance = shared;
+      r.kv = gqa_mean(last, f.h);
+      r.query = last;
+      break;
+    }
+    case kvcrush::base_policy::h2o:  // SPEC 5.3: one prefill step of `last` from zero
+      r.importance = r.kv = gqa_mean(rows_of(f.last.data(), f.hq, f.n), f.h);
+      break;
+    case kvcrush::base_policy::knorm: {  // SPEC 5.5
+      r.importance.assign(static_cast<std::size_t>(f.h), std::vector<float>(static_cast<std::size_t>(f.n)));
+      for (index_t k = 0; k < f.h; ++k)
+        for (index_t t = 0; t < f.n; ++t) {
+          float sq = 0.0f;
+          for (index_t j = 0; j < f.d; ++j) sq = std::fma(f.keys[(k * f.n + t) * f.d + j], f.keys[(k * f.n + t) * f.d + j], sq);
+          r.importance[k][t] = -std::sqrt(sq);
+        }
+      r.kv = r.importance;
+      break;
+    }
+    case kvcrush::base_policy::random:  // SPEC 5.6
+      r.importance.assign(static_cast<std::size_t>(f.h), std::vector<float>(static_cast<std::size_t>(f.n)));
+      for (index_t k = 0; k < f.h; ++k) {
+        const std::uint64_t z = kvcrush::splitmix64_at(seed, static_cast<std::uint64_t>(k));
+        for (index_t t = 0; t < f.n; ++t)
+          r.importance[k][t] = static_cast<float>(kvcrush::splitmix64_at(z, static_cast<std::uint64_t>(t)) >> 40) * 0x1p-24f;
+      }
+      r.kv = r.importance;
+      break;
+    case kvcrush::base_policy::precomputed:
+      r.importance = r.kv = rows_of(f.scores.data(), f.h, f.n);
+      break;
+    case kvcrush::base_policy::streaming:  // SPEC 5.7: zeros, nothing ranked
+      r.importance.assign(static_cast<std::size_t>(f.h), std::vector<float>(static_cast<std::size_t>(f.n), 0.0f));
+      r.kv = r.importance;
+      r.ranks = false;
+      break;
+    case kvcrush::base_policy::full:
+      break;
+  }
+  return r;
+}
+
+// The keep sets a runtime config must produce (SPEC sections 1-4 and 6.3).
+std::vector<std::vector<long>> reference_keep(const kvcrush::policy_config& cfg, const fixture& f,
+                                              const kvcrush::layer_budget& b) {
+  const index_t rows = cfg.layout.per_head ? f.h : 1;
+  if (cfg.base == kvcrush::base_policy::full) return std::vector<std::vector<long>>(static_cast<std::size_t>(rows), spec::range(0, f.n));
+  const auto s = reference_for(cfg.base, f, cfg.seed);
+  kvcrush::keep_config kc;
+  kc.budget = b.budget;
+  kc.sink = b.sink;
+  kc.recent = b.recent;
+  kc.per_head = cfg.layout.per_head;
+  kc.rank_importance = s.ranks;
+  if (cfg.kvcrush) {
+    kc.crush_fraction = cfg.crush.fraction;
+    kc.anchor = cfg.crush.anchor;
+    kc.representative = cfg.crush.representative;
+    kc.threshold = cfg.crush.threshold;
+    kc.seed = cfg.crush.seed;
+  }
+  // Per-head mode ranks per KV head even when the source has one shared row.
+  const spec::Rows& S = cfg.layout.per_head ? s.kv : s.importance;
+  const spec::Rows& sig = cfg.crush.heads == kvcrush::signature_heads::query ? s.query : s.kv;
+  std::vector<long> rest;
+  if (cfg.adakv && f.n > b.budget)
+    rest = spec::head_budgets(S, b.sink, f.n - b.recent, b.budget - b.sink - b.recent, cfg.adakv_alpha);
+  return spec::keep(S, sig, kc, rest);
+}
+
+std::vector<std::vector<long>> facade_keep(const kvcrush::policy_config& cfg, const kvcrush::layer_inputs& in,
+                                           const kvcrush::layer_budget& b, kvcrush::workspace& ws) {
+  const index_t rows = cfg.layout.per_head ? in.kv_heads : 1, width = in.tokens + 1;
+  std::vector<index_t> pos(static_cast<std::size_t>(rows * width), -1), counts(static_cast<std::size_t>(rows), -1);
+  kvcrush::select(cfg, in, b, {kvcrush::make_matrix_view(pos.data(), rows, width), kvcrush::make_vector_view(counts.data(), rows)}, ws);
+  std::vector<std::vector<long>> out;
+  for (index_t r = 0; r < rows; ++r) out.emplace_back(pos.begin() + r * width, pos.begin() + r * width + counts[r]);
+  return out;
+}
+
+}  // namespace
+
+TEST(RuntimeFacade, EveryNameMatchesTheSpecReference) {
+  fixture f;
+  kvcrush::workspace ws;
+  kvcrush::h2o_accumulator acc(f.h, f.hq, f.n);
+  acc.append(f.n);
+  acc.accumulate(kvcrush::make_matrix_view(f.last.data(), f.hq, f.n));
+  auto in = f.inputs();
+  in.h2o = &acc;
+  const kvcrush::layer_budget b{50, 2, 8};
+  const char* names[] = {"full", "random", "h2o", "h2o+kvcrush", "h2o+adakv", "h2o+adakv+kvcrush", "snapkv",
+                         "snapkv+kvcrush", "adakv", "snapkv+adakv+kvcrush", "adakv+kvcrush", "pyramidkv",
+                         "pyramidkv+kvcrush", "tova", "tova+kvcrush", "tova+adakv", "knorm", "knorm+kvcrush",
+                         "precomputed", "precomputed+kvcrush", "precomputed+adakv+kvcrush", "random+kvcrush"};
+  for (const char* name : names) {
+    for (bool query_heads : {false, true}) {
+      auto cfg = kvcrush::policy_config::parse(name);
+      cfg.seed = 7;
+      if (query_heads) {
+        // Query-head signatures exist only for sources that see per-query-head attention.
+        if (!cfg.kvcrush || (cfg.base != kvcrush::base_policy::snapkv && cfg.base != kvcrush::base_policy::pyramidkv &&
+                             cfg.base != kvcrush::base_policy::tova))
+          continue;
+        cfg.crush.heads = kvcrush::signature_heads::query;
+      }
+      const auto expected = reference_keep(cfg, f, b);
+      const auto got = facade_keep(cfg, in, b, ws);
+      ASSERT_EQ(got.size(), expected.size()) << name;
+      for (std::size_t r = 0; r < got.size(); ++r)
+        EXPECT_EQ(got[r], expected[r]) << name << (query_heads ? " (query heads)" : "") << " row " << r;
+    }
+  }
+  // StreamingLLM: exactly sink + recent, or KVCrush fills the middle (f = 1).
+  const kvcrush::layer_budget tight{10, 2, 8};
+  EXPECT_EQ(facade_keep(kvcrush::policy_config::parse("streaming"), in, tight, ws),
+            reference_keep(kvcrush::policy_config::parse("streaming"), f, tight));
+  auto filled = kvcrush::policy_config::parse("streaming+kvcrush");
+  filled.crush.fraction = 1.0;
+  EXPECT_EQ(facade_keep(filled, in, b, ws), reference_keep(filled, f, b));
+  // The reference is not blind to the modifiers: each changes the answer here.
+  EXPECT_NE(reference_keep(kvcrush::policy_config::parse("snapkv"), f, b),
+            reference_keep(kvcrush::policy_config::parse("snapkv+kvcrush"), f, b));
+  EXPECT_NE(reference_keep(kvcrush::policy_config::parse("h2o+adakv"), f, b),
+            reference_keep(kvcrush::policy_config::parse("h2o+adakv+kvcrush"), f, b));
+}
+
+TEST(Policies, AdaKVWithKVCrushMatchesTheSpecPerHead) {
+  // The head budgets of SPEC 6.3, then per head B_crush,h = floor(f *
+  // rest_h) representatives and rest_h - B_crush,h importance picks.
+  fixture f;
+  kvcrush::workspace ws;
+  for (index_t t = 0; t < f.n; ++t) {  // heads with different spreads, as in AdaKVGivesRaggedHeadWiseKeepSets
+    f.scores[0 * f.n + t] = 0.5f + 0.001f * static_cast<float>(t % 17);
+    f.scores[1 * f.n + t] *= 0.3f;
+    f.scores[3 * f.n + t] = t % 50 == 0 ? 10.0f : 0.0f;
+  }
+  const auto in = f.inputs();
+  const auto S = rows_of(f.scores.data(), f.h, f.n);
+  for (double alpha : {0.0, 0.2, 1.0}) {
+    for (double fraction : {0.25, 0.5, 1.0}) {
+      const kvcrush::layer_budget b{64, 4, 8};
+      kvcrush::crush_options crush;
+      crush.fraction = fraction;
+      const kvcrush::policy::with_kvcrush<kvcrush::policy::adakv<kvcrush::policy::precomputed>> p{{{}, alpha}, crush};
+      const auto got = run(p, in, b, {true, 1}, ws);
+      const auto rest = spec::head_budgets(S, 4, f.n - 8, 64 - 12, alpha);
+      kvcrush::keep_config cfg;
+      cfg.budget = 64;
+      cfg.sink = 4;
+      cfg.recent = 8;
+      cfg.per_head = true;
+      cfg.crush_fraction = fraction;
+      const auto expected = spec::keep(S, S, cfg, rest);
+      for (index_t k = 0; k < f.h; ++k) EXPECT_EQ(got.row(k), expected[k]) << "alpha " << alpha << " f " << fraction << " head " << k;
+      if (alpha < 1.0) {
+        EXPECT_NE(rest[0], rest[3]) << "the heads' budgets differ, so the test sees the allocation";
+      }
+    }
+  }
+}
+
+TEST(SelectKeepRagged, MatchesTheSpecWithPerHeadBudgets) {
+  // select_keep_ragged directly: arbitrary free budgets per head (0, all of
+  // E, and in between), with and without KVCrush, KV and separate signature
+  // rows, ties in the scores.
+  const index_t h = 4, n = 97, hs = 8;
+  const auto raw = kvcrush_test::tricky_floats(static_cast<std::size_t>(h * n), 11, 9, 0.0);
+  std::vector<float> scores(raw.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) scores[i] = std::isfinite(raw[i]) ? raw[i] : 0.0f;
+  const auto sig = kvcrush_test::random_floats(static_cast<std::size_t>(hs * n), 12, 0.0f, 1.0f);
+  const auto S = rows_of(scores.data(), h, n), Q = rows_of(sig.data(), hs, n);
+  kvcrush::workspace ws;
+  const index_t sink = 3, recent = 5, evictable = n - sink - recent;
+  for (const std::vector<long>& rest : {std::vector<long>{0, 10, 30, evictable}, std::vector<long>{20, 20, 20, 20},
+                                        std::vector<long>{evictable, 1, 0, 7}}) {
+    for (double fraction : {0.0, 0.5, 1.0}) {
+      for (bool separate : {false, true}) {
+        kvcrush::keep_config cfg;
+        cfg.sink = sink;
+        cfg.recent = recent;
+        cfg.budget = sink + recent + 20;  // the average; the ragged budgets override it
+        cfg.per_head = true;
+        cfg.crush_fraction = fraction;
+        std::vector<index_t> budgets(rest.begin(), rest.end()), counts(static_cast<std::size_t>(h), -1);
+        std::vector<index_t> out(static_cast<std::size_t>(h * n), -1);
+        kvcrush::select_keep_ragged(kvcrush::make_matrix_view<const float>(scores.data(), h, n), cfg,
+                                    kvcrush::make_vector_view<const index_t>(budgets.data(), h),
+                                    kvcrush::make_matrix_view(out.data(), h, n), kvcrush::make_vector_view(counts.data(), h),
+                                    ws, separate ? kvcrush::make_matrix_view<const float>(sig.data(), hs, n)
+                                                 : kvcrush::matrix_view<const float>{});
+        const auto expected = spec::keep(S, separate ? Q : S, cfg, rest);
+        for (index_t k = 0; k < h; ++k) {
+          ASSERT_EQ(counts[k], sink + recent + rest[static_cast<std::size_t>(k)]) << "head " << k;
+          EXPECT_EQ(std::vector<long>(out.begin() + k * n, out.begin() + k * n + counts[k]), expected[k])
+              << "f " << fraction << " separate " << separate << " head " << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(Policies, QueryAndKVHeadSignaturesSelectDifferentRepresentatives) {
+  // signature_heads switches the rows the signatures come from. On this
+  // data the two choices give different keep sets, each the SPEC's.
+  fixture f;
+  kvcrush::workspace ws;
+  const auto in = f.inputs();
+  const auto w = spec::window_scores(f.attention, f.hq, f.w, f.n, f.h);
+  for (bool per_head : {false, true}) {
+    kvcrush::keep_config cfg;
+    cfg.budget = 70;
+    cfg.recent = 8;
+    cfg.crush_fraction = 0.5;
+    cfg.per_head = per_head;
+    std::vector<std::vector<long>> got[2];
+    for (auto heads : {kvcrush::signature_heads::kv, kvcrush::signature_heads::query}) {
+      kvcrush::crush_options crush;
+      crush.fraction = 0.5;
+      crush.heads = heads;
+      const kvcrush::policy::with_kvcrush<kvcrush::policy::snapkv> p{{}, crush};
+      const auto r = run(p, in, {70, 0, 8}, {per_head, 1}, ws);
+      const bool query = heads == kvcrush::signature_heads::query;
+      const auto expected = spec::keep(w.kv, query ? w.query : w.kv, cfg);
+      for (index_t k = 0; k < (per_head ? f.h : 1); ++k) {
+        got[query].push_back(r.row(k));
+        EXPECT_EQ(r.row(k), expected[k]) << (query ? "query" : "kv") << " per_head " << per_head << " row " << k;
+      }
+    }
+    EXPECT_NE(got[0], got[1]) << "per_head " << per_head;
+  }
 }

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kvcrush/quant/attention.hpp"
@@ -364,6 +365,10 @@ TEST(QuantCache, SameBitsInEveryBuild) {
   // the same value in the scalar, AVX2 and AVX-512 builds (and on every
   // ISA of this build): the arithmetic order of quant/params.hpp and
   // simd/quant_dot.hpp, with explicit fma, leaves nothing to the compiler.
+  // The constant was recorded from the library, so it pins the bits across
+  // builds but says nothing about whether they are right: that is
+  // DequantizedRowsFollowTheDocumentedFormula's job (and the tolerance
+  // tests' for scores and sums).
   const index_t heads = 2, d = 80, n = 203;
   std::uint64_t state = 42;
   kv_rows k(heads, n, d), v(heads, n, d);
@@ -396,4 +401,174 @@ TEST(QuantCache, SameBitsInEveryBuild) {
   const std::uint64_t scalar = run(isa::scalar{});
   EXPECT_EQ(scalar, expected) << std::hex << "0x" << scalar;
   kvcrush_test::for_each_simd_isa([&](auto tag) { EXPECT_EQ(run(tag), scalar) << decltype(tag)::name; });
+}
+
+namespace {
+
+// float -> bfloat16 -> float, round to nearest even, written out from the
+// format (finite inputs): keep the top 16 bits after adding half an ulp of
+// the kept part (plus one when the kept part is odd, for ties to even).
+float bfloat16_rounded(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  float out;
+  std::memcpy(&out, &u, sizeof out);
+  return out;
+}
+
+float stored(float x) { return x; }
+float stored(kvcrush::bfloat16 x) { return kvcrush::to_float(x); }
+
+// Checks one head's value span and window spans against the rows that were
+// appended: the quantized value rows decode (from the span's own pointers,
+// with the documented formula) to within half a step of the original row
+// group, where the step and zero-point are computed here from the original
+// values; the window spans hold the newest rows, converted to W.
+template <class W>
+void check_spans(const quantized_layer<W>& layer, const kv_rows& k, const kv_rows& v, index_t h, float (*window_round)(float)) {
+  const auto& cfg = layer.config();
+  const index_t d = layer.head_dim(), q = layer.quantized_tokens(h);
+  const auto vs = layer.template value_span<float>(h);
+  ASSERT_EQ(vs.rows, q);
+  ASSERT_EQ(vs.head_dim, d);
+  ASSERT_EQ(vs.bits, cfg.value_bits);
+  const index_t vg = vs.value_group, groups = d / vg;
+  ASSERT_EQ(vg, cfg.value_group == 0 ? d : cfg.value_group);
+  const auto qmax = static_cast<float>((1 << cfg.value_bits) - 1);
+  for (index_t t = 0; t < q; ++t) {
+    const index_t token = layer.positions()(h, t);
+    for (index_t g = 0; g < groups; ++g) {
+      float lo = v.row(h, token)[g * vg], hi = lo;
+      for (index_t c = g * vg; c < (g + 1) * vg; ++c) {
+        lo = std::min(lo, v.row(h, token)[c]);
+        hi = std::max(hi, v.row(h, token)[c]);
+      }
+      const float scale = vs.scale[t * groups + g], zero = vs.zero[t * groups + g];
+      ASSERT_EQ(zero, lo) << "head " << h << " row " << t;
+      ASSERT_EQ(scale, (hi - lo) / qmax) << "head " << h << " row " << t;
+      for (index_t c = g * vg; c < (g + 1) * vg; ++c) {
+        const int code = kvcrush::packed_code(vs.codes + static_cast<std::size_t>(t) * vs.row_bytes(), c, vs.bits);
+        const float decoded = std::fma(scale, static_cast<float>(code), zero);
+        ASSERT_LE(std::fabs(decoded - v.row(h, token)[c]), (hi - lo) / qmax * 0.5f * (1.0f + 1e-5f) + 1e-6f)
+            << "head " << h << " row " << t << " c " << c;
+      }
+    }
+  }
+  for (bool keys : {true, false}) {
+    const auto ws = keys ? layer.window_key_span(h) : layer.window_value_span(h);
+    ASSERT_EQ(ws.rows, layer.window_tokens(h));
+    ASSERT_EQ(ws.head_dim, d);
+    for (index_t t = 0; t < ws.rows; ++t) {
+      const index_t token = layer.positions()(h, q + t);
+      for (index_t c = 0; c < d; ++c) {
+        const float original = keys ? k.row(h, token)[c] : v.row(h, token)[c];
+        ASSERT_EQ(stored(ws.row(t)[c]), window_round(original)) << (keys ? "key" : "value") << " head " << h << " t " << t;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST(QuantCache, ValueAndWindowSpansDescribeTheStoredRows) {
+  // The spans are how kernels (and engines) read a head's storage: the
+  // value rows of head h must be head h's, in token order, and the window
+  // spans the newest rows, keys and values each their own.
+  const index_t heads = 3, d = 64, n = 157;
+  const kv_rows k = quant_test::model_like_keys(heads, n, d, 31), v = quant_test::model_like_values(heads, n, d, 32);
+  for (index_t value_group : {index_t{0}, index_t{16}}) {
+    const auto cfg = make_config(4, 2, 16, 32, kvcrush::param_format::float32, value_group);
+    quantized_layer<float> f32(heads, d, n, cfg);
+    quantized_layer<kvcrush::bfloat16> b16(heads, d, n, cfg);
+    f32.append(k.view(), v.view());
+    b16.append(k.view(), v.view());
+    for (index_t h = 0; h < heads; ++h) {
+      ASSERT_GT(f32.quantized_tokens(h), 0);
+      ASSERT_GT(f32.window_tokens(h), 0);
+      check_spans(f32, k, v, h, [](float x) { return x; });
+      check_spans(b16, k, v, h, bfloat16_rounded);
+    }
+  }
+}
+
+TEST(QuantCache, BFloat16WindowRoundsToNearestAndAttends) {
+  // A bfloat16 window holds each recent row rounded to nearest even (not
+  // truncated), reads back as such, and attention over it stays close to
+  // float32 attention.
+  const index_t heads = 2, d = 64, n = 120;
+  kv_rows k = quant_test::model_like_keys(heads, n, d, 33), v = quant_test::model_like_values(heads, n, d, 34);
+  // Values whose bfloat16 rounding differs from truncation, and a tie.
+  k.row(0, n - 1)[0] = 1.0f + 0x1.8p-8f;   // rounds up to 1 + 2^-7
+  k.row(0, n - 1)[1] = 1.0f + 0x1p-8f;     // tie: stays at 1 (even)
+  k.row(0, n - 1)[2] = 1.0f + 0x1.8p-7f;   // tie: goes up to 1 + 2^-6 (even)
+  const auto cfg = make_config(4, 4, 32, 32);
+  quantized_layer<kvcrush::bfloat16> layer(heads, d, n, cfg);
+  layer.append(k.view(), v.view());
+  const auto keys = dequantized(layer, 0, true);
+  EXPECT_EQ(keys[static_cast<std::size_t>((n - 1) * d + 0)], 1.0f + 0x1p-7f);
+  EXPECT_EQ(keys[static_cast<std::size_t>((n - 1) * d + 1)], 1.0f);
+  EXPECT_EQ(keys[static_cast<std::size_t>((n - 1) * d + 2)], 1.0f + 0x1p-6f);
+  for (index_t h = 0; h < heads; ++h) {
+    const auto kk = dequantized(layer, h, true), vv = dequantized(layer, h, false);
+    for (index_t t = layer.quantized_tokens(h); t < n; ++t)
+      for (index_t c = 0; c < d; ++c) {
+        ASSERT_EQ(kk[static_cast<std::size_t>(t * d + c)], bfloat16_rounded(k.row(h, t)[c]));
+        ASSERT_EQ(vv[static_cast<std::size_t>(t * d + c)], bfloat16_rounded(v.row(h, t)[c]));
+      }
+  }
+  const auto q = quant_test::random_queries(heads, d, 35, 0.5f);
+  std::vector<float> out(static_cast<std::size_t>(heads * d));
+  kvcrush::workspace ws;
+  kvcrush::attend(layer, kvcrush::make_matrix_view(q.data(), heads, d), kvcrush::make_matrix_view(out.data(), heads, d), ws);
+  for (index_t h = 0; h < heads; ++h) {
+    const auto ref = quant_test::reference_attention(q.data() + h * d, k, v, h, quant_test::iota(n), 0.125);
+    EXPECT_LE(quant_test::relative_error(out.data() + h * d, ref), 0.1) << h;
+  }
+}
+
+TEST(QuantCache, DequantizedRowsFollowTheDocumentedFormula) {
+  // An independent oracle for the bytes SameBitsInEveryBuild hashes (its
+  // expected constant was recorded from the library): with float32
+  // parameters every quantized key is fma(scale, code, zero) with zero the
+  // group's channel minimum, scale (max - min) / 15 and code
+  // round-half-even((x - zero) / scale) clamped to 15, all computed here from
+  // the appended rows.
+  const index_t heads = 2, d = 80, n = 203, g = 32;
+  std::uint64_t state = 42;
+  kv_rows k(heads, n, d), v(heads, n, d);
+  for (auto& x : k.data) x = lcg_float(state);
+  for (auto& x : v.data) x = lcg_float(state);
+  const auto cfg = make_config(4, 2, g, 32, kvcrush::param_format::float32, 16);
+  auto check = [&](auto tag) {
+  using Isa = decltype(tag);
+  SCOPED_TRACE(std::string(Isa::name));
+  const auto layer = kvcrush::quantize_layer<float16, Isa>(k.view(), v.view(), cfg);
+  for (index_t h = 0; h < heads; ++h) {
+    const auto keys = dequantized(layer, h, true);
+    const index_t q = layer.quantized_tokens(h);
+    ASSERT_EQ(q, (n - 32) / g * g);
+    for (index_t group = 0; group < q / g; ++group)
+      for (index_t c = 0; c < d; ++c) {
+        float lo = k.row(h, group * g)[c], hi = lo;
+        for (index_t t = group * g; t < (group + 1) * g; ++t) {
+          lo = std::min(lo, k.row(h, t)[c]);
+          hi = std::max(hi, k.row(h, t)[c]);
+        }
+        const float scale = (hi - lo) / 15.0f, inv = 1.0f / scale;
+        for (index_t t = group * g; t < (group + 1) * g; ++t) {
+          const float y = std::min((k.row(h, t)[c] - lo) * inv, 15.0f);
+          const float expected = std::fma(scale, std::nearbyint(y), lo);
+          ASSERT_EQ(keys[static_cast<std::size_t>(t * d + c)], expected) << "head " << h << " t " << t << " c " << c;
+        }
+      }
+    for (index_t t = q; t < n; ++t)
+      for (index_t c = 0; c < d; ++c)
+        ASSERT_EQ(keys[static_cast<std::size_t>(t * d + c)], kvcrush::to_float(kvcrush::to_float16(k.row(h, t)[c])));
+  }
+  };
+  // Every ISA's encoder (the SIMD ones compute the parameters themselves).
+  check(isa::scalar{});
+  kvcrush_test::for_each_simd_isa(check);
 }

@@ -4,6 +4,7 @@
 // measured.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -81,13 +82,67 @@ TEST(QuantCompress, EvictThenQuantizeAtAnEqualByteBudget) {
 
 TEST(QuantCompress, ThreeSchemesAtOneBudget) {
   // Eviction only, eviction + int4, and mixed precision (float16 + int2)
-  // at the budget of 200 float16 tokens: every scheme stays within it.
-  const index_t heads = 2, d = 64, n = 900;
+  // at the budget of 200 float16 tokens: each scheme is built, fits, holds
+  // as many tokens as the budget allows (counted here by brute force over
+  // the byte formula); the int4 scheme attends close to float32 attention
+  // over what it kept.
+  const index_t heads = 2, hq = 4, d = 64, n = 900;
   const auto k = quant_test::model_like_keys(heads, n, d, 4), v = quant_test::model_like_values(heads, n, d, 5);
   const auto scores = kvcrush_test::random_floats(static_cast<std::size_t>(heads * n), 6, 0.0f, 1.0f);
+  const auto q = quant_test::random_queries(hq, d, 7, 0.5f);
   const std::size_t budget = kvcrush::plain_memory<float16>(heads, 200, d).kv_bytes();
+  EXPECT_EQ(budget, 2u * heads * 200u * d * sizeof(float16));
   kvcrush::workspace ws;
-  // Mixed precision.
+  const auto S = kvcrush::make_matrix_view<const float>(scores.data(), heads, n);
+  auto keep_tokens = [&](index_t count) {
+    kvcrush::keep_config cfg;
+    cfg.sink = 4;
+    cfg.recent = 32;
+    cfg.budget = count;
+    std::vector<index_t> kept(static_cast<std::size_t>(count));
+    kvcrush::select_keep(S, cfg, kvcrush::make_vector_view(kept.data(), count), ws);
+    return kept;
+  };
+  auto check_attention = [&](auto attend_into, const std::vector<index_t>& kept, double tolerance, const char* scheme) {
+    std::vector<float> out(static_cast<std::size_t>(hq * d));
+    attend_into(out);
+    for (index_t i = 0; i < hq; ++i) {
+      const auto ref = quant_test::reference_attention(q.data() + i * d, k, v, i / 2, kept, 0.125);
+      EXPECT_LE(quant_test::relative_error(out.data() + i * d, ref), tolerance) << scheme << " query head " << i;
+    }
+  };
+
+  // 1. Eviction only: 200 float16 tokens fill the budget exactly.
+  const auto kept_plain = keep_tokens(200);
+  {
+    kvcrush::contiguous_cache<float16> cache(1, heads, d, n);
+    cache.append(0, k.view(), v.view());
+    cache.evict_tokens(0, kvcrush::keep_view::shared(kept_plain.data(), 200));
+    EXPECT_EQ(kvcrush::plain_cache_memory(cache, 0).kv_bytes(), budget);
+  }
+
+  // 2. Eviction + int4: the most tokens whose quantized layer fits.
+  kvcrush::quant_config int4;
+  int4.key_bits = 4;
+  int4.value_bits = 4;
+  int4.group_size = 32;
+  int4.window = 32;
+  const index_t affordable = kvcrush::quantized_tokens_within<float16>(int4, heads, d, budget);
+  index_t brute_force = 0;
+  for (index_t t = 0; t <= n; ++t)
+    if (kvcrush::quantized_memory_for<float16>(int4, heads, d, t).kv_bytes() <= budget) brute_force = t;
+  EXPECT_EQ(affordable, brute_force);
+  EXPECT_GT(affordable, 2 * 200) << "int4 holds more than twice the tokens";
+  const auto kept_int4 = keep_tokens(affordable);
+  const auto layer = kvcrush::quantize_kept<float16>(k.view(), v.view(),
+                                                     kvcrush::keep_view::shared(kept_int4.data(), affordable), int4);
+  EXPECT_LE(layer.memory().kv_bytes(), budget);
+  EXPECT_EQ(layer.length(), affordable);
+  check_attention([&](std::vector<float>& out) {
+    kvcrush::attend(layer, kvcrush::make_matrix_view(q.data(), hq, d), kvcrush::make_matrix_view(out.data(), hq, d), ws);
+  }, kept_int4, 0.2, "eviction + int4");
+
+  // 3. Mixed precision.
   kvcrush::quant_config low;
   low.key_bits = 2;
   low.value_bits = 2;
@@ -104,15 +159,21 @@ TEST(QuantCompress, ThreeSchemesAtOneBudget) {
   std::vector<index_t> high(static_cast<std::size_t>(n)), lowk(high.size());
   index_t high_count = 0, low_count = 0;
   const auto plan = kvcrush::select_mixed_precision(
-      kvcrush::make_matrix_view<const float>(scores.data(), heads, n), base, mp,
+      S, base, mp,
       {kvcrush::make_matrix_view(high.data(), 1, n), kvcrush::make_vector_view(&high_count, 1)},
       {kvcrush::make_matrix_view(lowk.data(), 1, n), kvcrush::make_vector_view(&low_count, 1)}, ws);
   const auto tiered = kvcrush::tiered_layer<float16>::build(k.view(), v.view(), kvcrush::keep_view::shared(high.data(), high_count),
                                                             kvcrush::keep_view::shared(lowk.data(), low_count), low);
   EXPECT_EQ(tiered.memory().kv_bytes(), plan.bytes());
   EXPECT_LE(plan.bytes(), budget);
+  EXPECT_EQ(plan.high, high_count);
+  EXPECT_EQ(plan.low, low_count);
   EXPECT_GT(plan.high + plan.low, 200);
-  EXPECT_EQ(kvcrush::plain_memory<float16>(heads, 200, d).kv_bytes(), budget);
+  // The float16 tier costs its tokens' plain bytes.
+  EXPECT_EQ(plan.high_bytes, kvcrush::plain_memory<float16>(heads, plan.high, d).kv_bytes());
+  // (No attention tolerance for this scheme: int2 values of Gaussian rows
+  // are too coarse for a bound that would mean anything; the tiered layer's
+  // attention is checked in test_quant_mixed.cpp.)
 }
 
 TEST(QuantCompress, PlainCachesReportTheirBytes) {

@@ -312,3 +312,101 @@ TEST(QuantGroup, ConfigValidation) {
   EXPECT_EQ(l.value_row_bytes, 64u);
   EXPECT_EQ(l.value_row_param_bytes, 4u);
 }
+
+namespace {
+
+// One group worked out by hand (KIVI asymmetric quantization: zero = min,
+// scale = (max - min) / (2^bits - 1), code = round-half-even((x - zero) /
+// scale)). The inputs are chosen so that every step is exact in float32, so
+// the codes, the scale and the zero-point can be written down as numbers
+// rather than recomputed with the library's own formula.
+struct hand_group {
+  int bits;
+  float scale, zero;
+  float x[16];
+  int codes[16];
+};
+
+const hand_group hand_groups[] = {
+    // int8, range 0..255: step 1 (an int8 step of 1/127 would give 255/127).
+    {8, 1.0f, 0.0f,
+     {0, 17, 34, 51, 68, 85, 102, 119, 136, 153, 170, 187, 204, 221, 238, 255},
+     {0, 17, 34, 51, 68, 85, 102, 119, 136, 153, 170, 187, 204, 221, 238, 255}},
+    // int8, range 0..510: step 2, so odd inputs land on ties (half to even).
+    {8, 2.0f, 0.0f,
+     {0, 510, 1, 3, 5, 2.9f, 101, 103, 509, 200, 7, 9, 11, 13, 300, 301},
+     {0, 255, 0, 2, 2, 1, 50, 52, 254, 100, 4, 4, 6, 6, 150, 150}},
+    // int2, range -3..3: step 2, zero -3.
+    {2, 2.0f, -3.0f,
+     {-3, 3, -2, 0, 2, -1, 1, -2.1f, -1.9f, 2.5f, -3, -3, 3, 3, 0, 0},
+     {0, 3, 0, 2, 2, 1, 2, 0, 1, 3, 0, 0, 3, 3, 2, 2}},
+    // int2, range 0..0.75: step 0.25.
+    {2, 0.25f, 0.0f,
+     {0, 0.75f, 0.125f, 0.375f, 0.625f, 0.7f, 0.25f, 0.5f, 0.1f, 0.2f, 0.3f, 0.4f, 0.55f, 0.6f, 0.65f, 0.74f},
+     {0, 3, 0, 2, 2, 3, 1, 2, 0, 1, 1, 2, 2, 2, 3, 3}},
+};
+
+// Encodes the hand groups of one bit width as keys (one channel per group,
+// 16 tokens) and as values (one row per group, value_group 16) with Isa and
+// parameter type P, and compares codes, scales and zero-points with the
+// hand-computed numbers.
+template <class Isa, class P>
+void check_hand_codes(int bits) {
+  std::vector<const hand_group*> cases;
+  for (const auto& c : hand_groups)
+    if (c.bits == bits) cases.push_back(&c);
+  const auto d = static_cast<index_t>(cases.size());
+  const index_t group = 16;
+  std::vector<float> keys(static_cast<std::size_t>(group * d)), values(static_cast<std::size_t>(d * group));
+  for (index_t c = 0; c < d; ++c)
+    for (index_t t = 0; t < group; ++t) {
+      keys[static_cast<std::size_t>(t * d + c)] = cases[static_cast<std::size_t>(c)]->x[t];
+      values[static_cast<std::size_t>(c * group + t)] = cases[static_cast<std::size_t>(c)]->x[t];
+    }
+  const std::size_t channel_bytes = kvcrush::packed_bytes(group, bits);
+  std::vector<std::uint8_t> kcodes(channel_bytes * static_cast<std::size_t>(d)), vcodes(kcodes.size());
+  std::vector<P> kscale(static_cast<std::size_t>(d)), kzero(kscale.size()), vscale(kscale.size()), vzero(kscale.size());
+  simd::quant_encode_kernel<Isa>::keys(keys.data(), d, group, d, bits, kcodes.data(), kscale.data(), kzero.data());
+  simd::quant_encode_kernel<Isa>::values(values.data(), group, d, group, group, bits, vcodes.data(), vscale.data(),
+                                         vzero.data());
+  for (index_t c = 0; c < d; ++c) {
+    const hand_group& h = *cases[static_cast<std::size_t>(c)];
+    const auto i = static_cast<std::size_t>(c);
+    EXPECT_EQ(kvcrush::impl::load_param(kscale[i]), h.scale) << Isa::name << " bits " << bits << " key group " << c;
+    EXPECT_EQ(kvcrush::impl::load_param(kzero[i]), h.zero) << Isa::name << " bits " << bits << " key group " << c;
+    EXPECT_EQ(kvcrush::impl::load_param(vscale[i]), h.scale) << Isa::name << " bits " << bits << " value row " << c;
+    EXPECT_EQ(kvcrush::impl::load_param(vzero[i]), h.zero) << Isa::name << " bits " << bits << " value row " << c;
+    for (index_t t = 0; t < group; ++t) {
+      EXPECT_EQ(kvcrush::packed_code(kcodes.data() + i * channel_bytes, t, bits), h.codes[t])
+          << Isa::name << " bits " << bits << " key group " << c << " x=" << h.x[t];
+      EXPECT_EQ(kvcrush::packed_code(vcodes.data() + i * channel_bytes, t, bits), h.codes[t])
+          << Isa::name << " bits " << bits << " value row " << c << " x=" << h.x[t];
+    }
+  }
+}
+
+}  // namespace
+
+TEST(QuantGroup, Int8AndInt2CodesAndScalesMatchHandComputedValues) {
+  // The error-bound tests derive their bound from the stored scale, so a
+  // wrong step (say (max - min) / 127 for int8) would pass them. Here the
+  // scale, zero-point and every code are fixed numbers.
+  for (int bits : {8, 2}) {
+    check_hand_codes<isa::scalar, float>(bits);
+    check_hand_codes<isa::scalar, float16>(bits);
+    kvcrush_test::for_each_simd_isa([&](auto tag) {
+      using Isa = decltype(tag);
+      check_hand_codes<Isa, float>(bits);
+      check_hand_codes<Isa, float16>(bits);
+    });
+  }
+  // The parameter function alone, for the widths the kernels do not
+  // specialise differently: scale = range / (2^bits - 1), exactly.
+  float s, z;
+  EXPECT_EQ(kvcrush::make_group_params(-1.0f, 254.0f, 8, s, z).scale, 1.0f);
+  EXPECT_EQ(s, 1.0f);
+  EXPECT_EQ(z, -1.0f);
+  EXPECT_EQ(kvcrush::make_group_params(0.0f, 30.0f, 4, s, z).scale, 2.0f);
+  EXPECT_EQ(kvcrush::make_group_params(1.0f, 4.0f, 2, s, z).scale, 1.0f);
+  EXPECT_EQ(kvcrush::make_group_params(1.0f, 4.0f, 2, s, z).inv, 1.0f);
+}

@@ -324,3 +324,36 @@ TEST(SimpleSources, TovaKeyNormRandom) {
     EXPECT_LT(v, 1.0f);
   }
 }
+
+TEST(H2O, CompactAllKeepsTheSameRowsOfEveryHead) {
+  // compact_all(keep) is compact(h, keep) for every head: each head's sums
+  // and counts of the kept tokens move to the front, in keep order, and
+  // the head's length becomes the keep count. The expected values are the
+  // scores read before compaction.
+  const index_t h = 3, hq = 6, n = 12;
+  kvcrush::h2o_accumulator acc(h, hq, 16);
+  for (index_t step = 0; step < n; ++step) {
+    acc.append(1);
+    const auto probs = kvcrush_test::random_floats(static_cast<std::size_t>(hq * (step + 1)), static_cast<std::uint32_t>(step + 100), 0, 1);
+    acc.accumulate(kvcrush::make_matrix_view(probs.data(), hq, step + 1));
+  }
+  std::vector<std::vector<float>> before(static_cast<std::size_t>(h));
+  for (index_t k = 0; k < h; ++k)
+    for (index_t t = 0; t < n; ++t) before[k].push_back(acc.scores()(k, t));
+  const std::vector<index_t> keep = {0, 3, 4, 9, 11};
+  acc.compact_all(keep.data(), static_cast<index_t>(keep.size()));
+  for (index_t k = 0; k < h; ++k) {
+    ASSERT_EQ(acc.length(k), 5) << "head " << k;
+    for (std::size_t i = 0; i < keep.size(); ++i) {
+      EXPECT_EQ(acc.scores()(k, static_cast<index_t>(i)), before[k][static_cast<std::size_t>(keep[i])]) << k << " " << i;
+      EXPECT_EQ(acc.seen(k, static_cast<index_t>(i)), n - keep[i]) << "token t was seen by queries t..n-1";
+    }
+  }
+  // Tokens appended afterwards start from zero at the new end.
+  acc.append(1);
+  EXPECT_EQ(acc.length(2), 6);
+  EXPECT_EQ(acc.scores()(2, 5), 0.0f);
+  EXPECT_EQ(acc.seen(2, 5), 0);
+  const std::vector<index_t> unordered = {2, 1};
+  EXPECT_THROW(acc.compact_all(unordered.data(), 2), std::invalid_argument) << "keep rows must increase";
+}
