@@ -612,7 +612,7 @@ TEST_F(Cli, ReadmeCommandsRun) {
   const std::string all = text.str();
   const auto begin = all.find("<!-- readme-example:cli -->");
   ASSERT_NE(begin, std::string::npos) << "README.md lacks the <!-- readme-example:cli --> block";
-  const auto end = all.find("<!-- /readme-example -->", begin);
+  const auto end = all.find("<!-- /readme-example:cli -->", begin);
   std::istringstream block(all.substr(begin, end - begin));
   std::vector<std::string> commands;
   std::string line, pending;
