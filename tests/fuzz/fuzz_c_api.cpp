@@ -275,7 +275,9 @@ void compact(kvcrush_fuzz::reader& in) {
   };
   std::int64_t longest = 0;
   for (std::int64_t h = 0; h < heads; ++h) {
-    const std::int64_t r = shared ? 0 : h;
+    // The call reads one row as shared and `heads` rows as per head,
+    // whatever the input meant (keep_rows may have been skewed).
+    const std::int64_t r = keep_rows == 1 ? 0 : h;
     const std::int64_t n = with_counts ? counts[static_cast<std::size_t>(r)] : keep_width;
     std::vector<std::int64_t> sources;
     for (std::int64_t i = 0; i < n; ++i) {
