@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <string>
 #include <vector>
@@ -36,7 +37,7 @@ void check_status(kvcrush_status s) {
 }
 
 // One of the option spellings, a fuzzed word, or NULL.
-const char* word(kvcrush_fuzz::reader& in, std::vector<std::string>& storage, const std::vector<const char*>& known) {
+const char* word(kvcrush_fuzz::reader& in, std::deque<std::string>& storage, const std::vector<const char*>& known) {
   const std::uint8_t b = in.byte();
   if (b < 200) return known[b % known.size()];
   if (b < 230) return nullptr;
@@ -72,7 +73,7 @@ std::int64_t extent(kvcrush_fuzz::reader& in, std::int64_t limit) {
   return in.in_range(0, limit);
 }
 
-kvcrush_select_options options(kvcrush_fuzz::reader& in, std::vector<std::string>& storage) {
+kvcrush_select_options options(kvcrush_fuzz::reader& in, std::deque<std::string>& storage) {
   kvcrush_select_options o;
   kvcrush_select_options_init(&o);
   if (in.byte() == 255) o.struct_size = in.in_range(0, sizeof o - 1);  // not initialised
@@ -104,7 +105,7 @@ kvcrush_select_options options(kvcrush_fuzz::reader& in, std::vector<std::string
 
 // A selection from scores or attention, with the shape query first.
 void select(kvcrush_fuzz::reader& in, kvcrush_workspace* ws, bool attention) {
-  std::vector<std::string> storage;
+  std::deque<std::string> storage;  // a deque: c_str() pointers stay valid as it grows
   const kvcrush_select_options o = options(in, storage);
   const std::int64_t heads = extent(in, 16);        // KV heads (scores) or query heads (attention)
   const std::int64_t rows = attention ? extent(in, 12) : 0;
@@ -156,7 +157,7 @@ void select(kvcrush_fuzz::reader& in, kvcrush_workspace* ws, bool attention) {
 }
 
 void window_scores(kvcrush_fuzz::reader& in, kvcrush_workspace* ws) {
-  std::vector<std::string> storage;
+  std::deque<std::string> storage;  // a deque: c_str() pointers stay valid as it grows
   const std::int64_t qh = extent(in, 8), rows = extent(in, 8), tokens = extent(in, 300), kvh = extent(in, 8);
   const std::int64_t window = in.in_range(-1, 9), kernel = in.in_range(-1, 9);
   const char* pool = word(in, storage, {"avg", "max"});
@@ -176,7 +177,7 @@ void window_scores(kvcrush_fuzz::reader& in, kvcrush_workspace* ws) {
 }
 
 void signatures(kvcrush_fuzz::reader& in, kvcrush_workspace* ws) {
-  std::vector<std::string> storage;
+  std::deque<std::string> storage;  // a deque: c_str() pointers stay valid as it grows
   const std::int64_t heads = extent(in, 140), tokens = extent(in, 300), sink = extent(in, 20), recent = extent(in, 20);
   const char* threshold = word(in, storage, {"median", "mean"});
   std::int64_t rows = -1, words = -1;
@@ -274,7 +275,9 @@ void compact(kvcrush_fuzz::reader& in) {
   };
   std::int64_t longest = 0;
   for (std::int64_t h = 0; h < heads; ++h) {
-    const std::int64_t r = shared ? 0 : h;
+    // The call reads one row as shared and `heads` rows as per head,
+    // whatever the input meant (keep_rows may have been skewed).
+    const std::int64_t r = keep_rows == 1 ? 0 : h;
     const std::int64_t n = with_counts ? counts[static_cast<std::size_t>(r)] : keep_width;
     std::vector<std::int64_t> sources;
     for (std::int64_t i = 0; i < n; ++i) {
