@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 
 namespace kvcrush_bench {
 

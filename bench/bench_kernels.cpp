@@ -9,6 +9,7 @@
 #include "kvcrush/select/buckets.hpp"
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/policy/workspace.hpp"
 
 namespace {
 

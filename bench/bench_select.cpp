@@ -21,7 +21,7 @@
 
 #include "bench_common.hpp"
 #include "kvcrush/cache/batch.hpp"
-#include "kvcrush/policy/policies.hpp"
+#include "kvcrush/policy/select.hpp"
 
 namespace {
 

@@ -23,17 +23,17 @@
 #include <string_view>
 
 #include "kvcrush/cache/compaction.hpp"
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/policy/budgets.hpp"
-#include "kvcrush/policy/policies.hpp"
+#include "kvcrush/policy/select.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "kvcrush/scores/window_attention.hpp"
 #include "kvcrush/select/keep.hpp"
 #include "kvcrush/select/signatures.hpp"
-#include "kvcrush/select/workspace.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/policy/workspace.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/version.hpp"
 
 // Positions cross the ABI as int64_t and are used in place as index_t: no

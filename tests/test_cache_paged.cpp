@@ -16,6 +16,7 @@
 #include "kvcrush/cache/contiguous_cache.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
 #include "kvcrush/select/keep.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "test_support.hpp"
 
 using kvcrush::index_t;

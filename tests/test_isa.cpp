@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/version.hpp"
 #include "test_support.hpp"
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvcrush/select/keep.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "spec_reference.hpp"
 #include "test_support.hpp"
 

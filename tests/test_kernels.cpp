@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "kvcrush/policy/workspace.hpp"
 #include "kvcrush/select/signatures.hpp"
 #include "kvcrush/simd/hamming.hpp"
 #include "kvcrush/simd/bits.hpp"
@@ -327,7 +328,7 @@ TEST(SortNetwork, ColumnNetworkSortsEveryZeroOneInput) {
   for (unsigned pattern = 0; pattern < 256; ++pattern) {
     __m256 r[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_set1_ps(static_cast<float>(pattern >> i & 1u));
-    simd::sort64_avx2::sort_columns(r);
+    simd::impl::sort64_avx2::sort_columns(r);
     for (int i = 1; i < 8; ++i) ASSERT_LE(_mm256_cvtss_f32(r[i - 1]), _mm256_cvtss_f32(r[i])) << pattern;
   }
 }
@@ -341,7 +342,7 @@ TEST(SortNetwork, Sorts64FloatsAsStdSort) {
                        : kvcrush_test::random_floats(64, static_cast<std::uint32_t>(trial));
     __m256 r[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(v.data() + 8 * i);
-    simd::sort64_avx2::sort(r);
+    simd::impl::sort64_avx2::sort(r);
     float got[64];
     for (int i = 0; i < 8; ++i) _mm256_storeu_ps(got + 8 * i, r[i]);
     std::sort(v.begin(), v.end());

@@ -15,6 +15,7 @@
 #include "kvcrush/select/keep.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/signatures.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "spec_reference.hpp"
 #include "test_support.hpp"
 

@@ -4,7 +4,7 @@
 
 #include <cstdio>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/version.hpp"
 
 int main(int argc, char** argv) {

@@ -11,6 +11,7 @@
 #include "kvcrush/quant/attention.hpp"
 #include "kvcrush/quant/block.hpp"
 #include "kvcrush/quant/layer.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "quant_test_support.hpp"
 #include "test_support.hpp"
 

@@ -14,6 +14,7 @@
 #include "kvcrush/quant/cache.hpp"
 #include "kvcrush/quant/layer.hpp"
 #include "kvcrush/quant/memory.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "quant_test_support.hpp"
 #include "test_support.hpp"
 
@@ -363,7 +364,7 @@ void hash_bytes(std::uint64_t& h, const void* data, std::size_t bytes) {
 TEST(QuantCache, SameBitsInEveryBuild) {
   // Codes, parameters, scores and weighted sums of one fixed layer hash to
   // the same value in the scalar, AVX2 and AVX-512 builds (and on every
-  // ISA of this build): the arithmetic order of quant/params.hpp and
+  // ISA of this build): the arithmetic order of quant_params.hpp and
   // simd/quant_dot.hpp, with explicit fma, leaves nothing to the compiler.
   // The constant was recorded from the library, so it pins the bits across
   // builds but says nothing about whether they are right: that is

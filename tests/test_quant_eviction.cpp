@@ -394,7 +394,7 @@ void decode_with_controller(Cache& cache, const kv_rows& k, const kv_rows& v, kv
       for (index_t h = 0; h < heads; ++h) {
         float* row = probs.data() + h * len;
         kvcrush::key_scores(layer, h, kvcrush::make_vector_view(queries.data() + h * d, d), kvcrush::make_vector_view(row, len));
-        kvcrush::impl::softmax_in_place(row, len, 0.125f);
+        kvcrush::simd::softmax_in_place(row, len, 0.125f);
       }
       controller.observe(l, kvcrush::make_matrix_view<const float>(probs.data(), heads, len));
     }

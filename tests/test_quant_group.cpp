@@ -1,4 +1,4 @@
-// Group quantization: the error bound of quant/params.hpp for every element
+// Group quantization: the error bound of quant_params.hpp for every element
 // (keys per channel, values per token, int8/int4/int2, float16 and float32
 // parameters) on random and adversarial data, float16 directed rounding,
 // code round trips and the int4/int2 byte layout.
@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
-#include "kvcrush/quant/config.hpp"
-#include "kvcrush/quant/params.hpp"
+#include "kvcrush/quant_config.hpp"
+#include "kvcrush/quant_params.hpp"
 #include "kvcrush/simd/quant_encode.hpp"
 #include "test_support.hpp"
 

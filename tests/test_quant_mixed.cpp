@@ -16,8 +16,9 @@
 
 #include "kvcrush/quant/layer.hpp"
 #include "kvcrush/quant/memory.hpp"
-#include "kvcrush/quant/mixed_precision.hpp"
+#include "kvcrush/policy/mixed_precision.hpp"
 #include "kvcrush/quant/tiered_layer.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "quant_test_support.hpp"
 #include "spec_reference.hpp"
 #include "test_support.hpp"

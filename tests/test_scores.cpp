@@ -9,6 +9,7 @@
 #include "kvcrush/scores/reduce.hpp"
 #include "kvcrush/scores/simple_sources.hpp"
 #include "kvcrush/scores/window_attention.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "test_support.hpp"
 
 using kvcrush::index_t;

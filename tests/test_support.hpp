@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "kvcrush/config.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 
 #define KVCRUSH_TEST_STR_(x) #x
 #define KVCRUSH_TEST_STR(x) KVCRUSH_TEST_STR_(x)

@@ -38,7 +38,7 @@
 #include "engine.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
 #include "kvcrush/policy/runtime.hpp"
-#include "kvcrush/quant/mixed_precision.hpp"
+#include "kvcrush/policy/mixed_precision.hpp"
 #include "quantized_stores.hpp"
 #include "runner.hpp"
 

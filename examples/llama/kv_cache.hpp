@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "kvcrush/cache/contiguous_cache.hpp"
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/quant/memory.hpp"

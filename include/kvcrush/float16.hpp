@@ -11,7 +11,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 
 namespace kvcrush {
 
@@ -133,6 +133,19 @@ inline namespace KVCRUSH_TARGET_NS {
 template <class From, class To, class Isa = isa::active>
 void convert(const From* src, To* dst, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) dst[i] = from_float<To>(to_float(src[i]));
+}
+
+// One head vector (n elements) from one storage type into another: the
+// library's only row copy, used by every cache and quantized store. A plain
+// memcpy when the types agree; otherwise each element goes through float and
+// is rounded to nearest even, as convert() does.
+template <class From, class To>
+void copy_row(const From* src, To* dst, std::ptrdiff_t n) noexcept {
+  if constexpr (std::is_same_v<std::remove_cv_t<From>, To>) {
+    if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(To));
+  } else {
+    convert<std::remove_cv_t<From>, To>(src, dst, n > 0 ? static_cast<std::size_t>(n) : 0);
+  }
 }
 
 }  // namespace KVCRUSH_TARGET_NS

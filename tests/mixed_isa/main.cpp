@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <random>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "mixed_isa.hpp"
 
 int main() {

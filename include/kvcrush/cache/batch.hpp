@@ -15,7 +15,7 @@
 
 #include "kvcrush/cache/executor.hpp"
 #include "kvcrush/error.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -19,10 +19,10 @@
 
 #include <cstring>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "kvcrush/cache/compaction.hpp"
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
@@ -26,17 +26,6 @@
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace impl {
-
-// One head vector from one storage type into another (a plain copy when
-// they agree).
-template <class From, class To>
-void copy_row(const From* src, To* dst, index_t n) noexcept {
-  if constexpr (std::is_same_v<std::remove_cv_t<From>, To>) {
-    if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(To));
-  } else {
-    convert<std::remove_cv_t<From>, To>(src, dst, static_cast<std::size_t>(n));
-  }
-}
 
 template <class U>
 void check_new_rows(const kv_view<U>& keys, const kv_view<U>& values, index_t heads, index_t head_dim,
@@ -115,8 +104,8 @@ class contiguous_cache {
     const kv_view<T> k = view_of(l.keys.data(), l.length + n), v = view_of(l.values.data(), l.length + n);
     for (index_t h = 0; h < heads_; ++h) {
       for (index_t t = 0; t < n; ++t) {
-        impl::copy_row(keys.row(h, t), k.row(h, l.length + t), head_dim_);
-        impl::copy_row(values.row(h, t), v.row(h, l.length + t), head_dim_);
+        copy_row(keys.row(h, t), k.row(h, l.length + t), head_dim_);
+        copy_row(values.row(h, t), v.row(h, l.length + t), head_dim_);
         l.positions[static_cast<std::size_t>(h * capacity_ + l.length + t)] =
             positions.extent(0) ? positions[t] : l.appended + t;
       }

@@ -53,12 +53,12 @@
 #include <utility>
 #include <vector>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/policy/policies.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "kvcrush/scores/h2o.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -50,7 +50,7 @@
 #include <vector>
 
 #include "kvcrush/cache/contiguous_cache.hpp"
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
@@ -261,8 +261,8 @@ class paged_cache {
       index_t* pos = position_row(p, block, offset);
       const index_t position = positions.extent(0) ? positions[t] : first_position + t;
       for (index_t h = 0; h < heads; ++h) {
-        impl::copy_row(keys.row(h, t), k + h * d, d);
-        impl::copy_row(values.row(h, t), v + h * d, d);
+        copy_row(keys.row(h, t), k + h * d, d);
+        copy_row(values.row(h, t), v + h * d, d);
         pos[h] = position;
       }
     }
@@ -451,8 +451,8 @@ class paged_cache {
     for (index_t t = 0; t < len; ++t) {
       const index_t block = table[t / b], offset = t % b;
       for (index_t h = 0; h < heads; ++h) {
-        impl::copy_row(key_row(p, block, offset, h), keys.row(h, t), d);
-        impl::copy_row(value_row(p, block, offset, h), values.row(h, t), d);
+        copy_row(key_row(p, block, offset, h), keys.row(h, t), d);
+        copy_row(value_row(p, block, offset, h), values.row(h, t), d);
         if (positions.extent(0)) positions(h, t) = position_row(p, block, offset)[h];
       }
     }

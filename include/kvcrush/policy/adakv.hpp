@@ -14,7 +14,7 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/signatures.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -25,7 +25,7 @@ inline namespace KVCRUSH_TARGET_NS {
 // each in [floor, end - begin], summing to heads * rest.
 template <class Isa = isa::active>
 void allocate_head_budgets(matrix_view<const float> scores, index_t begin, index_t end, index_t rest, double alpha,
-                           vector_view<index_t> out, workspace& ws) {
+                           vector_view<index_t> out, selection_scratch& ws) {
   using kvcrush::detail::require;
   const index_t heads = scores.extent(0), tokens = scores.extent(1);
   const index_t n = end - begin;

@@ -7,8 +7,8 @@
 //
 // A base policy turns what the engine has (layer_inputs) into scores; the
 // wrappers change how the keep set is drawn from them. kvcrush::select()
-// runs the whole pipeline for one layer. An engine that picks its policy at
-// compile time pays for nothing else; policy/runtime.hpp builds the same
+// (policy/select.hpp) runs the whole pipeline for one layer. An engine that
+// picks its policy at compile time pays for nothing else; policy/runtime.hpp builds the same
 // pipelines from a config for engines and tools that choose at run time.
 #pragma once
 
@@ -22,8 +22,9 @@
 #include "kvcrush/scores/simple_sources.hpp"
 #include "kvcrush/scores/window_attention.hpp"
 #include "kvcrush/select/keep.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/select/options.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -81,14 +82,9 @@ struct selection_layout {
   index_t block_size = 1;
 };
 
-// Output: row h (one row in shared mode) holds counts[h] sorted positions or
-// block indices.
-struct keep_sets {
-  matrix_view<index_t> positions;
-  vector_view<index_t> counts;
-};
-
-// Scores a base policy produced, in workspace memory.
+// Scores a base policy produced. The views point into the workspace the
+// policy ran on (or into layer_inputs) and stay valid until the next policy
+// runs on that workspace.
 struct score_set {
   matrix_view<const float> importance;  // (H, N), or (1, N) for shared-only sources
   matrix_view<const float> kv_rows;     // (H, N): KV-head signature rows
@@ -285,63 +281,6 @@ struct traits<with_kvcrush<Base>> {
 };
 
 }  // namespace policy
-
-// Runs a policy on one layer: scores, then the keep set(s) for `budget`.
-// out.positions: (per_head ? H : 1, >= widest keep set); out.counts: one
-// entry per row. Throws std::invalid_argument on bad input before writing.
-template <class Isa = isa::active, class Policy>
-void select(const Policy& p, const layer_inputs& in, const layer_budget& budget, const selection_layout& layout,
-            keep_sets out, workspace& ws) {
-  using kvcrush::detail::require;
-  require(in.tokens >= 0, "select: negative token count");
-  const score_set scores = p.template scores<Isa>(in, ws);
-  const crush_options crush = policy::traits<Policy>::crush(p);
-  keep_config cfg;
-  cfg.budget = budget.budget;
-  cfg.sink = budget.sink;
-  cfg.recent = budget.recent;
-  cfg.crush_fraction = crush.fraction;
-  cfg.anchor = crush.anchor;
-  cfg.representative = crush.representative;
-  cfg.threshold = crush.threshold;
-  cfg.seed = crush.seed;
-  cfg.per_head = layout.per_head;
-  cfg.block_size = layout.block_size;
-  cfg.rank_importance = scores.ranks;
-  validate(cfg);
-
-  matrix_view<const float> importance = scores.importance;
-  if (layout.per_head && importance.extent(0) != scores.kv_rows.extent(0)) importance = scores.kv_rows;
-  matrix_view<const float> signature_rows;
-  if (crush.fraction > 0.0) {
-    if (crush.heads == signature_heads::query) {
-      require(scores.query_rows.data() != nullptr,
-              "select: query-head signatures need a policy that sees per-query-head attention");
-      signature_rows = scores.query_rows;
-    } else if (scores.kv_rows.data() != importance.data()) {
-      signature_rows = scores.kv_rows;
-    }
-  }
-  const index_t rows = layout.per_head ? importance.extent(0) : 1;
-  require(out.counts.extent(0) == rows, "select: counts need ", rows, " entries");
-  if (!policy::traits<Policy>::head_wise(p)) {
-    impl::select_keep_checked<Isa>(importance, cfg, {}, out.positions, out.counts, ws, signature_rows);
-    return;
-  }
-  require(layout.per_head, "select: AdaKV head-wise budgets need per-head mode");
-  require(layout.block_size == 1, "select: AdaKV works at token granularity");
-  const index_t heads = importance.extent(0), tokens = importance.extent(1);
-  if (tokens <= cfg.budget) {
-    impl::select_keep_checked<Isa>(importance, cfg, {}, out.positions, out.counts, ws, signature_rows);
-    return;
-  }
-  index_t* rest = ws.positions(static_cast<std::size_t>(heads) + 1);
-  const vector_view<index_t> rest_view(rest, {heads});
-  allocate_head_budgets<Isa>(importance, cfg.sink, tokens - cfg.recent, cfg.budget - cfg.sink - cfg.recent,
-                             policy::traits<Policy>::alpha(p), rest_view, ws);
-  impl::select_keep_checked<Isa>(importance, cfg, vector_view<const index_t>(rest, {heads}), out.positions,
-                                 out.counts, ws, signature_rows);
-}
 
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush

@@ -15,6 +15,7 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/policy/budgets.hpp"
 #include "kvcrush/policy/policies.hpp"
+#include "kvcrush/policy/select.hpp"
 
 namespace kvcrush {
 
@@ -115,7 +116,7 @@ void select_wrapped(const policy_config& cfg, const Base& base, const layer_inpu
 
 }  // namespace impl
 
-// Runs the configured policy on one layer (see select() in policies.hpp).
+// Runs the configured policy on one layer (see select() in policy/select.hpp).
 template <class Isa = isa::active>
 void select(const policy_config& cfg, const layer_inputs& in, const layer_budget& budget, keep_sets out,
             workspace& ws) {

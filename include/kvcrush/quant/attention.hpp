@@ -15,8 +15,9 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/quant/layer.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/quant/quant_scratch.hpp"
 #include "kvcrush/simd/quant_dot.hpp"
+#include "kvcrush/simd/softmax.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -41,23 +42,6 @@ void quant_value_sum(const quantized_layer<W>& layer, index_t head, const float*
   const value_row_span<P> v = layer.template value_span<P>(head);
   simd::quant_dot_kernel<Isa>::value_sum(v, p, out);
   simd::quant_dot_kernel<Isa>::row_accumulate(layer.window_value_span(head), p + v.rows, out);
-}
-
-// In place: scores -> softmax(scores * scale). Empty rows are left alone.
-inline void softmax_in_place(float* s, index_t n, float scale) noexcept {
-  if (n == 0) return;
-  float peak = -std::numeric_limits<float>::infinity();
-  for (index_t t = 0; t < n; ++t) {
-    s[t] = s[t] * scale;
-    peak = s[t] > peak ? s[t] : peak;
-  }
-  float total = 0.0f;
-  for (index_t t = 0; t < n; ++t) {
-    s[t] = std::exp(s[t] - peak);
-    total += s[t];
-  }
-  const float inv = 1.0f / total;
-  for (index_t t = 0; t < n; ++t) s[t] = s[t] * inv;
 }
 
 inline void require_attention_shapes(matrix_view<const float> queries, matrix_view<float> out, index_t kv_heads,
@@ -105,13 +89,13 @@ void value_sum(const quantized_layer<W>& layer, index_t head, vector_view<const 
 // comes from ws (length() floats): no allocation once ws has served it.
 // An empty layer gives zero rows.
 template <class Isa = isa::active, class W>
-void attend(const quantized_layer<W>& layer, matrix_view<const float> queries, matrix_view<float> out, workspace& ws,
-            float scale = 0.0f) {
+void attend(const quantized_layer<W>& layer, matrix_view<const float> queries, matrix_view<float> out,
+            quant_scratch& ws, float scale = 0.0f) {
   impl::require_attention_shapes(queries, out, layer.kv_heads(), layer.head_dim(), "attend");
   const index_t hq = queries.extent(0), n = layer.length(), d = layer.head_dim();
   const index_t per_kv = hq / layer.kv_heads();
   if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(d));
-  float* probs = ws.floats_a(static_cast<std::size_t>(n) + 1);
+  float* probs = ws.probabilities(static_cast<std::size_t>(n) + 1);
   for (index_t i = 0; i < hq; ++i) {
     const index_t head = i / per_kv;
     float* row = &out(i, 0);
@@ -121,11 +105,11 @@ void attend(const quantized_layer<W>& layer, matrix_view<const float> queries, m
     }
     if (layer.config().params == param_format::float16) {
       impl::quant_key_scores<Isa, float16>(layer, head, &queries(i, 0), probs);
-      impl::softmax_in_place(probs, n, scale);
+      simd::softmax_in_place(probs, n, scale);
       impl::quant_value_sum<Isa, float16>(layer, head, probs, row);
     } else {
       impl::quant_key_scores<Isa, float>(layer, head, &queries(i, 0), probs);
-      impl::softmax_in_place(probs, n, scale);
+      simd::softmax_in_place(probs, n, scale);
       impl::quant_value_sum<Isa, float>(layer, head, probs, row);
     }
   }

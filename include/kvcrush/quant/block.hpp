@@ -39,11 +39,11 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/quant/config.hpp"
+#include "kvcrush/quant_config.hpp"
 #include "kvcrush/quant/layer.hpp"
-#include "kvcrush/quant/params.hpp"
-#include "kvcrush/quant/spans.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/quant_params.hpp"
+#include "kvcrush/quant_spans.hpp"
+#include "kvcrush/quant/quant_scratch.hpp"
 #include "kvcrush/simd/quant_dot.hpp"
 #include "kvcrush/simd/quant_encode.hpp"
 
@@ -142,7 +142,7 @@ void require_block(const quant_block_layout& b, const void* block, const char* w
 // converted in ws (2 * G * head_dim floats); no other memory is used.
 template <class Isa = isa::active, class U>
 void encode_block(kv_view<const U> keys, kv_view<const U> values, const quant_block_layout& b, std::uint8_t* block,
-                  workspace& ws) {
+                  quant_scratch& ws) {
   using kvcrush::detail::require;
   const quant_layout& l = b.layout;
   for (const kv_view<const U>* v : {&keys, &values}) {
@@ -160,8 +160,8 @@ void encode_block(kv_view<const U> keys, kv_view<const U> values, const quant_bl
   }
   std::memset(block, 0, b.bytes());
   const index_t d = l.head_dim, g = l.group;
-  float* key_rows = std::is_same_v<U, float> ? nullptr : ws.floats_a(static_cast<std::size_t>(g * d));
-  float* value_rows = std::is_same_v<U, float> ? nullptr : ws.floats_b(static_cast<std::size_t>(g * d));
+  float* key_rows = std::is_same_v<U, float> ? nullptr : ws.key_rows(static_cast<std::size_t>(g * d));
+  float* value_rows = std::is_same_v<U, float> ? nullptr : ws.value_rows(static_cast<std::size_t>(g * d));
   auto encode = [&](auto param_tag) {
     using P = decltype(param_tag);
     P* key_scale = reinterpret_cast<P*>(block + b.key_scale_offset);
@@ -181,8 +181,8 @@ void encode_block(kv_view<const U> keys, kv_view<const U> values, const quant_bl
         vs = values.token_stride();
       } else {
         for (index_t t = 0; t < g; ++t) {
-          impl::quant_copy_row(keys.row(h, t), key_rows + t * d, d);
-          impl::quant_copy_row(values.row(h, t), value_rows + t * d, d);
+          copy_row(keys.row(h, t), key_rows + t * d, d);
+          copy_row(values.row(h, t), value_rows + t * d, d);
         }
         kx = key_rows;
         vx = value_rows;
@@ -203,7 +203,8 @@ void encode_block(kv_view<const U> keys, kv_view<const U> values, const quant_bl
   }
 }
 template <class Isa = isa::active, class U>
-void encode_block(kv_view<U> keys, kv_view<U> values, const quant_block_layout& b, std::uint8_t* block, workspace& ws) {
+void encode_block(kv_view<U> keys, kv_view<U> values, const quant_block_layout& b, std::uint8_t* block,
+                  quant_scratch& ws) {
   encode_block<Isa>(kv_view<const U>(keys), kv_view<const U>(values), b, block, ws);
 }
 

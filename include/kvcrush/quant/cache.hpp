@@ -18,7 +18,7 @@
 
 #include <vector>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/quant/attention.hpp"
 #include "kvcrush/quant/layer.hpp"

@@ -16,7 +16,7 @@
 
 #include <vector>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/quant/layer.hpp"
@@ -45,8 +45,8 @@ quantized_layer<W> quantize_kept(kv_view<const U> keys, kv_view<const U> values,
     const index_t r = keep.row_of_head(h);
     for (index_t i = 0; i < kept; ++i) {
       const index_t t = keep.at(r, i);
-      impl::quant_copy_row(keys.row(h, t), k.data() + (h * kept + i) * d, d);
-      impl::quant_copy_row(values.row(h, t), v.data() + (h * kept + i) * d, d);
+      copy_row(keys.row(h, t), k.data() + (h * kept + i) * d, d);
+      copy_row(values.row(h, t), v.data() + (h * kept + i) * d, d);
       positions[static_cast<std::size_t>(h * kept + i)] = t;
     }
   }

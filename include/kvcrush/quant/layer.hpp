@@ -1,5 +1,5 @@
 // One layer of a group-quantized key/value cache (KIVI arrangement, see
-// quant/config.hpp), with a full-precision window of recent tokens and
+// quant_config.hpp), with a full-precision window of recent tokens and
 // eviction.
 //
 // Per KV head the cached tokens are, in position order,
@@ -45,15 +45,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/quant/config.hpp"
+#include "kvcrush/quant_config.hpp"
 #include "kvcrush/quant/memory.hpp"
-#include "kvcrush/quant/params.hpp"
-#include "kvcrush/quant/spans.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/quant_params.hpp"
+#include "kvcrush/quant_spans.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/simd/quant_encode.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -70,16 +70,6 @@ struct requantization_stats {
 
 inline namespace KVCRUSH_TARGET_NS {
 namespace impl {
-
-// One row from one storage type into another (memcpy when they agree).
-template <class From, class To>
-void quant_copy_row(const From* src, To* dst, index_t n) noexcept {
-  if constexpr (std::is_same_v<std::remove_cv_t<From>, To>) {
-    if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(To));
-  } else {
-    for (index_t i = 0; i < n; ++i) dst[i] = from_float<To>(to_float(src[i]));
-  }
-}
 
 template <class T>
 constexpr float largest_storable() noexcept {
@@ -459,11 +449,11 @@ class quantized_layer {
         for (index_t i = 0; i < gs; ++i) {
           const index_t t = first + i;
           if (t < w) {
-            impl::quant_copy_row(window_row(window_keys_, h, t), key_rows + i * d, d);
-            impl::quant_copy_row(window_row(window_values_, h, t), value_rows + i * d, d);
+            copy_row(window_row(window_keys_, h, t), key_rows + i * d, d);
+            copy_row(window_row(window_values_, h, t), value_rows + i * d, d);
           } else {
-            impl::quant_copy_row(keys.row(h, t - w), key_rows + i * d, d);
-            impl::quant_copy_row(values.row(h, t - w), value_rows + i * d, d);
+            copy_row(keys.row(h, t - w), key_rows + i * d, d);
+            copy_row(values.row(h, t - w), value_rows + i * d, d);
           }
         }
         encode_group<Isa, P>(h, g + j, key_rows, d, value_rows, d);
@@ -476,8 +466,8 @@ class quantized_layer {
         if (start > 0) move_window_rows(h, start, 0, kept);
       }
       for (index_t t = std::max(start, w); t < total; ++t, ++kept) {
-        impl::quant_copy_row(keys.row(h, t - w), window_row(window_keys_, h, kept), d);
-        impl::quant_copy_row(values.row(h, t - w), window_row(window_values_, h, kept), d);
+        copy_row(keys.row(h, t - w), window_row(window_keys_, h, kept), d);
+        copy_row(values.row(h, t - w), window_row(window_values_, h, kept), d);
       }
       g += new_groups;
       window_[static_cast<std::size_t>(h)] = kept;
@@ -534,7 +524,7 @@ class quantized_layer {
       }
     }
     for (index_t t = 0; t < window_tokens(head); ++t) {
-      impl::quant_copy_row(window_row(keys ? window_keys_ : window_values_, head, t), &out(q + t, 0), head_dim());
+      copy_row(window_row(keys ? window_keys_ : window_values_, head, t), &out(q + t, 0), head_dim());
     }
   }
 
@@ -622,8 +612,8 @@ class quantized_layer {
       if (rest > 0) {
         move_window_rows(h, 0, rest, kept_window);
         for (index_t i = 0; i < rest; ++i) {
-          impl::quant_copy_row(rest_keys + i * d, window_row(window_keys_, h, i), d);
-          impl::quant_copy_row(rest_values + i * d, window_row(window_values_, h, i), d);
+          copy_row(rest_keys + i * d, window_row(window_keys_, h, i), d);
+          copy_row(rest_values + i * d, window_row(window_values_, h, i), d);
         }
         stats_.dequantized_tokens += rest;
       }
@@ -647,8 +637,8 @@ class quantized_layer {
       float* key_rows = scratch(0);
       float* value_rows = scratch(1);
       for (index_t i = 0; i < gs; ++i) {
-        impl::quant_copy_row(window_row(window_keys_, h, i), key_rows + i * d, d);
-        impl::quant_copy_row(window_row(window_values_, h, i), value_rows + i * d, d);
+        copy_row(window_row(window_keys_, h, i), key_rows + i * d, d);
+        copy_row(window_row(window_values_, h, i), value_rows + i * d, d);
       }
       encode_group<Isa, P>(h, g, key_rows, d, value_rows, d);
       ++g;

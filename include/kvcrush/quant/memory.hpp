@@ -22,7 +22,7 @@
 #include <type_traits>
 
 #include "kvcrush/float16.hpp"
-#include "kvcrush/quant/config.hpp"
+#include "kvcrush/quant_config.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -12,15 +12,16 @@
 #include <cmath>
 #include <vector>
 
-#include "kvcrush/cache/keep_view.hpp"
+#include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/quant/attention.hpp"
 #include "kvcrush/quant/layer.hpp"
 #include "kvcrush/quant/memory.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/quant/quant_scratch.hpp"
 #include "kvcrush/simd/quant_dot.hpp"
+#include "kvcrush/simd/softmax.hpp"
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -61,8 +62,8 @@ class tiered_layer {
       const index_t r = high.row_of_head(h);
       for (index_t i = 0; i < hn; ++i) {
         const index_t t = high.at(r, i);
-        impl::quant_copy_row(keys.row(h, t), out.high_row(out.high_keys_, h, i), d);
-        impl::quant_copy_row(values.row(h, t), out.high_row(out.high_values_, h, i), d);
+        copy_row(keys.row(h, t), out.high_row(out.high_keys_, h, i), d);
+        copy_row(values.row(h, t), out.high_row(out.high_values_, h, i), d);
         out.high_positions_[static_cast<std::size_t>(h * hn + i)] = t;
       }
     }
@@ -73,8 +74,8 @@ class tiered_layer {
       const index_t r = low.row_of_head(h);
       for (index_t i = 0; i < ln; ++i) {
         const index_t t = low.at(r, i);
-        impl::quant_copy_row(keys.row(h, t), gathered_keys.data() + (h * ln + i) * d, d);
-        impl::quant_copy_row(values.row(h, t), gathered_values.data() + (h * ln + i) * d, d);
+        copy_row(keys.row(h, t), gathered_keys.data() + (h * ln + i) * d, d);
+        copy_row(values.row(h, t), gathered_values.data() + (h * ln + i) * d, d);
         positions[static_cast<std::size_t>(h * ln + i)] = t;
       }
     }
@@ -111,11 +112,11 @@ class tiered_layer {
   // Softmax attention of Hq query heads over both tiers (one softmax; the
   // low tier's scores first, then the high tier's). Scratch from ws.
   template <class Isa = isa::active>
-  void attend(matrix_view<const float> queries, matrix_view<float> out, workspace& ws, float scale = 0.0f) const {
+  void attend(matrix_view<const float> queries, matrix_view<float> out, quant_scratch& ws, float scale = 0.0f) const {
     impl::require_attention_shapes(queries, out, heads_, head_dim_, "tiered_layer::attend");
     const index_t hq = queries.extent(0), per_kv = hq / heads_, n = length(), ln = low_.length();
     if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-    float* probs = ws.floats_a(static_cast<std::size_t>(n) + 1);
+    float* probs = ws.probabilities(static_cast<std::size_t>(n) + 1);
     for (index_t i = 0; i < hq; ++i) {
       const index_t head = i / per_kv;
       const float* q = &queries(i, 0);
@@ -127,7 +128,7 @@ class tiered_layer {
       const bool half = low_.config().params == param_format::float16;
       half ? impl::quant_key_scores<Isa, float16>(low_, head, q, probs) : impl::quant_key_scores<Isa, float>(low_, head, q, probs);
       simd::quant_dot_kernel<Isa>::row_scores(high_key_span(head), q, probs + ln);
-      impl::softmax_in_place(probs, n, scale);
+      simd::softmax_in_place(probs, n, scale);
       half ? impl::quant_value_sum<Isa, float16>(low_, head, probs, row) : impl::quant_value_sum<Isa, float>(low_, head, probs, row);
       simd::quant_dot_kernel<Isa>::row_accumulate(high_value_span(head), probs + ln, row);
     }

@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "kvcrush/error.hpp"
-#include "kvcrush/select/options.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/enum_names.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -10,7 +10,7 @@
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/scores/reduce.hpp"
-#include "kvcrush/select/anchor.hpp"
+#include "kvcrush/random.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -23,7 +23,9 @@
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/scores/reduce.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/scores/attention_scratch.hpp"
+#include "kvcrush/simd/nan_scan.hpp"
+#include "kvcrush/simd/softmax.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -62,12 +64,6 @@ inline void pool_outside_window(const float* raw, index_t n, index_t window, con
   for (index_t t = outside; t < n; ++t) out[t] = raw[t];
 }
 
-inline bool any_nan(const float* v, index_t n) noexcept {
-  bool nan = false;
-  for (index_t i = 0; i < n; ++i) nan |= v[i] != v[i];
-  return nan;
-}
-
 }  // namespace impl
 
 // attention: (Hq, W, N) float32 probabilities of the last W queries.
@@ -75,7 +71,7 @@ inline bool any_nan(const float* v, index_t n) noexcept {
 // pooled per-query-head scores, the rows of query-head signatures.
 template <class Isa = isa::active>
 void window_scores(strided_view<const float, 3> attention, const window_options& opt, matrix_view<float> kv_out,
-                   workspace& ws, matrix_view<float> query_out = {}) {
+                   attention_scratch& ws, matrix_view<float> query_out = {}) {
   using kvcrush::detail::require;
   const index_t hq = attention.extent(0), window = attention.extent(1), n = attention.extent(2);
   require(hq >= 1, "window scores: attention needs at least one query head");
@@ -84,8 +80,8 @@ void window_scores(strided_view<const float, 3> attention, const window_options&
   impl::check_window_outputs(hq, n, opt, kv_out, query_out);
   const index_t h = kv_out.extent(0);
   const index_t group = hq / h;
-  float* raw = ws.floats_a(static_cast<std::size_t>(n) + 64);
-  float* pooled = query_out.data() ? nullptr : ws.row_copy(static_cast<std::size_t>(hq * n));
+  float* raw = ws.row(static_cast<std::size_t>(n) + 64);
+  float* pooled = query_out.data() ? nullptr : ws.keys(static_cast<std::size_t>(hq * n));
   bool nan = false;
   for (index_t q = 0; q < hq; ++q) {
     // Sum over the window in w order.
@@ -95,7 +91,7 @@ void window_scores(strided_view<const float, 3> attention, const window_options&
       const float* row = first + w * attention.stride(1);
       for (index_t t = 0; t < n; ++t) raw[t] += row[t];
     }
-    nan |= impl::any_nan(raw, n);
+    nan |= simd::any_nan(raw, n);
     float* out = query_out.data() ? query_out.data() + q * query_out.stride(0) : pooled + q * n;
     impl::pool_outside_window(raw, n, window, opt, out);
   }
@@ -113,7 +109,7 @@ void window_scores(strided_view<const float, 3> attention, const window_options&
 // scale <= 0 means 1 / sqrt(d).
 template <class Isa = isa::active, class KeyT>
 void window_scores_from_queries(strided_view<const float, 3> queries, kv_view<const KeyT> keys,
-                                const window_options& opt, matrix_view<float> kv_out, workspace& ws,
+                                const window_options& opt, matrix_view<float> kv_out, attention_scratch& ws,
                                 matrix_view<float> query_out = {}, float scale = 0.0f) {
   using kvcrush::detail::require;
   const index_t hq = queries.extent(0), window = queries.extent(1), d = queries.extent(2);
@@ -129,10 +125,10 @@ void window_scores_from_queries(strided_view<const float, 3> queries, kv_view<co
   const index_t group = hq / h;
 
   using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  float* key_buffer = ws.row_copy(static_cast<std::size_t>(n * d) + (query_out.data() ? 0 : hq * n));
+  float* key_buffer = ws.keys(static_cast<std::size_t>(n * d) + (query_out.data() ? 0 : hq * n));
   float* pooled = query_out.data() ? nullptr : key_buffer + n * d;
-  float* logits = ws.signature_copy(static_cast<std::size_t>(window * n));
-  float* raw = ws.floats_a(static_cast<std::size_t>(n) + 64);
+  float* logits = ws.logits(static_cast<std::size_t>(window * n));
+  float* raw = ws.row(static_cast<std::size_t>(n) + 64);
   bool nan = false;
   for (index_t k = 0; k < h; ++k) {
     // Keys of this KV head as a dense float (N, d) matrix.
@@ -150,24 +146,13 @@ void window_scores_from_queries(strided_view<const float, 3> queries, kv_view<co
       for (index_t w = 0; w < window; ++w) {
         float* row = logits + w * n;
         const index_t visible = n - window + w + 1;  // causal: keys 0..position
-        float peak = -std::numeric_limits<float>::infinity();
-        for (index_t t = 0; t < visible; ++t) {
-          row[t] *= scale;
-          peak = row[t] > peak ? row[t] : peak;
-        }
-        float total = 0.0f;
-        for (index_t t = 0; t < visible; ++t) {
-          row[t] = std::exp(row[t] - peak);
-          total += row[t];
-        }
-        const float inverse = 1.0f / total;
-        for (index_t t = 0; t < visible; ++t) row[t] *= inverse;
+        simd::softmax_in_place(row, visible, scale);
         for (index_t t = visible; t < n; ++t) row[t] = 0.0f;
       }
       for (index_t t = 0; t < n; ++t) raw[t] = logits[t];
       for (index_t w = 1; w < window; ++w)
         for (index_t t = 0; t < n; ++t) raw[t] += logits[w * n + t];
-      nan |= impl::any_nan(raw, n);
+      nan |= simd::any_nan(raw, n);
       float* out = query_out.data() ? query_out.data() + q * query_out.stride(0) : pooled + q * n;
       impl::pool_outside_window(raw, n, window, opt, out);
     }

@@ -20,9 +20,10 @@
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/signatures.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -98,11 +99,6 @@ enum : std::uint8_t { flag_evict = 0, flag_important = 1, flag_representative = 
 
 enum class selection_status { ok, nan_in_scores, nan_in_signature_scores };
 
-inline bool any_nan_in(const float* v, index_t n) noexcept {
-  bool nan = false;
-  for (index_t i = 0; i < n; ++i) nan |= v[i] != v[i];
-  return nan;
-}
 
 // sums[j] = float32 sum of v[j*b .. j*b+b) in position order. Eight blocks
 // are summed side by side: each block's additions form one dependent chain,
@@ -131,7 +127,7 @@ inline void block_sums(const float* v, index_t blocks, index_t b, float* sums) n
 // units, for head-wise budgets; otherwise every row gets the uniform one.
 template <class Isa>
 selection_status run_selection(const score_rows& s, const score_rows& sig_rows, bool separate_signature_rows,
-                               const keep_config& cfg, workspace& ws, std::uint8_t* flags,
+                               const keep_config& cfg, selection_scratch& ws, std::uint8_t* flags,
                                const index_t* row_rest = nullptr) noexcept {
   const index_t b = cfg.block_size;
   const index_t tokens = s.tokens;
@@ -205,7 +201,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
         // Rows without importance picks still get their NaN check here.
         const index_t picks = split_of(h).importance > 0 ? split_of(h).importance : 0;
         if (!mark_top_k<Isa>(importance, n, picks, flags + h * n, flag_important, buf_a, buf_b) ||
-            (picks == 0 && any_nan_in(importance, n))) {
+            (picks == 0 && simd::any_nan(importance, n))) {
           return selection_status::nan_in_scores;
         }
       }
@@ -260,12 +256,13 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
 
 namespace impl {
 
+// The selection behind the checks of everything but the configuration,
+// which the caller has validated (validate(cfg)) once already.
 template <class Isa>
-void select_keep_checked(matrix_view<const float> importance, const keep_config& cfg,
-                         vector_view<const index_t> row_rest, matrix_view<index_t> out, vector_view<index_t> counts,
-                         workspace& ws, matrix_view<const float> signature_scores) {
+void select_keep_validated(matrix_view<const float> importance, const keep_config& cfg,
+                           vector_view<const index_t> row_rest, matrix_view<index_t> out, vector_view<index_t> counts,
+                           selection_scratch& ws, matrix_view<const float> signature_scores) {
   using kvcrush::detail::require;
-  validate(cfg);
   const index_t heads = importance.extent(0);
   const index_t tokens = importance.extent(1);
   require(heads >= 1, "select_keep: scores need at least one head (got ", heads, ")");
@@ -352,6 +349,14 @@ void select_keep_checked(matrix_view<const float> importance, const keep_config&
   }
 }
 
+template <class Isa>
+void select_keep_checked(matrix_view<const float> importance, const keep_config& cfg,
+                         vector_view<const index_t> row_rest, matrix_view<index_t> out, vector_view<index_t> counts,
+                         selection_scratch& ws, matrix_view<const float> signature_scores) {
+  validate(cfg);
+  select_keep_validated<Isa>(importance, cfg, row_rest, out, counts, ws, signature_scores);
+}
+
 }  // namespace impl
 
 // Selects the keep set(s) of one layer.
@@ -366,7 +371,7 @@ void select_keep_checked(matrix_view<const float> importance, const keep_config&
 // writing anything to out.
 template <class Isa = isa::active>
 index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, matrix_view<index_t> out,
-                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+                    selection_scratch& ws, matrix_view<const float> signature_scores = {}) {
   impl::select_keep_checked<Isa>(importance, cfg, {}, out, {}, ws, signature_scores);
   return keep_count(cfg, importance.extent(1));
 }
@@ -377,7 +382,7 @@ index_t select_keep(matrix_view<const float> importance, const keep_config& cfg,
 template <class Isa = isa::active>
 void select_keep_ragged(matrix_view<const float> importance, const keep_config& cfg,
                         vector_view<const index_t> rest_budgets, matrix_view<index_t> out, vector_view<index_t> counts,
-                        workspace& ws, matrix_view<const float> signature_scores = {}) {
+                        selection_scratch& ws, matrix_view<const float> signature_scores = {}) {
   kvcrush::detail::require(rest_budgets.extent(0) >= 1, "select_keep_ragged: one budget per head is required");
   kvcrush::detail::require(counts.extent(0) == importance.extent(0), "select_keep_ragged: counts need one entry per head");
   impl::select_keep_checked<Isa>(importance, cfg, rest_budgets, out, counts, ws, signature_scores);
@@ -386,7 +391,7 @@ void select_keep_ragged(matrix_view<const float> importance, const keep_config& 
 // Shared-mode convenience: one keep set into a vector.
 template <class Isa = isa::active>
 index_t select_keep(matrix_view<const float> importance, const keep_config& cfg, vector_view<index_t> out,
-                    workspace& ws, matrix_view<const float> signature_scores = {}) {
+                    selection_scratch& ws, matrix_view<const float> signature_scores = {}) {
   kvcrush::detail::require(!cfg.per_head, "select_keep: per-head mode needs a (heads, budget) output");
   return select_keep<Isa>(importance, cfg, matrix_view<index_t>(out.data(), {1, out.extent(0)}, {0, out.stride(0)}),
                           ws, signature_scores);

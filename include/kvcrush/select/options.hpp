@@ -8,7 +8,7 @@
 #include <string_view>
 #include <utility>
 
-#include "kvcrush/error.hpp"
+#include "kvcrush/enum_names.hpp"
 
 namespace kvcrush {
 
@@ -25,28 +25,6 @@ enum class anchor_mode { mean, inv_mean, zeros, ones, alternating, random };
 enum class representative_rule { bucket_center, bucket_start, linspace, stride };
 
 namespace detail {
-
-template <class Enum, std::size_t N>
-Enum parse_enum(std::string_view text, const std::array<std::pair<std::string_view, Enum>, N>& names,
-                std::string_view what) {
-  for (const auto& [name, value] : names) {
-    if (text == name) return value;
-  }
-  std::string known;
-  for (const auto& [name, value] : names) {
-    if (!known.empty()) known += ", ";
-    known += name;
-  }
-  throw_invalid("unknown ", what, " '", text, "' (expected one of: ", known, ")");
-}
-
-template <class Enum, std::size_t N>
-std::string_view enum_name(Enum value, const std::array<std::pair<std::string_view, Enum>, N>& names) {
-  for (const auto& [name, v] : names) {
-    if (v == value) return name;
-  }
-  return "?";
-}
 
 inline constexpr std::array<std::pair<std::string_view, threshold_mode>, 2> threshold_names{{
     {"median", threshold_mode::median},

@@ -12,8 +12,9 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/simd/head_bits.hpp"
+#include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/simd/signature.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -108,7 +109,7 @@ void compute_thresholds(const score_rows& s, index_t begin, index_t end, thresho
 // the token-major pass. Returns true on NaN.
 template <class Isa>
 bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, float* thresholds, index_t* ties,
-                               std::uint64_t* signatures, float* sums, workspace& ws) noexcept {
+                               std::uint64_t* signatures, float* sums, selection_scratch& ws) noexcept {
   using kernel = simd::head_bits_kernel<Isa>;
   const index_t n = end - begin;
   const index_t stride = simd::head_bits_stride(s.rows);
@@ -132,8 +133,7 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
 inline bool has_nan(const score_rows& s, index_t begin, index_t end) noexcept {
   bool nan = false;
   for (index_t h = 0; h < s.rows; ++h) {
-    const float* row = s.row(h);
-    for (index_t t = begin; t < end; ++t) nan |= row[t] != row[t];
+    nan |= simd::any_nan(s.row(h) + begin, end - begin);
   }
   return nan;
 }
@@ -161,7 +161,7 @@ inline void trim_surplus_ties(const score_rows& s, index_t begin, index_t end, c
 // bit_counts optional. Returns false on NaN.
 template <class Isa>
 bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold_mode mode,
-                      std::uint64_t* signatures, index_t* bit_counts, float* sums, workspace& ws) noexcept {
+                      std::uint64_t* signatures, index_t* bit_counts, float* sums, selection_scratch& ws) noexcept {
   float* thresholds = ws.thresholds(static_cast<std::size_t>(s.rows));
   index_t* ties = ws.ties(static_cast<std::size_t>(s.rows));
   const auto n = static_cast<std::size_t>(end - begin);
@@ -237,7 +237,7 @@ bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noex
 // is set (what the mean/inv_mean anchors need).
 template <class Isa = isa::active>
 void compute_signatures(matrix_view<const float> scores, index_t begin, index_t end, threshold_mode mode,
-                        matrix_view<std::uint64_t> out, workspace& ws,
+                        matrix_view<std::uint64_t> out, selection_scratch& ws,
                         vector_view<index_t> bit_counts = {}) {
   const index_t heads = scores.extent(0);
   const index_t tokens = scores.extent(1);

@@ -3,7 +3,11 @@
 
 #include <cstdint>
 
-namespace kvcrush::simd {
+#include "kvcrush/config.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
 
 // SWAR population count: what the scalar kernels use, so that the baseline
 // build needs no POPCNT instruction.
@@ -35,4 +39,6 @@ constexpr unsigned nonzero_bytes8(std::uint64_t x) noexcept {
   return static_cast<unsigned>(((high >> 7) * 0x0102040810204080ull) >> 56);
 }
 
-}  // namespace kvcrush::simd
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "kvcrush/simd/bits.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -21,7 +21,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

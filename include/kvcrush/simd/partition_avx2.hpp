@@ -17,7 +17,7 @@ namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
 
-namespace detail_avx2 {
+namespace impl::partition_avx2 {
 
 // For every 8-bit mask, the indices of its set bits packed to the front,
 // one byte each: the permutation operand of vpermps, widened on load. (A
@@ -53,7 +53,7 @@ inline index_t sum_lanes(__m256i counts) noexcept {
   return _mm_cvtsi128_si32(q);
 }
 
-}  // namespace detail_avx2
+}  // namespace impl::partition_avx2
 
 template <>
 struct partition_kernel<isa::avx2> {
@@ -85,7 +85,7 @@ struct partition_kernel<isa::avx2> {
     };
     // Writing all 8 lanes is safe: inside <= i, so dst + inside + 8 <= dst + n.
     auto pack = [&](const __m256 v, unsigned mask) {
-      _mm256_storeu_ps(dst + inside, _mm256_permutevar8x32_ps(v, detail_avx2::compress_permutation(mask)));
+      _mm256_storeu_ps(dst + inside, _mm256_permutevar8x32_ps(v, impl::partition_avx2::compress_permutation(mask)));
       inside += _mm_popcnt_u32(mask);
     };
     index_t i = 0;
@@ -105,8 +105,8 @@ struct partition_kernel<isa::avx2> {
       pack(v, classify(v));
     }
     partition_counts c;
-    c.above = detail_avx2::sum_lanes(above);
-    c.below = CountBelow ? detail_avx2::sum_lanes(below) : 0;
+    c.above = impl::partition_avx2::sum_lanes(above);
+    c.below = CountBelow ? impl::partition_avx2::sum_lanes(below) : 0;
     c.inside = inside;
     const partition_counts tail = partition_kernel<isa::scalar>::run<CountBelow>(src + i, n - i, lo, hi, dst + c.inside);
     c.above += tail.above;
@@ -140,7 +140,7 @@ struct partition_kernel<isa::avx2> {
       rank_order_statistics(v, n, r_a, r_b, a, b);
       return;
     }
-    sort64_avx2::sort(r);
+    impl::sort64_avx2::sort(r);
     alignas(32) float sorted[64];
     for (int i = 0; i < 8; ++i) _mm256_store_ps(sorted + 8 * i, r[i]);
     if (r_a < n) a = sorted[63 - r_a];

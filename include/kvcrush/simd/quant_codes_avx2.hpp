@@ -23,7 +23,7 @@ namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
 
-namespace quant_bytes {
+namespace impl::quant_bytes {
 
 // 16 code bytes (each < 2^Bits) packed into the low 16 * Bits / 8 bytes.
 template <int Bits>
@@ -101,9 +101,9 @@ inline __m128i load_prefix(const std::uint8_t* p, index_t bytes) noexcept {
   return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
 }
 
-}  // namespace quant_bytes
+}  // namespace impl::quant_bytes
 
-namespace quant_avx2 {
+namespace impl::quant_avx2 {
 
 // Lane i is all ones when i < lanes.
 inline __m256i lanes_mask(index_t lanes) noexcept {
@@ -163,7 +163,7 @@ template <int Bits>
 __m128i pack16(__m256i a, __m256i b) noexcept {
   const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
   const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
-  return quant_bytes::pack<Bits>(bytes);
+  return impl::quant_bytes::pack<Bits>(bytes);
 }
 
 // 16 code bytes as two registers of 8 floats.
@@ -174,11 +174,11 @@ inline void widen16(__m128i bytes, __m256& lo, __m256& hi) noexcept {
 
 template <int Bits>
 void decode16(const std::uint8_t* p, __m256& lo, __m256& hi) noexcept {
-  widen16(quant_bytes::unpack<Bits>(quant_bytes::load<Bits>(p)), lo, hi);
+  widen16(impl::quant_bytes::unpack<Bits>(impl::quant_bytes::load<Bits>(p)), lo, hi);
 }
 template <int Bits>
 void decode16_partial(const std::uint8_t* p, index_t lanes, __m256& lo, __m256& hi) noexcept {
-  widen16(quant_bytes::unpack<Bits>(quant_bytes::load_prefix(p, (lanes * Bits + 7) / 8)), lo, hi);
+  widen16(impl::quant_bytes::unpack<Bits>(impl::quant_bytes::load_prefix(p, (lanes * Bits + 7) / 8)), lo, hi);
 }
 
 // The hot-loop decode: 16 codes as two registers in element order. int4 and
@@ -241,7 +241,7 @@ inline __m256 load_row(const bfloat16* p, index_t lanes) noexcept {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_halves(&p->bits, lanes)), 16));
 }
 
-}  // namespace quant_avx2
+}  // namespace impl::quant_avx2
 }  // namespace simd
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush

@@ -25,7 +25,7 @@
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
-namespace simd::quant_avx512 {
+namespace simd::impl::quant_avx512 {
 
 constexpr __mmask16 all16 = 0xffff;
 
@@ -94,7 +94,7 @@ inline void transpose16(__m512 (&r)[16]) noexcept {
 
 // make_group_params for 16 groups at once (lanes of lo / hi), with the
 // same bits: IEEE conversion to float16 rounding toward -inf / +inf is the
-// "largest half <= x" / "smallest half >= x" of quant/params.hpp. Stores
+// "largest half <= x" / "smallest half >= x" of quant_params.hpp. Stores
 // the parameters (P) and returns zero and inv for the codes.
 template <class P>
 void group_params16(__m512 lo, __m512 hi, int bits, __mmask16 m, P* scale_out, P* zero_out, __m512& zero,
@@ -129,15 +129,15 @@ inline __m512i quantize16(__m512 x, __m512 zero, __m512 inv, __m512 qmax) noexce
 }
 
 // 16 codes (int32 lanes in [0, 2^Bits)) packed into the low 16 * Bits / 8
-// bytes of the result, in the layout of quant/config.hpp.
+// bytes of the result, in the layout of quant_config.hpp.
 template <int Bits>
 __m128i pack16(__m512i codes) noexcept {
-  return quant_bytes::pack<Bits>(_mm512_maskz_cvtepi32_epi8(all16, codes));
+  return impl::quant_bytes::pack<Bits>(_mm512_maskz_cvtepi32_epi8(all16, codes));
 }
 
 template <int Bits>
 void store16(std::uint8_t* dst, __m128i packed) noexcept {
-  quant_bytes::store<Bits>(dst, packed);
+  impl::quant_bytes::store<Bits>(dst, packed);
 }
 
 // The first `bytes` bytes only.
@@ -149,13 +149,13 @@ inline void store_bytes(std::uint8_t* dst, __m128i packed, index_t bytes) noexce
 // codes (the rest decode as 0).
 template <int Bits>
 __m512 decode16(const std::uint8_t* p) noexcept {
-  return to_float(_mm512_maskz_cvtepu8_epi32(all16, quant_bytes::unpack<Bits>(quant_bytes::load<Bits>(p))));
+  return to_float(_mm512_maskz_cvtepu8_epi32(all16, impl::quant_bytes::unpack<Bits>(impl::quant_bytes::load<Bits>(p))));
 }
 template <int Bits>
 __m512 decode16_partial(const std::uint8_t* p, index_t lanes) noexcept {
   const auto bytes = static_cast<unsigned>((lanes * Bits + 7) / 8);
   const __m128i x = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1u), p);
-  return to_float(_mm512_maskz_cvtepu8_epi32(all16, quant_bytes::unpack<Bits>(x)));
+  return to_float(_mm512_maskz_cvtepu8_epi32(all16, impl::quant_bytes::unpack<Bits>(x)));
 }
 
 // The hot-loop decode: 16 codes as floats from one broadcast load and
@@ -206,7 +206,7 @@ inline __m512 load_row(const bfloat16* p, __mmask16 m) noexcept {
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all16, wide, 16));
 }
 
-}  // namespace simd::quant_avx512
+}  // namespace simd::impl::quant_avx512
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush
 

@@ -32,10 +32,10 @@
 #include <cstdint>
 
 #include "kvcrush/float16.hpp"
-#include "kvcrush/quant/config.hpp"
-#include "kvcrush/quant/params.hpp"
-#include "kvcrush/quant/spans.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/quant_config.hpp"
+#include "kvcrush/quant_params.hpp"
+#include "kvcrush/quant_spans.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -47,7 +47,7 @@ struct quant_dot_kernel {
   static_assert(isa::compiled_v<Isa>, "quant_dot kernel requested for an ISA this translation unit is not compiled for");
 };
 
-namespace quant_scalar {
+namespace impl::quant_scalar {
 
 inline float reduce_tree16(float* acc) noexcept {
   for (int w = 8; w >= 1; w /= 2)
@@ -55,7 +55,7 @@ inline float reduce_tree16(float* acc) noexcept {
   return acc[0];
 }
 
-}  // namespace quant_scalar
+}  // namespace impl::quant_scalar
 
 template <>
 struct quant_dot_kernel<isa::scalar> {
@@ -63,7 +63,7 @@ struct quant_dot_kernel<isa::scalar> {
   static float dot16(const float* KVCRUSH_RESTRICT a, const T* KVCRUSH_RESTRICT b, index_t n) noexcept {
     float acc[16] = {};
     for (index_t i = 0; i < n; ++i) acc[i % 16] = std::fma(a[i], to_float(b[i]), acc[i % 16]);
-    return quant_scalar::reduce_tree16(acc);
+    return impl::quant_scalar::reduce_tree16(acc);
   }
 
   // out[t] for the k.tokens() keys of the span.
@@ -76,7 +76,7 @@ struct quant_dot_kernel<isa::scalar> {
       const std::uint8_t* codes = k.codes + static_cast<std::size_t>(g) * k.group_code_bytes();
       const P* scale = k.scale + g * d;
       const P* zero = k.zero + g * d;
-      for (index_t c = 0; c < d; ++c) qs[c] = q[c] * impl::load_param(scale[c]);
+      for (index_t c = 0; c < d; ++c) qs[c] = q[c] * kvcrush::impl::load_param(scale[c]);
       const float bias = dot16(q, zero, d);
       for (index_t t = 0; t < k.group; ++t) {
         float acc = bias;
@@ -99,15 +99,15 @@ struct quant_dot_kernel<isa::scalar> {
     for (index_t c = 0; c < d; ++c) out[c] = 0.0f;
     for (index_t t = 0; t < v.rows; ++t) {
       for (index_t g = 0; g < groups; ++g) {
-        ps[g] = p[t] * impl::load_param(v.scale[t * groups + g]);
-        lanes[g][t % 16] = std::fma(p[t], impl::load_param(v.zero[t * groups + g]), lanes[g][t % 16]);
+        ps[g] = p[t] * kvcrush::impl::load_param(v.scale[t * groups + g]);
+        lanes[g][t % 16] = std::fma(p[t], kvcrush::impl::load_param(v.zero[t * groups + g]), lanes[g][t % 16]);
       }
       const std::uint8_t* row = v.codes + static_cast<std::size_t>(t) * row_bytes;
       for (index_t c = 0; c < d; ++c) {
         out[c] = std::fma(ps[c / gsize], static_cast<float>(packed_code(row, c, v.bits)), out[c]);
       }
     }
-    for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(lanes[g]);
+    for (index_t g = 0; g < groups; ++g) bias[g] = impl::quant_scalar::reduce_tree16(lanes[g]);
     for (index_t c = 0; c < d; ++c) out[c] = out[c] + bias[c / gsize];
   }
 

@@ -10,6 +10,7 @@
 #if KVCRUSH_HAS_AVX2
 #include <immintrin.h>
 
+#include "kvcrush/simd/static_switch.hpp"
 #include "kvcrush/simd/quant_codes_avx2.hpp"
 #include "kvcrush/simd/quant_dot.hpp"
 
@@ -21,7 +22,7 @@ template <>
 struct quant_dot_kernel<isa::avx2> {
   template <class T>
   static float dot16(const float* KVCRUSH_RESTRICT a, const T* KVCRUSH_RESTRICT b, index_t n) noexcept {
-    namespace q = quant_avx2;
+    namespace q = impl::quant_avx2;
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     index_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -45,20 +46,12 @@ struct quant_dot_kernel<isa::avx2> {
 
   template <class P>
   static void key_scores(const key_group_span<P>& k, const float* KVCRUSH_RESTRICT q, float* KVCRUSH_RESTRICT out) noexcept {
-    switch (k.bits) {
-      case 2: return key_scores_bits<2>(k, q, out);
-      case 4: return key_scores_bits<4>(k, q, out);
-      default: return key_scores_bits<8>(k, q, out);
-    }
+    return with_code_bits(k.bits, [&](auto bits) { return key_scores_bits<decltype(bits)::value>(k, q, out); });
   }
 
   template <class P>
   static void value_sum(const value_row_span<P>& v, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
-    switch (v.bits) {
-      case 2: return value_sum_bits<2>(v, p, out);
-      case 4: return value_sum_bits<4>(v, p, out);
-      default: return value_sum_bits<8>(v, p, out);
-    }
+    return with_code_bits(v.bits, [&](auto bits) { return value_sum_bits<decltype(bits)::value>(v, p, out); });
   }
 
   template <class W>
@@ -70,36 +63,27 @@ struct quant_dot_kernel<isa::avx2> {
   static void row_accumulate(const row_span<W>& r, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
     for (index_t c0 = 0; c0 < r.head_dim; c0 += 64) {
       const index_t regs = (r.head_dim - c0 + 7) / 8;
-      switch (regs >= 8 ? 8 : regs) {
-        case 1: accumulate_tile<1>(r, p, out, c0); break;
-        case 2: accumulate_tile<2>(r, p, out, c0); break;
-        case 3: accumulate_tile<3>(r, p, out, c0); break;
-        case 4: accumulate_tile<4>(r, p, out, c0); break;
-        case 5: accumulate_tile<5>(r, p, out, c0); break;
-        case 6: accumulate_tile<6>(r, p, out, c0); break;
-        case 7: accumulate_tile<7>(r, p, out, c0); break;
-        default: accumulate_tile<8>(r, p, out, c0); break;
-      }
+      with_count_up_to<8>(regs, [&](auto count) { accumulate_tile<decltype(count)::value>(r, p, out, c0); });
     }
   }
 
  private:
   template <class P>
   static void group_prologue(const key_group_span<P>& k, index_t g, const float* q, float* qs, float& bias) noexcept {
-    namespace qa = quant_avx2;
+    namespace qa = impl::quant_avx2;
     const index_t d = k.head_dim;
     const P* scale = k.scale + g * d;
     index_t c = 0;
     for (; c + 8 <= d; c += 8) _mm256_storeu_ps(qs + c, _mm256_mul_ps(_mm256_loadu_ps(q + c), qa::load_row(scale + c, 8)));
-    for (; c < d; ++c) qs[c] = q[c] * impl::load_param(scale[c]);
+    for (; c < d; ++c) qs[c] = q[c] * kvcrush::impl::load_param(scale[c]);
     bias = dot16(q, k.zero + g * d, d);
   }
 
   template <int Bits, int Tiles, class P>
   static void key_tiles(const key_group_span<P>& k, const float* q, index_t first_tile, float* out) noexcept {
-    namespace qa = quant_avx2;
+    namespace qa = impl::quant_avx2;
     alignas(32) float qs[Tiles][max_quant_head_dim];
-    float bias[Tiles];
+    float bias[Tiles] = {};
     const index_t per_group = k.group / 16;
     const index_t first_group = first_tile / per_group;
     const index_t channel_bytes = k.group * Bits / 8;
@@ -140,12 +124,7 @@ struct quant_dot_kernel<isa::avx2> {
     const index_t tiles = k.groups * (k.group / 16);
     index_t t = 0;
     for (; t + 4 <= tiles; t += 4) key_tiles<Bits, 4>(k, q, t, out);
-    switch (tiles - t) {
-      case 1: key_tiles<Bits, 1>(k, q, t, out); break;
-      case 2: key_tiles<Bits, 2>(k, q, t, out); break;
-      case 3: key_tiles<Bits, 3>(k, q, t, out); break;
-      default: break;
-    }
+    with_count_up_to<3>(tiles - t, [&](auto count) { key_tiles<Bits, decltype(count)::value>(k, q, t, out); });
   }
 
   // Channels [c0, c0 + 16 * Chunks) of the value sum (the last chunk may be
@@ -156,7 +135,7 @@ struct quant_dot_kernel<isa::avx2> {
   template <int Bits, int Chunks, class P>
   static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float (*bias_lanes)[16],
                          float* bias) noexcept {
-    namespace qa = quant_avx2;
+    namespace qa = impl::quant_avx2;
     const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
     const auto row_bytes = static_cast<index_t>(v.row_bytes());
     const bool first_pass = c0 == 0;
@@ -202,11 +181,11 @@ struct quant_dot_kernel<isa::avx2> {
           const P* scale = v.scale + t * groups;
           if (first_pass) {
             const P* zero = v.zero + t * groups;
-            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], impl::load_param(zero[g]), bias_lanes[g][i]);
+            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], kvcrush::impl::load_param(zero[g]), bias_lanes[g][i]);
           }
           // Groups are multiples of 16 channels here, so chunks are full.
           for (int k = 0; k < Chunks; ++k) {
-            const __m256 scaled = _mm256_set1_ps(p[t] * impl::load_param(scale[(c0 + 16 * k) / gsize]));
+            const __m256 scaled = _mm256_set1_ps(p[t] * kvcrush::impl::load_param(scale[(c0 + 16 * k) / gsize]));
             __m256 a, b;
             qa::decode16_lanes<Bits>(row + k * 2 * Bits, a, b);
             lo[k] = _mm256_fmadd_ps(scaled, a, lo[k]);
@@ -220,7 +199,7 @@ struct quant_dot_kernel<isa::avx2> {
         _mm256_storeu_ps(bias_lanes[0], bias_lo);
         _mm256_storeu_ps(bias_lanes[0] + 8, bias_hi);
       }
-      for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(bias_lanes[g]);
+      for (index_t g = 0; g < groups; ++g) bias[g] = impl::quant_scalar::reduce_tree16(bias_lanes[g]);
     }
     for (int k = 0; k < Chunks; ++k) {
       const index_t c = c0 + 16 * k;
@@ -236,21 +215,18 @@ struct quant_dot_kernel<isa::avx2> {
   template <int Bits, class P>
   static void value_sum_bits(const value_row_span<P>& v, const float* p, float* out) noexcept {
     alignas(32) float bias_lanes[max_quant_head_dim / 16][16] = {};
-    float bias[max_quant_head_dim / 16];
+    float bias[max_quant_head_dim / 16] = {};  // set by the first tile; zeroed so no compiler sees it unset
     for (index_t c0 = 0; c0 < v.head_dim; c0 += 64) {
       const index_t chunks = (v.head_dim - c0 + 15) / 16;
-      switch (chunks >= 4 ? 4 : chunks) {
-        case 1: value_tile<Bits, 1>(v, p, out, c0, bias_lanes, bias); break;
-        case 2: value_tile<Bits, 2>(v, p, out, c0, bias_lanes, bias); break;
-        case 3: value_tile<Bits, 3>(v, p, out, c0, bias_lanes, bias); break;
-        default: value_tile<Bits, 4>(v, p, out, c0, bias_lanes, bias); break;
-      }
+      with_count_up_to<4>(chunks, [&](auto count) {
+        value_tile<Bits, decltype(count)::value>(v, p, out, c0, bias_lanes, bias);
+      });
     }
   }
 
   template <int Regs, class W>
   static void accumulate_tile(const row_span<W>& r, const float* p, float* out, index_t c0) noexcept {
-    namespace qa = quant_avx2;
+    namespace qa = impl::quant_avx2;
     index_t lanes[Regs];
     __m256 acc[Regs];
     for (int i = 0; i < Regs; ++i) {

@@ -13,6 +13,7 @@
 #if KVCRUSH_HAS_AVX512
 #include <immintrin.h>
 
+#include "kvcrush/simd/static_switch.hpp"
 #include "kvcrush/simd/quant_codes_avx512.hpp"
 #include "kvcrush/simd/quant_dot.hpp"
 
@@ -24,7 +25,7 @@ template <>
 struct quant_dot_kernel<isa::avx512> {
   template <class T>
   static float dot16(const float* KVCRUSH_RESTRICT a, const T* KVCRUSH_RESTRICT b, index_t n) noexcept {
-    namespace q = quant_avx512;
+    namespace q = impl::quant_avx512;
     __m512 acc = _mm512_setzero_ps();
     index_t i = 0;
     for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), q::load_row(b + i, q::all16), acc);
@@ -39,20 +40,12 @@ struct quant_dot_kernel<isa::avx512> {
 
   template <class P>
   static void key_scores(const key_group_span<P>& k, const float* KVCRUSH_RESTRICT q, float* KVCRUSH_RESTRICT out) noexcept {
-    switch (k.bits) {
-      case 2: return key_scores_bits<2>(k, q, out);
-      case 4: return key_scores_bits<4>(k, q, out);
-      default: return key_scores_bits<8>(k, q, out);
-    }
+    return with_code_bits(k.bits, [&](auto bits) { return key_scores_bits<decltype(bits)::value>(k, q, out); });
   }
 
   template <class P>
   static void value_sum(const value_row_span<P>& v, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
-    switch (v.bits) {
-      case 2: return value_sum_bits<2>(v, p, out);
-      case 4: return value_sum_bits<4>(v, p, out);
-      default: return value_sum_bits<8>(v, p, out);
-    }
+    return with_code_bits(v.bits, [&](auto bits) { return value_sum_bits<decltype(bits)::value>(v, p, out); });
   }
 
   template <class W>
@@ -64,16 +57,7 @@ struct quant_dot_kernel<isa::avx512> {
   static void row_accumulate(const row_span<W>& r, const float* KVCRUSH_RESTRICT p, float* KVCRUSH_RESTRICT out) noexcept {
     for (index_t c0 = 0; c0 < r.head_dim; c0 += 128) {
       const index_t chunks = (r.head_dim - c0 + 15) / 16;
-      switch (chunks >= 8 ? 8 : chunks) {
-        case 1: accumulate_tile<1>(r, p, out, c0); break;
-        case 2: accumulate_tile<2>(r, p, out, c0); break;
-        case 3: accumulate_tile<3>(r, p, out, c0); break;
-        case 4: accumulate_tile<4>(r, p, out, c0); break;
-        case 5: accumulate_tile<5>(r, p, out, c0); break;
-        case 6: accumulate_tile<6>(r, p, out, c0); break;
-        case 7: accumulate_tile<7>(r, p, out, c0); break;
-        default: accumulate_tile<8>(r, p, out, c0); break;
-      }
+      with_count_up_to<8>(chunks, [&](auto count) { accumulate_tile<decltype(count)::value>(r, p, out, c0); });
     }
   }
 
@@ -81,7 +65,7 @@ struct quant_dot_kernel<isa::avx512> {
   // Scales of a group times q, and the zero-point bias, for the key tiles.
   template <class P>
   static void group_prologue(const key_group_span<P>& k, index_t g, const float* q, float* qs, float& bias) noexcept {
-    namespace qa = quant_avx512;
+    namespace qa = impl::quant_avx512;
     const index_t d = k.head_dim;
     const P* scale = k.scale + g * d;
     for (index_t c = 0; c < d; c += 16) {
@@ -93,9 +77,9 @@ struct quant_dot_kernel<isa::avx512> {
 
   template <int Bits, int Tiles, class P>
   static void key_tiles(const key_group_span<P>& k, const float* q, index_t first_tile, float* out) noexcept {
-    namespace qa = quant_avx512;
+    namespace qa = impl::quant_avx512;
     alignas(64) float qs[Tiles][max_quant_head_dim];
-    float bias[Tiles];
+    float bias[Tiles] = {};
     const index_t per_group = k.group / 16;
     const index_t first_group = first_tile / per_group;
     const index_t channel_bytes = k.group * Bits / 8;
@@ -129,16 +113,7 @@ struct quant_dot_kernel<isa::avx512> {
     const index_t tiles = k.groups * (k.group / 16);
     index_t t = 0;
     for (; t + 8 <= tiles; t += 8) key_tiles<Bits, 8>(k, q, t, out);
-    switch (tiles - t) {
-      case 1: key_tiles<Bits, 1>(k, q, t, out); break;
-      case 2: key_tiles<Bits, 2>(k, q, t, out); break;
-      case 3: key_tiles<Bits, 3>(k, q, t, out); break;
-      case 4: key_tiles<Bits, 4>(k, q, t, out); break;
-      case 5: key_tiles<Bits, 5>(k, q, t, out); break;
-      case 6: key_tiles<Bits, 6>(k, q, t, out); break;
-      case 7: key_tiles<Bits, 7>(k, q, t, out); break;
-      default: break;
-    }
+    with_count_up_to<7>(tiles - t, [&](auto count) { key_tiles<Bits, decltype(count)::value>(k, q, t, out); });
   }
 
   // Channels [c0, c0 + 16 * Chunks) (the last chunk may be partial) of the
@@ -149,7 +124,7 @@ struct quant_dot_kernel<isa::avx512> {
   template <int Bits, int Chunks, class P>
   static void value_tile(const value_row_span<P>& v, const float* p, float* out, index_t c0, float (*bias_lanes)[16],
                          float* bias) noexcept {
-    namespace qa = quant_avx512;
+    namespace qa = impl::quant_avx512;
     const index_t d = v.head_dim, gsize = v.value_group, groups = v.groups_per_row();
     const auto row_bytes = static_cast<index_t>(v.row_bytes());
     const bool first_pass = c0 == 0;
@@ -182,11 +157,11 @@ struct quant_dot_kernel<isa::avx512> {
           const P* scale = v.scale + t * groups;
           if (first_pass) {
             const P* zero = v.zero + t * groups;
-            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], impl::load_param(zero[g]), bias_lanes[g][i]);
+            for (index_t g = 0; g < groups; ++g) bias_lanes[g][i] = std::fma(p[t], kvcrush::impl::load_param(zero[g]), bias_lanes[g][i]);
           }
           // Groups are multiples of 16 channels here, so chunks are full.
           for (int k = 0; k < Chunks; ++k) {
-            const __m512 scaled = _mm512_set1_ps(p[t] * impl::load_param(scale[(c0 + 16 * k) / gsize]));
+            const __m512 scaled = _mm512_set1_ps(p[t] * kvcrush::impl::load_param(scale[(c0 + 16 * k) / gsize]));
             acc[k] = _mm512_fmadd_ps(scaled, qa::decode16_lanes<Bits>(row + k * 2 * Bits), acc[k]);
           }
         }
@@ -194,7 +169,7 @@ struct quant_dot_kernel<isa::avx512> {
     }
     if (first_pass) {
       if (groups == 1) _mm512_storeu_ps(bias_lanes[0], bias_vector);
-      for (index_t g = 0; g < groups; ++g) bias[g] = quant_scalar::reduce_tree16(bias_lanes[g]);
+      for (index_t g = 0; g < groups; ++g) bias[g] = impl::quant_scalar::reduce_tree16(bias_lanes[g]);
     }
     for (int k = 0; k < Chunks; ++k) {
       const index_t c = c0 + 16 * k;
@@ -208,25 +183,18 @@ struct quant_dot_kernel<isa::avx512> {
   template <int Bits, class P>
   static void value_sum_bits(const value_row_span<P>& v, const float* p, float* out) noexcept {
     alignas(64) float bias_lanes[max_quant_head_dim / 16][16] = {};
-    float bias[max_quant_head_dim / 16];
+    float bias[max_quant_head_dim / 16] = {};  // set by the first tile; zeroed so no compiler sees it unset
     for (index_t c0 = 0; c0 < v.head_dim; c0 += 128) {
       const index_t chunks = (v.head_dim - c0 + 15) / 16;
-      switch (chunks >= 8 ? 8 : chunks) {
-        case 1: value_tile<Bits, 1>(v, p, out, c0, bias_lanes, bias); break;
-        case 2: value_tile<Bits, 2>(v, p, out, c0, bias_lanes, bias); break;
-        case 3: value_tile<Bits, 3>(v, p, out, c0, bias_lanes, bias); break;
-        case 4: value_tile<Bits, 4>(v, p, out, c0, bias_lanes, bias); break;
-        case 5: value_tile<Bits, 5>(v, p, out, c0, bias_lanes, bias); break;
-        case 6: value_tile<Bits, 6>(v, p, out, c0, bias_lanes, bias); break;
-        case 7: value_tile<Bits, 7>(v, p, out, c0, bias_lanes, bias); break;
-        default: value_tile<Bits, 8>(v, p, out, c0, bias_lanes, bias); break;
-      }
+      with_count_up_to<8>(chunks, [&](auto count) {
+        value_tile<Bits, decltype(count)::value>(v, p, out, c0, bias_lanes, bias);
+      });
     }
   }
 
   template <int Chunks, class W>
   static void accumulate_tile(const row_span<W>& r, const float* p, float* out, index_t c0) noexcept {
-    namespace qa = quant_avx512;
+    namespace qa = impl::quant_avx512;
     __mmask16 masks[Chunks];
     __m512 acc[Chunks];
     for (int i = 0; i < Chunks; ++i) {

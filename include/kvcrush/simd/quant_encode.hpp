@@ -1,6 +1,6 @@
 // Quantization kernels: one key group (per channel over G tokens) and value
 // rows (per token, per channel group), with the arithmetic of
-// quant/params.hpp. The scalar kernel is the oracle; the SIMD kernels
+// quant_params.hpp. The scalar kernel is the oracle; the SIMD kernels
 // (quant_encode_avx2.hpp, quant_encode_avx512.hpp) write the same bytes.
 //
 // Inputs are finite floats (the caches check before calling) within +-65504
@@ -10,9 +10,9 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kvcrush/quant/config.hpp"
-#include "kvcrush/quant/params.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/quant_config.hpp"
+#include "kvcrush/quant_params.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

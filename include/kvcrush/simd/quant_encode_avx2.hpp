@@ -1,7 +1,7 @@
 // AVX2 quantization kernels: the AVX-512 structure (quant_encode_avx512.hpp)
 // on 8-lane registers (8 x 8 register transposes for the key tiles); codes
 // are packed 16 at a time from two registers. The parameters are computed
-// by the scalar code of quant/params.hpp (AVX2 has no float16 conversion).
+// by the scalar code of quant_params.hpp (AVX2 has no float16 conversion).
 #pragma once
 
 #include "kvcrush/config.hpp"
@@ -9,6 +9,7 @@
 #if KVCRUSH_HAS_AVX2
 #include <immintrin.h>
 
+#include "kvcrush/simd/static_switch.hpp"
 #include "kvcrush/simd/quant_codes_avx2.hpp"
 #include "kvcrush/simd/quant_encode.hpp"
 
@@ -21,22 +22,18 @@ struct quant_encode_kernel<isa::avx2> {
   template <class P>
   static void keys(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim, int bits,
                    std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale, P* KVCRUSH_RESTRICT zero) noexcept {
-    switch (bits) {
-      case 2: return keys_bits<2>(x, stride, group, head_dim, codes, scale, zero);
-      case 4: return keys_bits<4>(x, stride, group, head_dim, codes, scale, zero);
-      default: return keys_bits<8>(x, stride, group, head_dim, codes, scale, zero);
-    }
+    return with_code_bits(bits, [&](auto width) {
+      return keys_bits<decltype(width)::value>(x, stride, group, head_dim, codes, scale, zero);
+    });
   }
 
   template <class P>
   static void values(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
                      index_t value_group, int bits, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                      P* KVCRUSH_RESTRICT zero) noexcept {
-    switch (bits) {
-      case 2: return values_bits<2>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-      case 4: return values_bits<4>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-      default: return values_bits<8>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-    }
+    return with_code_bits(bits, [&](auto width) {
+      return values_bits<decltype(width)::value>(x, stride, rows, head_dim, value_group, codes, scale, zero);
+    });
   }
 
  private:
@@ -44,7 +41,7 @@ struct quant_encode_kernel<isa::avx2> {
   static void keys_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim,
                         std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                         P* KVCRUSH_RESTRICT zero) noexcept {
-    namespace q = quant_avx2;
+    namespace q = impl::quant_avx2;
     // + 8: the last 8-channel store may run past head_dim.
     alignas(32) float lo[max_quant_head_dim + 8];
     alignas(32) float hi[max_quant_head_dim + 8];
@@ -84,7 +81,7 @@ struct quant_encode_kernel<isa::avx2> {
         for (index_t j = 0; j < channels; ++j) {
           const __m256 vzero = _mm256_set1_ps(zeros[c0 + j]), vinv = _mm256_set1_ps(invs[c0 + j]);
           const __m128i packed = q::pack16<Bits>(q::quantize8(first[j], vzero, vinv, qmax), q::quantize8(second[j], vzero, vinv, qmax));
-          quant_bytes::store<Bits>(codes + (c0 + j) * channel_bytes + t0 * Bits / 8, packed);
+          impl::quant_bytes::store<Bits>(codes + (c0 + j) * channel_bytes + t0 * Bits / 8, packed);
         }
       }
     }
@@ -94,7 +91,7 @@ struct quant_encode_kernel<isa::avx2> {
   static void values_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
                           index_t value_group, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                           P* KVCRUSH_RESTRICT zero) noexcept {
-    namespace q = quant_avx2;
+    namespace q = impl::quant_avx2;
     const auto row_bytes = static_cast<index_t>(packed_bytes(head_dim, Bits));
     const index_t groups = head_dim / value_group;
     const __m256 qmax = _mm256_set1_ps(static_cast<float>(code_max(Bits)));
@@ -127,9 +124,9 @@ struct quant_encode_kernel<isa::avx2> {
                                       : _mm256_setzero_si256();
           const __m128i packed = q::pack16<Bits>(a, b);
           if (lanes == 16) {
-            quant_bytes::store<Bits>(out + c * Bits / 8, packed);
+            impl::quant_bytes::store<Bits>(out + c * Bits / 8, packed);
           } else {
-            quant_bytes::store_prefix(out + c * Bits / 8, packed, (lanes * Bits + 7) / 8);
+            impl::quant_bytes::store_prefix(out + c * Bits / 8, packed, (lanes * Bits + 7) / 8);
           }
         }
       }

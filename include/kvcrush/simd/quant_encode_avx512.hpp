@@ -1,6 +1,6 @@
 // AVX-512 quantization kernels. Keys: per-channel minimum and maximum over
 // the group's rows 16 channels at a time, their parameters 16 at a time
-// (vcvtps2ph rounds toward -inf / +inf exactly as quant/params.hpp
+// (vcvtps2ph rounds toward -inf / +inf exactly as quant_params.hpp
 // prescribes), then 16 x 16 tiles of rows transposed in registers so that
 // each channel's 16 codes pack straight into the [channel][token] layout. Values: per-group minimum and maximum by
 // a horizontal reduction, codes 16 channels at a time.
@@ -11,6 +11,7 @@
 #if KVCRUSH_HAS_AVX512
 #include <immintrin.h>
 
+#include "kvcrush/simd/static_switch.hpp"
 #include "kvcrush/simd/quant_codes_avx512.hpp"
 #include "kvcrush/simd/quant_encode.hpp"
 
@@ -23,22 +24,18 @@ struct quant_encode_kernel<isa::avx512> {
   template <class P>
   static void keys(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim, int bits,
                    std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale, P* KVCRUSH_RESTRICT zero) noexcept {
-    switch (bits) {
-      case 2: return keys_bits<2>(x, stride, group, head_dim, codes, scale, zero);
-      case 4: return keys_bits<4>(x, stride, group, head_dim, codes, scale, zero);
-      default: return keys_bits<8>(x, stride, group, head_dim, codes, scale, zero);
-    }
+    return with_code_bits(bits, [&](auto width) {
+      return keys_bits<decltype(width)::value>(x, stride, group, head_dim, codes, scale, zero);
+    });
   }
 
   template <class P>
   static void values(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
                      index_t value_group, int bits, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                      P* KVCRUSH_RESTRICT zero) noexcept {
-    switch (bits) {
-      case 2: return values_bits<2>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-      case 4: return values_bits<4>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-      default: return values_bits<8>(x, stride, rows, head_dim, value_group, codes, scale, zero);
-    }
+    return with_code_bits(bits, [&](auto width) {
+      return values_bits<decltype(width)::value>(x, stride, rows, head_dim, value_group, codes, scale, zero);
+    });
   }
 
  private:
@@ -46,7 +43,7 @@ struct quant_encode_kernel<isa::avx512> {
   static void keys_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t group, index_t head_dim,
                         std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                         P* KVCRUSH_RESTRICT zero) noexcept {
-    namespace q = quant_avx512;
+    namespace q = impl::quant_avx512;
     const index_t channel_bytes = group * Bits / 8;
     const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));
     alignas(64) float zeros[16];
@@ -85,7 +82,7 @@ struct quant_encode_kernel<isa::avx512> {
   static void values_bits(const float* KVCRUSH_RESTRICT x, index_t stride, index_t rows, index_t head_dim,
                           index_t value_group, std::uint8_t* KVCRUSH_RESTRICT codes, P* KVCRUSH_RESTRICT scale,
                           P* KVCRUSH_RESTRICT zero) noexcept {
-    namespace q = quant_avx512;
+    namespace q = impl::quant_avx512;
     const auto row_bytes = static_cast<index_t>(packed_bytes(head_dim, Bits));
     const index_t groups = head_dim / value_group;
     const __m512 qmax = _mm512_set1_ps(static_cast<float>(code_max(Bits)));

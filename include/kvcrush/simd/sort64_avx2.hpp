@@ -18,7 +18,7 @@
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
-namespace sort64_avx2 {
+namespace impl::sort64_avx2 {
 
 // Comparator: a gets the smaller, b the larger, lane by lane.
 inline void exchange(__m256& a, __m256& b) noexcept {
@@ -112,7 +112,7 @@ inline void sort(__m256* r) noexcept {
   merge_runs<4>(r);
 }
 
-}  // namespace sort64_avx2
+}  // namespace impl::sort64_avx2
 }  // namespace simd
 }  // namespace KVCRUSH_TARGET_NS
 }  // namespace kvcrush

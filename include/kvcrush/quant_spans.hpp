@@ -1,5 +1,5 @@
 // Non-owning descriptions of one head's quantized keys and values, as the
-// kernels read them (quant/config.hpp describes the byte layout). P is the
+// kernels read them (quant_config.hpp describes the byte layout). P is the
 // parameter storage: float or float16.
 #pragma once
 

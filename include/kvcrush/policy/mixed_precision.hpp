@@ -43,9 +43,10 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/policy/policies.hpp"
 #include "kvcrush/policy/runtime.hpp"
+#include "kvcrush/policy/select.hpp"
 #include "kvcrush/quant/memory.hpp"
 #include "kvcrush/select/keep.hpp"
-#include "kvcrush/select/workspace.hpp"
+#include "kvcrush/policy/workspace.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
@@ -239,26 +240,15 @@ mixed_plan select_mixed_precision(const policy_config& pc, const layer_inputs& i
     case base_policy::knorm: s = policy::key_norm{}.scores<Isa>(in, ws); break;
     case base_policy::precomputed: s = policy::precomputed{}.scores<Isa>(in, ws); break;
   }
-  keep_config base;
-  base.sink = budget.sink;
-  base.recent = budget.recent;
-  base.per_head = pc.layout.per_head;
-  base.anchor = pc.crush.anchor;
-  base.representative = pc.crush.representative;
-  base.threshold = pc.crush.threshold;
-  base.seed = pc.crush.seed;
-  base.rank_importance = s.ranks;
-  matrix_view<const float> importance = s.importance;
-  if (base.per_head && importance.extent(0) != s.kv_rows.extent(0)) importance = s.kv_rows;
-  matrix_view<const float> signature_rows;
-  if (pc.crush.heads == signature_heads::query) {
-    require(s.query_rows.data() != nullptr || cfg.tier != low_tier::kvcrush,
-            "select_mixed_precision: query-head signatures need a policy that sees per-query-head attention");
-    signature_rows = s.query_rows;
-  } else if (s.kv_rows.data() != importance.data()) {
-    signature_rows = s.kv_rows;
-  }
-  return select_mixed_precision<Isa>(importance, base, cfg, high, low, ws, signature_rows);
+  // The byte budget replaces the token budget: request_config() sees the
+  // protected part only, and the tiers' budgets come from the byte split.
+  keep_config base = request_config({budget.sink + budget.recent, budget.sink, budget.recent},
+                                    {pc.layout.per_head, 1}, pc.crush, s.ranks);
+  base.budget = 0;
+  base.crush_fraction = 0.0;
+  const selection_rows rows = rows_for_selection(s, base.per_head, pc.crush.heads, cfg.tier == low_tier::kvcrush,
+                                                 "select_mixed_precision");
+  return select_mixed_precision<Isa>(rows.importance, base, cfg, high, low, ws, rows.signatures);
 }
 
 }  // namespace KVCRUSH_TARGET_NS

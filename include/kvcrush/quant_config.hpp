@@ -18,7 +18,7 @@
 // half the bytes) or float32 (param_format). With float16 the zero-point is
 // rounded down and the scale rounded up to float16, so that every element
 // of the group still lies in [zero, zero + scale * qmax] and the error bound
-// |x - dequant| <= scale / 2 (+ slack, see quant/params.hpp) holds with the
+// |x - dequant| <= scale / 2 (+ slack, see quant_params.hpp) holds with the
 // stored scale; float16 parameters need |x| <= 65504.
 //
 // Byte layout (quant_layout computes every size):

@@ -27,7 +27,7 @@
 #include <type_traits>
 
 #include "kvcrush/float16.hpp"
-#include "kvcrush/quant/config.hpp"
+#include "kvcrush/quant_config.hpp"
 
 namespace kvcrush {
 

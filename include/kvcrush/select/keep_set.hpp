@@ -1,13 +1,18 @@
-// Keep sets as the caches consume them: which tokens (or blocks) of one
-// layer survive an eviction.
+// Keep sets: which tokens (or blocks) of one layer survive an eviction, in
+// the two forms the library passes around:
+//
+//   keep_sets  writable: where kvcrush::select() and the selection functions
+//              write their result (positions + one count per row);
+//   keep_view  read-only: what the caches consume.
+//
+// A keep_sets converts to a keep_view implicitly (as a span<T> converts to a
+// span<const T>), so select()'s output plugs straight into a compaction.
 //
 // A keep set is one row of sorted, strictly increasing indices into the
 // cache as it is now (not original positions), shared by every KV head, or
 // one row per KV head. Rows may have a common length (per-head mode with a
 // uniform budget) or each its own (AdaKV head-wise budgets): counts[r]
-// entries are used in row r, and all of row r when counts is empty. This is
-// the shape kvcrush::select() writes (keep_sets), so its output plugs in
-// directly.
+// entries are used in row r, and all of row r when counts is empty.
 //
 // validate_keep() is the boundary check every cache runs before touching
 // memory, so that a bad keep set never leaves a cache half-compacted.
@@ -18,6 +23,13 @@
 
 namespace kvcrush {
 
+// Output of a selection: row h (one row in shared mode) holds counts[h]
+// sorted positions or block indices.
+struct keep_sets {
+  matrix_view<index_t> positions;
+  vector_view<index_t> counts;
+};
+
 struct keep_view {
   matrix_view<const index_t> rows;    // (1 or heads, >= widest count)
   vector_view<const index_t> counts;  // (rows) or empty: every row is full
@@ -25,6 +37,11 @@ struct keep_view {
   keep_view() = default;
   keep_view(matrix_view<const index_t> keep_rows, vector_view<const index_t> row_counts = {})
       : rows(keep_rows), counts(row_counts) {}
+  // The rows a selection wrote, counts[r] entries in row r.
+  keep_view(const keep_sets& written)  // NOLINT(google-explicit-constructor): a view of the same data
+      : rows(written.positions.data(), {written.positions.extent(0), written.positions.extent(1)},
+             {written.positions.stride(0), written.positions.stride(1)}),
+        counts(written.counts.data(), {written.counts.extent(0)}, {written.counts.stride(0)}) {}
 
   // One sorted list for every head.
   static keep_view shared(vector_view<const index_t> keep) {
