@@ -56,7 +56,7 @@ if(NOT DEFINED KVCRUSH_TOOLS_ISA)
     foreach(_isa avx2 avx512)
       string(REPLACE ";" " " _flags "${KVCRUSH_ISA_FLAGS_${_isa}}")
       set(_probe ${CMAKE_BINARY_DIR}/kvcrush_isa_probe_${_isa}.cpp)
-      file(WRITE ${_probe} "#include \"kvcrush/simd/isa.hpp\"\nint main() { return kvcrush::isa::cpu_supports<kvcrush::isa::active>() && kvcrush::isa::name() == \"${_isa}\" ? 0 : 1; }\n")
+      file(WRITE ${_probe} "#include \"kvcrush/isa.hpp\"\nint main() { return kvcrush::isa::cpu_supports<kvcrush::isa::active>() && kvcrush::isa::name() == \"${_isa}\" ? 0 : 1; }\n")
       try_run(_run_result _compile_result ${CMAKE_BINARY_DIR}/kvcrush_isa_probe_${_isa} ${_probe}
         CMAKE_FLAGS "-DINCLUDE_DIRECTORIES=${PROJECT_SOURCE_DIR}/include"
         COMPILE_DEFINITIONS ${_flags}
