@@ -245,11 +245,13 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
       for (index_t t = opt.sink; t < n; ++t) {
         const KeyT* row = keys.row(k, t);
         for (index_t j = 0; j < d; ++j) key[j] = static_cast<double>(impl::to_acc(row[j]));
-        const double linear = impl::dot8<double>(mean_rot, key, d);
+        const double linear = impl::dot8d<Isa>(mean_rot, key, d);
         double z = s * linear;
         if (cov) {
-          for (index_t i = 0; i < d; ++i) sigma_key[i] = impl::dot8<double>(sigma + i * d, key, d);
-          const double quad = impl::dot8<double>(key, sigma_key, d);
+          index_t i = 0;
+          for (; i + 4 <= d; i += 4) impl::dot8d_x4<Isa>(key, sigma + i * d, d, d, sigma_key + i);
+          for (; i < d; ++i) sigma_key[i] = impl::dot8d<Isa>(key, sigma + i * d, d);
+          const double quad = impl::dot8d<Isa>(key, sigma_key, d);
           z = std::fma(half_s2, quad, z);
         }
         logits[t] = z;

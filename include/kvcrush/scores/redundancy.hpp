@@ -76,7 +76,7 @@ void rkv_unit_key(const KeyT* row, index_t d, float* unit) noexcept {
 }
 
 // One head: red[0..n) = the softmaxed redundancy of tokens begin..end-1.
-template <class KeyT>
+template <class Isa, class KeyT>
 void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
                          float* scratch, float* red) noexcept {
   const index_t d = keys.head_dim(), n = end - begin, first_c = end - m;
@@ -100,14 +100,23 @@ void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, ind
       u = current;
     }
     double acc = 0.0;
-    for (index_t i = 0; i < m; ++i) {
-      if (first_c + i == t) continue;
-      const double sim = dot8<double>(units + i * d, u, d);
-      if (found[i] == 0.0f && sim > bar) {
-        found[i] = 1.0f;  // t is last(c): not counted
-        continue;
+    double sims[4];
+    for (index_t i0 = 0; i0 < m; i0 += 4) {
+      const index_t count4 = m - i0 < 4 ? m - i0 : 4;
+      if (count4 == 4) {
+        dot8d_x4<Isa>(u, units + i0 * d, d, d, sims);
+      } else {
+        for (index_t r = 0; r < count4; ++r) sims[r] = dot8d<Isa>(u, units + (i0 + r) * d, d);
       }
-      acc += sim;
+      for (index_t r = 0; r < count4; ++r) {
+        const index_t i = i0 + r;
+        if (first_c + i == t) continue;
+        if (found[i] == 0.0f && sims[r] > bar) {
+          found[i] = 1.0f;  // t is last(c): not counted
+          continue;
+        }
+        acc += sims[r];
+      }
     }
     red[t - begin] = static_cast<float>(acc / count);
   }
@@ -157,7 +166,7 @@ void rkv_redundancy(kv_view<const KeyT> keys, index_t begin, index_t end, const 
   const index_t m = rkv_comparison_size(n, opt);
   float* values = scratch.data() + (m + 1) * keys.head_dim() + m;
   for (index_t k = 0; k < h; ++k) {
-    impl::rkv_redundancy_head(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
+    impl::rkv_redundancy_head<Isa>(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
     for (index_t i = 0; i < n; ++i) redundancy(k, i) = values[i];
   }
 }
@@ -187,7 +196,7 @@ void rkv_scores(kv_view<const KeyT> keys, matrix_view<const float> importance, i
   const double lambda = static_cast<double>(opt.lambda);
   const double rest = 1.0 - lambda;
   for (index_t k = 0; k < h; ++k) {
-    if (region > 0) impl::rkv_redundancy_head(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
+    if (region > 0) impl::rkv_redundancy_head<Isa>(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
     for (index_t t = 0; t < n; ++t) {
       const double red = t >= begin && t < end ? static_cast<double>(values[t - begin]) : 0.0;
       const double penalty = -(rest * red);
