@@ -10,7 +10,7 @@
 // E = [begin, end) of n tokens (the evictable region) and a comparison set C,
 // the last m tokens of E (all of E by default: m = n, R-KV's own rule):
 //   u[t]     = K[t] / (||K[t]|| + 1e-8)          rounded to float
-//   S[c][t]  = u[c] . u[t]                       (cosine similarity)
+//   S[c][t]  = u[c] . u[t]                       (cosine similarity, float)
 //   last(c)  = the largest t in E, t != c, with S[c][t] > threshold
 //              (none when no such t)
 //   raw[t]   = (sum over c in C, c != t, last(c) != t of S[c][t]) / m
@@ -27,9 +27,12 @@
 // still scored, against the R newest tokens only. The caller supplies the
 // scratch (rkv_scratch_floats), so no call allocates.
 //
-// Arithmetic: norms and dots in double (fixed_order.hpp's 8-lane FMA order),
-// raw[t] summed over c ascending in double, rounded to float; softmax in
-// double over t ascending; one rounding per output. Keys in E with a NaN or
+// Arithmetic: norms in double and unit keys rounded to float; similarities
+// in float, in fixed_order.hpp's 8-lane FMA order (float rather than double:
+// the pairwise products are the hot loop, and float vectors hold twice the
+// lanes and need no conversion); raw[t] summed over c ascending in double,
+// rounded to float; softmax in double over t ascending; one rounding per
+// output. Keys in E with a NaN or
 // an infinite component, and NaN importance, are rejected before any output
 // is written.
 #pragma once
@@ -58,11 +61,11 @@ inline index_t rkv_comparison_size(index_t region_tokens, const rkv_options& opt
 }
 
 // Floats of scratch rkv_redundancy and rkv_scores need: the unit keys of the
-// comparison set and of one more token, one flag per comparison token, and
+// comparison set and of four more tokens, one flag per comparison token, and
 // one value per region token.
 inline index_t rkv_scratch_floats(index_t region_tokens, index_t head_dim, const rkv_options& opt) noexcept {
   const index_t m = rkv_comparison_size(region_tokens, opt);
-  return (m + 1) * head_dim + m + region_tokens;
+  return (m + 4) * head_dim + m + region_tokens;
 }
 
 inline namespace KVCRUSH_TARGET_NS {
@@ -76,49 +79,60 @@ void rkv_unit_key(const KeyT* row, index_t d, float* unit) noexcept {
 }
 
 // One head: red[0..n) = the softmaxed redundancy of tokens begin..end-1.
+// The similarities are computed in 4 x 4 tiles (4 tokens t, newest first,
+// by 4 comparison tokens c, oldest first) and then consumed in exactly the
+// order of the definition: for each c, the tokens t in descending order (so
+// the first similar one met is last(c)); for each t, c ascending.
 template <class Isa, class KeyT>
 void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
                          float* scratch, float* red) noexcept {
   const index_t d = keys.head_dim(), n = end - begin, first_c = end - m;
   float* units = scratch;              // m * d: unit keys of C
-  float* current = units + m * d;      // d: unit key of a token outside C
-  float* found = current + d;          // m flags: last(c) already met
+  float* current = units + m * d;      // 4 * d: unit keys of tokens outside C
+  float* found = current + 4 * d;      // m flags: last(c) already met
   for (index_t i = 0; i < m; ++i) {
     rkv_unit_key(keys.row(h, first_c + i), d, units + i * d);
     found[i] = 0.0f;
   }
   const double bar = static_cast<double>(threshold);
   const double count = static_cast<double>(m);
-  // Newest token first, so that the first similar token a comparison token
-  // meets is its most recent one.
-  for (index_t t = end; t-- > begin;) {
-    const float* u = nullptr;
-    if (t >= first_c) {
-      u = units + (t - first_c) * d;
-    } else {
-      rkv_unit_key(keys.row(h, t), d, current);
-      u = current;
-    }
-    double acc = 0.0;
-    double sims[4];
-    for (index_t i0 = 0; i0 < m; i0 += 4) {
-      const index_t count4 = m - i0 < 4 ? m - i0 : 4;
-      if (count4 == 4) {
-        dot8d_x4<Isa>(u, units + i0 * d, d, d, sims);
+  for (index_t top = end; top > begin; top -= 4) {
+    const index_t tiles_t = top - begin < 4 ? top - begin : 4;
+    const float* u[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (index_t k = 0; k < tiles_t; ++k) {
+      const index_t t = top - 1 - k;
+      if (t >= first_c) {
+        u[k] = units + (t - first_c) * d;
       } else {
-        for (index_t r = 0; r < count4; ++r) sims[r] = dot8d<Isa>(u, units + (i0 + r) * d, d);
-      }
-      for (index_t r = 0; r < count4; ++r) {
-        const index_t i = i0 + r;
-        if (first_c + i == t) continue;
-        if (found[i] == 0.0f && sims[r] > bar) {
-          found[i] = 1.0f;  // t is last(c): not counted
-          continue;
-        }
-        acc += sims[r];
+        rkv_unit_key(keys.row(h, t), d, current + k * d);
+        u[k] = current + k * d;
       }
     }
-    red[t - begin] = static_cast<float>(acc / count);
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    float sims[4][4];
+    for (index_t i0 = 0; i0 < m; i0 += 4) {
+      const index_t tiles_c = m - i0 < 4 ? m - i0 : 4;
+      if (tiles_t == 4 && tiles_c == 4) {
+        dot8f_tile4<Isa>(u, units + i0 * d, d, d, sims);
+      } else {
+        for (index_t k = 0; k < tiles_t; ++k)
+          for (index_t r = 0; r < tiles_c; ++r) sims[k][r] = dot8f<Isa>(u[k], units + (i0 + r) * d, d);
+      }
+      for (index_t k = 0; k < tiles_t; ++k) {
+        const index_t t = top - 1 - k;
+        for (index_t r = 0; r < tiles_c; ++r) {
+          const index_t i = i0 + r;
+          if (first_c + i == t) continue;
+          const double sim = static_cast<double>(sims[k][r]);
+          if (found[i] == 0.0f && sim > bar) {
+            found[i] = 1.0f;  // t is last(c): not counted
+            continue;
+          }
+          acc[k] += sim;
+        }
+      }
+    }
+    for (index_t k = 0; k < tiles_t; ++k) red[top - 1 - k - begin] = static_cast<float>(acc[k] / count);
   }
   // Softmax over E.
   float peak = red[0];
@@ -164,7 +178,7 @@ void rkv_redundancy(kv_view<const KeyT> keys, index_t begin, index_t end, const 
           "), got (", redundancy.extent(0), ", ", redundancy.extent(1), ")");
   if (n == 0) return;
   const index_t m = rkv_comparison_size(n, opt);
-  float* values = scratch.data() + (m + 1) * keys.head_dim() + m;
+  float* values = scratch.data() + (m + 4) * keys.head_dim() + m;
   for (index_t k = 0; k < h; ++k) {
     impl::rkv_redundancy_head<Isa>(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
     for (index_t i = 0; i < n; ++i) redundancy(k, i) = values[i];
@@ -192,7 +206,7 @@ void rkv_scores(kv_view<const KeyT> keys, matrix_view<const float> importance, i
     }
   const index_t region = end - begin;
   const index_t m = rkv_comparison_size(region, opt);
-  float* values = scratch.data() + (m + 1) * keys.head_dim() + m;
+  float* values = scratch.data() + (m + 4) * keys.head_dim() + m;
   const double lambda = static_cast<double>(opt.lambda);
   const double rest = 1.0 - lambda;
   for (index_t k = 0; k < h; ++k) {
