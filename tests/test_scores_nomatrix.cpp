@@ -839,6 +839,17 @@ TEST(Redundancy, RejectsNaNInfinityAndSmallScratchWithoutWriting) {
   opt.threshold = -0.1f;
   expect_rejected(1, n - 3, need, "threshold");
   opt.threshold = 0.5f;
+  opt.comparison_tokens = -1;
+  expect_rejected(1, n - 3, need, "comparison tokens");
+  opt.comparison_tokens = 0;
+  {
+    kv_buffer<float> no_dims(h, n, 0);
+    std::vector<float> scratch(64), out(static_cast<std::size_t>(h * n), kSentinel);
+    EXPECT_THROW(kvcrush::rkv_redundancy(no_dims.view(), 0, n, opt, kvcrush::make_vector_view(scratch.data(), 64),
+                                         kvcrush::make_matrix_view(out.data(), h, n)),
+                 std::invalid_argument);
+    for (float o : out) EXPECT_EQ(o, kSentinel);
+  }
   // NaN importance is rejected by rkv_scores.
   importance[h * n - 1] = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> scratch(static_cast<std::size_t>(need)), out(static_cast<std::size_t>(h * n), kSentinel);

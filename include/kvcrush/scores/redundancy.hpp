@@ -154,6 +154,7 @@ void rkv_check(kv_view<const KeyT> keys, index_t begin, index_t end, const rkv_o
   require(opt.threshold >= 0.0f && opt.threshold <= 1.0f, who, ": threshold must be in [0, 1] (got ", opt.threshold,
           ")");
   require(opt.comparison_tokens >= 0, who, ": comparison_tokens must be >= 0 (got ", opt.comparison_tokens, ")");
+  require(keys.head_dim() >= 1, who, ": head_dim must be at least 1");
   const index_t need = rkv_scratch_floats(end - begin, keys.head_dim(), opt);
   require(scratch.extent(0) >= need, who, ": scratch holds ", scratch.extent(0), " floats, needs ", need,
           " (rkv_scratch_floats)");
