@@ -9,8 +9,9 @@
 // one of 8 lanes (element j into lane j mod 8, each lane starting from +0),
 // and the lanes are combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
 // That order is SPEC 7's order for mean thresholds; it is fixed whatever the
-// ISA. dot8d computes the same sum with AVX2 or AVX-512 vectors holding the
-// 8 lanes (a vector FMA rounds each lane as std::fma does), so it is fast
+// ISA. dot8d (double lanes) and dot8f (float lanes), and their 4-at-a-time
+// forms, compute the same sums with AVX2 or AVX-512 vectors holding the 8
+// lanes (a vector FMA rounds each lane as std::fma does), so they are fast
 // and still bit-identical to the scalar loop.
 #pragma once
 

@@ -32,9 +32,12 @@
 // the pairwise products are the hot loop, and float vectors hold twice the
 // lanes and need no conversion); raw[t] summed over c ascending in double,
 // rounded to float; softmax in double over t ascending; one rounding per
-// output. Keys in E with a NaN or
-// an infinite component, and NaN importance, are rejected before any output
-// is written.
+// output. Keys in E with a NaN or an infinite component, and NaN importance,
+// are rejected before any output is written.
+//
+// Departures from the reference code (SPEC 11.3): similarity and softmax are
+// over E, not the whole cache; a row with no similar token zeroes nothing
+// (R-KV's torch.max over zero-filled indices zeroes its entry for token 0).
 #pragma once
 
 #include <algorithm>
