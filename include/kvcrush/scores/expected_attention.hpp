@@ -34,7 +34,7 @@
 //     One rounding to float at the end.
 // Inputs with a NaN or an infinite component are rejected before any output
 // is written. Products are added with explicit fused multiply-adds in fixed
-// orders (fixed_order.hpp); exp, cos, sin and pow come from the C library,
+// orders (simd/fixed_order_dot.hpp); exp, cos, sin and pow come from the C library,
 // which every ISA build of one program shares.
 //
 // Cost per call: O(Hq * (W * d^2 + N * d^2)) with the covariance, O(Hq * N * d)
@@ -49,8 +49,8 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/scores/fixed_order.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/simd/fixed_order_dot.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

@@ -14,7 +14,7 @@
 //
 // Arithmetic (fixed, so every ISA build gives the same bits): keys are
 // widened to double; norms and dot products use the 8-lane fused
-// multiply-add order of fixed_order.hpp; the anchor adds u[t] in token order
+// multiply-add order of simd/fixed_order_dot.hpp; the anchor adds u[t] in token order
 // and then divides by N; one rounding to float at the end. Zero-norm keys
 // score exactly +0.0 (torch gives -0.0 there: its clamped norm makes the
 // cosine 0), and so does every token when the anchor is the zero vector.
@@ -28,8 +28,8 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/scores/fixed_order.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/simd/fixed_order_dot.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {

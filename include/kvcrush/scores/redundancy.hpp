@@ -28,7 +28,7 @@
 // scratch (rkv_scratch_floats), so no call allocates.
 //
 // Arithmetic: norms in double and unit keys rounded to float; similarities
-// in float, in fixed_order.hpp's 8-lane FMA order (float rather than double:
+// in float, in simd/fixed_order_dot.hpp's 8-lane FMA order (float rather than double:
 // the pairwise products are the hot loop, and float vectors hold twice the
 // lanes and need no conversion); raw[t] summed over c ascending in double,
 // rounded to float; softmax in double over t ascending; one rounding per
@@ -46,8 +46,8 @@
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
-#include "kvcrush/scores/fixed_order.hpp"
-#include "kvcrush/simd/isa.hpp"
+#include "kvcrush/simd/fixed_order_dot.hpp"
+#include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
 namespace kvcrush {
