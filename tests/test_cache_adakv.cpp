@@ -283,8 +283,9 @@ TEST(DecodeAdaKV, RefusesWhatItCannotFollowBeforeChangingAnything) {
   EXPECT_FALSE(controller.shared_out(0));
   std::vector<float> probs(static_cast<std::size_t>(s.query_heads * 16), 0.0625f);
   EXPECT_THROW(controller.observe(0, kvcrush::make_matrix_view<const float>(probs.data(), 4, 16)), std::invalid_argument);
-  EXPECT_THROW(controller.observe(0, kvcrush::make_matrix_view<const float>(probs.data(), 8, 12)), std::invalid_argument)
-      << "attention narrower than the heads";
+  std::vector<float> wide(static_cast<std::size_t>(s.query_heads * 17), 0.0625f);
+  EXPECT_THROW(controller.observe(0, kvcrush::make_matrix_view<const float>(wide.data(), 8, 17)), std::invalid_argument)
+      << "attention over more tokens than the longest head holds";
   EXPECT_THROW(controller.plan(0, 1, ws), std::invalid_argument);
   std::vector<index_t> keep(16), count(1);
   EXPECT_THROW(controller.choose(0, kvcrush::policy_config::parse("snapkv"), s.budget,
@@ -301,6 +302,36 @@ TEST(DecodeAdaKV, RefusesWhatItCannotFollowBeforeChangingAnything) {
   given.tokens = 16;
   EXPECT_THROW(controller.compress(0, settings.policy, given, s.budget, ws), std::invalid_argument);
   EXPECT_THROW(controller.compress(0, settings.policy, {}, kvcrush::layer_budget{4, 2, 3}, ws), std::invalid_argument);
+  // Attention over fewer tokens than H2O already follows in a later head:
+  // refused before any head's sums change (heads ragged after compress).
+  kvcrush::per_head_cache<float> ragged(s.layers, s.heads, s.d, s.capacity);
+  ragged.append(0, kvcrush::make_head_token_dim<const float>(rows.data(), s.heads, 16, s.d),
+                kvcrush::make_head_token_dim<const float>(rows.data(), s.heads, 16, s.d));
+  auto h2o_settings = settings;
+  h2o_settings.policy = kvcrush::policy_config::parse("h2o+adakv");
+  controller_type h2o_controller(ragged, h2o_settings);
+  std::vector<float> varied(probs.size());
+  for (std::size_t i = 0; i < varied.size(); ++i) varied[i] = static_cast<float>((i * 7919) % 997) / 997.0f;
+  h2o_controller.observe(0, kvcrush::make_matrix_view<const float>(varied.data(), 8, 16));
+  h2o_controller.compress(0, h2o_settings.policy, {}, s.budget, ws);
+  index_t w = -1;
+  for (index_t a = 0; a < s.heads && w < 0; ++a)
+    for (index_t b = a + 1; b < s.heads && w < 0; ++b)
+      if (ragged.length(0, a) < ragged.length(0, b)) w = ragged.length(0, a);
+  ASSERT_GE(w, 0) << "no later head longer than an earlier one";
+  std::vector<std::vector<float>> sums_before;
+  for (index_t h = 0; h < s.heads; ++h) {
+    const auto sums = h2o_controller.h2o(0, h)->scores();
+    sums_before.emplace_back(&sums(0, 0), &sums(0, 0) + ragged.length(0, h));
+  }
+  EXPECT_THROW(h2o_controller.observe(0, kvcrush::make_matrix_view<const float>(varied.data(), 8, w)),
+               std::invalid_argument);
+  for (index_t h = 0; h < s.heads; ++h) {
+    const auto sums = h2o_controller.h2o(0, h)->scores();
+    EXPECT_EQ(std::vector<float>(&sums(0, 0), &sums(0, 0) + ragged.length(0, h)), sums_before[static_cast<std::size_t>(h)])
+        << "head " << h;
+  }
+
   // NaN in the attention the allocation reads: refused, nothing evicted.
   kvcrush::per_head_cache<float> other(s.layers, s.heads, s.d, s.capacity);
   other.append(0, kvcrush::make_head_token_dim<const float>(rows.data(), s.heads, 16, s.d),

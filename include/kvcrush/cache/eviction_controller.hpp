@@ -336,8 +336,9 @@ class eviction_controller {
 
   // The attention of the newest query of `layer`: probabilities (Hq, w) over
   // the layer's first w cached tokens (w <= length; normally w = length).
-  // With AdaKV, KV head h reads its query heads' rows over its first
-  // min(w, length(layer, h)) tokens (columns beyond are ignored).
+  // With AdaKV, w <= the longest head's length, and KV head h reads its
+  // query heads' rows over its first min(w, length(layer, h)) tokens
+  // (columns beyond are ignored).
   void observe(index_t layer, matrix_view<const float> probabilities) {
     using kvcrush::detail::require;
     check_layer(layer);
@@ -351,8 +352,17 @@ class eviction_controller {
     }
     index_t widest = 0;
     for (index_t u = 0; u < units_; ++u) widest = std::max(widest, unit_length(layer, u));
-    require(w <= max_tokens_ && (w >= widest || w == 0), "eviction_controller::observe: attention covers ", w,
+    require(w <= widest && w <= max_tokens_, "eviction_controller::observe: attention covers ", w,
             " tokens, the layer's longest head holds ", widest, " (controller capacity ", max_tokens_, ")");
+    if (tracks_h2o_) {
+      // Checked for every head before any head's scores change.
+      for (index_t u = 0; u < units_; ++u) {
+        const index_t len = state(layer, u).h2o.length(0);
+        require(std::min(w, unit_length(layer, u)) >= len, "eviction_controller::observe: attention covers ",
+                std::min(w, unit_length(layer, u)), " tokens of KV head ", u, ", fewer than the ", len,
+                " its H2O scores follow");
+      }
+    }
     const index_t group = unit_query_heads_, stride = probabilities.stride(0);
     for (index_t u = 0; u < units_; ++u) {
       const index_t width = std::min(w, unit_length(layer, u));
