@@ -19,6 +19,9 @@
 #include "kvcrush/cache/eviction_controller.hpp"
 #include "kvcrush/cache/executor.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
+#include "kvcrush/cache/per_head_cache.hpp"
+#include "kvcrush/cache/precision_demoter.hpp"
+#include "kvcrush/cache/tiered_cache.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -348,4 +351,113 @@ TEST(CacheAllocation, BatchOnThreadsAllocatesNothing) {
   EXPECT_TRUE(ok);
   EXPECT_EQ(allocations, 0);
   pool.check_invariants();
+}
+
+// Decode-time AdaKV (one head-wise controller over a per_head_cache) and
+// decode-time mixed precision (tiered_cache + precision_demoter): after
+// warm-up, steps allocate nothing either.
+namespace {
+
+// Attention-like rows for a step: deterministic, positive, no allocation.
+void fill_probabilities(std::vector<float>& probs, index_t rows, index_t width, int step) {
+  for (index_t q = 0; q < rows; ++q)
+    for (index_t t = 0; t < width; ++t) {
+      const auto x = static_cast<std::uint32_t>((step * 977 + q * 131 + t * 29) * 2654435761u);
+      probs[static_cast<std::size_t>(q * width + t)] = static_cast<float>(x % 1000 + 1) / 1000.0f;
+    }
+}
+
+}  // namespace
+
+TEST(CacheAllocation, HeadWiseAdaKVDecodeAllocatesNothing) {
+  const decode_shape s;
+  for (const char* name : {"snapkv+adakv+kvcrush", "h2o+adakv"}) {
+    kvcrush::per_head_cache<float> cache(s.layers, s.heads, s.d, s.budget.budget + 2 * s.slack);
+    kvcrush::eviction_settings settings;
+    settings.policy = kvcrush::policy_config::parse(name);
+    settings.window = 8;
+    settings.budgets = {s.budget};
+    settings.slack = s.slack;
+    settings.query_heads = s.query_heads;
+    kvcrush::eviction_controller<kvcrush::per_head_cache<float>> controller(cache, settings);
+    kvcrush::workspace ws;
+    step_buffers buffers(s);
+    std::vector<float> probs(static_cast<std::size_t>(s.query_heads * (s.budget.budget + 2 * s.slack)));
+    auto step = [&](int i) {
+      bool ok = true;
+      for (index_t l = 0; l < s.layers; ++l) {
+        controller.make_room(l, 1, ws);
+        const auto token = buffers.new_token(i, s);
+        cache.append(l, token, token);
+        index_t width = 0;
+        for (index_t h = 0; h < s.heads; ++h) {
+          width = std::max(width, cache.length(l, h));
+          ok &= cache.length(l, h) <= controller.head_budget(l, h).budget + s.slack;
+        }
+        fill_probabilities(probs, s.query_heads, width, i);
+        controller.observe(l, kvcrush::make_matrix_view<const float>(probs.data(), s.query_heads, width));
+      }
+      return ok;
+    };
+    int i = 0;
+    for (; i < 140; ++i) ASSERT_TRUE(step(i));
+    ASSERT_TRUE(controller.shared_out(0));
+    const index_t selections_before = controller.selections(0);
+    long allocations = 0;
+    bool ok = true;
+    {
+      allocation_scope scope;
+      for (int j = 0; j < 160; ++j, ++i) ok &= step(i);
+      allocations = scope.count();
+    }
+    EXPECT_TRUE(ok);
+    EXPECT_GT(controller.selections(0), selections_before) << name;
+    EXPECT_EQ(allocations, 0) << name;
+  }
+}
+
+TEST(CacheAllocation, TieredDecodeWithDemotionAllocatesNothing) {
+  const decode_shape s;
+  kvcrush::quant_config low;
+  low.key_bits = low.value_bits = 4;
+  low.group_size = 16;
+  low.window = 0;
+  const index_t capacity = s.budget.budget + s.slack;
+  kvcrush::tiered_cache<kvcrush::float16> cache(s.layers, s.heads, s.d, capacity, low);
+  kvcrush::eviction_settings settings;
+  settings.policy = kvcrush::policy_config::parse("h2o");
+  settings.budgets = {s.budget};
+  settings.slack = s.slack;
+  settings.query_heads = s.query_heads;
+  kvcrush::eviction_controller<kvcrush::tiered_cache<kvcrush::float16>> controller(cache, settings);
+  kvcrush::precision_demoter demoter(capacity);
+  kvcrush::workspace ws;
+  step_buffers buffers(s);
+  std::vector<float> probs(static_cast<std::size_t>(s.query_heads * capacity));
+  const auto policy = kvcrush::policy_config::parse("h2o");
+  auto step = [&](int i) {
+    bool ok = true;
+    for (index_t l = 0; l < s.layers; ++l) {
+      controller.make_room(l, 1, ws);
+      demoter.keep_high(controller, l, policy, {24, s.budget.sink, s.budget.recent}, ws);
+      ok &= cache.high_tokens(l) <= 24;
+      const auto token = buffers.new_token(i, s);
+      cache.append(l, token, token);
+      fill_probabilities(probs, s.query_heads, cache.length(l), i);
+      controller.observe(l, kvcrush::make_matrix_view<const float>(probs.data(), s.query_heads, cache.length(l)));
+    }
+    return ok;
+  };
+  int i = 0;
+  for (; i < 140; ++i) ASSERT_TRUE(step(i));
+  ASSERT_GT(cache.low_tokens(0), 16);
+  long allocations = 0;
+  bool ok = true;
+  {
+    allocation_scope scope;
+    for (int j = 0; j < 160; ++j, ++i) ok &= step(i);
+    allocations = scope.count();
+  }
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(allocations, 0);
 }

@@ -279,7 +279,7 @@ TEST(MixedPrecision, TiersAreDisjointProtectedAreHighAndMatchTheSpec) {
         hi.budget = p.high;
         kvcrush::keep_config both = base;
         both.budget = p.high + p.low;
-        both.crush_fraction = tier == low_tier::kvcrush ? kvcrush::impl::crush_fraction_for(p.low, both.budget - 36) : 0.0;
+        both.crush_fraction = tier == low_tier::kvcrush ? kvcrush::crush_fraction_for(p.low, both.budget - 36) : 0.0;
         ASSERT_EQ(kvcrush::split_budget(both.budget - 36, both.crush_fraction).crush, tier == low_tier::kvcrush ? p.low : 0);
         const auto expected_high = spec::keep(S, S, hi);
         const auto expected_both = spec::keep(S, S, both);

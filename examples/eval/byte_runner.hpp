@@ -19,7 +19,8 @@
 //                 next most important in intN instead of being dropped.
 //   crush-intN    the same, the low tier being KVCrush representatives of
 //                 the tokens the float16 tier leaves out.
-// Mixed precision while decoding: new tokens enter the float16 tier; before
+// Mixed precision while decoding (kvcrush::tiered_cache and
+// kvcrush::precision_demoter): new tokens enter the float16 tier; before
 // each step the float16 tier keeps the policy's top tokens, the others of it
 // moving down to the quantized tier (precision only goes down: a quantized
 // token is not restored), and once per G steps the controller evicts the
@@ -37,6 +38,8 @@
 
 #include "engine.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/cache/precision_demoter.hpp"
+#include "kvcrush/cache/tiered_cache.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "kvcrush/policy/mixed_precision.hpp"
 #include "quantized_stores.hpp"
@@ -179,13 +182,13 @@ inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<in
   if (p.kind == storage_kind::mixed && p.tier == kvcrush::low_tier::kvcrush) {
     const kvcrush::layer_budget& b = plan.budget;
     union_policy.kvcrush = true;
-    union_policy.crush.fraction = kvcrush::impl::crush_fraction_for(plan.low - plan.slack, b.budget - b.sink - b.recent);
+    union_policy.crush.fraction = kvcrush::crush_fraction_for(plan.low - plan.slack, b.budget - b.sink - b.recent);
   }
   if (p.kind == storage_kind::quantized && o.quant_eviction == "group") union_policy.layout.block_size = o.quant_group;
   kvcrush::policy_config high_policy = policy;
   high_policy.kvcrush = false;
 
-  kvcrush::eviction_settings settings = impl::settings_for(o, c, union_policy, length, plan.slack);
+  kvcrush::eviction_settings settings = settings_for(o, c, union_policy, length, plan.slack);
   settings.budgets = {plan.budget};
   if (policy.base == kvcrush::base_policy::streaming) {
     settings.budgets[0].recent = plan.budget.budget - plan.budget.sink;  // StreamingLLM: the rest is recent
@@ -194,30 +197,23 @@ inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<in
   auto score = [&](const Eigen::VectorXf& logits, index_t pos) {
     if (pos + 1 < length) out.run.acc.add(full[static_cast<std::size_t>(pos)], log_softmax(logits), chunk[static_cast<std::size_t>(pos + 1)]);
   };
-  auto run = [&](auto& cache_object, std::unique_ptr<kvcrush_llama::kv_store> owned, kvcrush_llama::tiered_store* tiers) {
+  auto run = [&](auto& cache_object, std::unique_ptr<kvcrush_llama::kv_store> owned) {
     using cache_type = std::remove_reference_t<decltype(cache_object)>;
     kvcrush::eviction_controller<cache_type> controller(cache_object, settings);
-    impl::bridge<kvcrush::eviction_controller<cache_type>> observer({&controller}, c.n_heads, o.window, c.n_layers, length);
+    attention_bridge<kvcrush::eviction_controller<cache_type>> observer(controller);
     kvcrush_llama::engine e(m, std::move(owned));
     e.set_observer(&observer);
-    std::vector<index_t> chosen(static_cast<std::size_t>(length) + 1), demote;
-    index_t chosen_count = 0;
+    kvcrush::precision_demoter demoter(length);
     // The float16 tier keeps the policy's top `high` tokens of the union.
     auto keep_high = [&](index_t layer, index_t high) {
-      if (tiers == nullptr || tiers->high_tokens(layer) <= high) return;
-      // Just before a new token arrives the float16 tier may hold only the
-      // protected tokens: the oldest of the recent ones then competes.
-      controller.choose(layer, high_policy, {high, o.sink, std::min<index_t>(o.window, high - o.sink)},
-                        {kvcrush::make_matrix_view(chosen.data(), 1, length + 1), kvcrush::make_vector_view(&chosen_count, 1)},
-                        ws);
-      demote.clear();
-      index_t next = 0;
-      for (index_t u = 0; u < tiers->length(layer); ++u) {
-        const bool stays = next < chosen_count && chosen[static_cast<std::size_t>(next)] == u;
-        next += stays;
-        if (!stays && !tiers->is_low(layer, u)) demote.push_back(u);
+      if constexpr (std::is_same_v<cache_type, kvcrush::tiered_cache<kvcrush::float16>>) {
+        // Just before a new token arrives the float16 tier may hold only the
+        // protected tokens: the oldest of the recent ones then competes.
+        demoter.keep_high(controller, layer, high_policy, {high, o.sink, std::min<index_t>(o.window, high - o.sink)}, ws);
+      } else {
+        (void)layer;
+        (void)high;
       }
-      tiers->demote(layer, demote);
     };
     const bool mixed = p.kind == storage_kind::mixed;
     for (index_t pos = 0; pos < prefill; ++pos) e.forward(chunk[static_cast<std::size_t>(pos)]);
@@ -244,12 +240,12 @@ inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<in
     auto store = std::make_unique<kvcrush_llama::quantized_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length,
                                                                   quant_of(o, p.bits));
     auto& cache = store->cache();
-    run(cache, std::move(store), nullptr);
+    run(cache, std::move(store));
   } else {
     auto store = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length,
                                                                quant_of(o, p.kind == storage_kind::mixed ? p.bits : 8));
-    auto& tiers = *store;
-    run(tiers, std::move(store), &tiers);
+    auto& tiers = store->cache();
+    run(tiers, std::move(store));
   }
   return out;
 }

@@ -7,13 +7,12 @@
 // probabilities, which is where H2O's sums and SnapKV's/TOVA's window of
 // attention rows come from. Every base policy works, with +kvcrush.
 //
-// +adakv: the controller keeps all KV heads of a layer at one length, and
-// AdaKV's head-wise budgets do not (eviction_controller.hpp). So, as
-// kvcrush-eval does, the cache is a per_head_store with one controller per
-// KV head: the first time a layer fills, its budget is shared out across the
-// KV heads from the SnapKV scores of the last `window` queries (AdaKV's
-// allocation, kvpress's rule), each head compresses to its share, and from
-// then on keeps to it.
+// +adakv: AdaKV's head-wise budgets give KV heads different lengths, so the
+// cache is a per_head_store (kvcrush::per_head_cache) and the controller
+// runs in its head-wise mode (eviction_controller.hpp): the first time a
+// layer fills, its budget is shared out across the KV heads from the SnapKV
+// scores of the last `window` queries (AdaKV's allocation, kvpress's rule),
+// each head compresses to its share, and from then on keeps to it.
 #pragma once
 
 #include <algorithm>
@@ -26,9 +25,7 @@
 #include "engine.hpp"
 #include "kv_cache.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
-#include "kvcrush/policy/adakv.hpp"
 #include "kvcrush/policy/runtime.hpp"
-#include "kvcrush/scores/window_attention.hpp"
 
 namespace kvcrush_llama {
 
@@ -106,112 +103,6 @@ class controlled_cache final : public decode_eviction {
   kvcrush::eviction_controller<Cache> controller_;
 };
 
-// AdaKV: one single-head controller per KV head (see the header comment).
-class adakv_heads final : public decode_eviction {
- public:
-  adakv_heads(per_head_store& store, const model_config& c, const eviction_plan& plan, index_t capacity)
-      : store_(&store), plan_(plan), query_heads_(c.n_heads), capacity_(capacity),
-        rows_(static_cast<std::size_t>(c.n_layers),
-              std::vector<float>(static_cast<std::size_t>(plan.window * c.n_heads * capacity), 0.0f)),
-        seen_(static_cast<std::size_t>(c.n_layers), 0),
-        shared_(static_cast<std::size_t>(c.n_layers), false),
-        scores_(static_cast<std::size_t>(c.n_kv_heads * capacity)),
-        window_(static_cast<std::size_t>(c.n_heads * plan.window * capacity)),
-        shares_(static_cast<std::size_t>(c.n_kv_heads)) {
-    head_policy_ = plan.policy;
-    head_policy_.adakv = false;
-    head_policy_.layout.per_head = false;  // each controller holds one KV head
-    kvcrush::eviction_settings settings;
-    settings.policy = head_policy_;
-    settings.budgets = {plan.budget};
-    settings.slack = plan.slack;
-    settings.query_heads = c.kv_group();
-    settings.window = plan.window;
-    settings.max_tokens = capacity;
-    for (index_t g = 0; g < c.n_kv_heads; ++g) {
-      controllers_.push_back(std::make_unique<kvcrush::eviction_controller<kvcrush::contiguous_cache<float>>>(
-          store.head(g), settings));
-    }
-  }
-
-  void before_token(kvcrush::workspace& ws) override {
-    const index_t limit = plan_.budget.budget + plan_.slack;
-    for (index_t l = 0; l < store_->layers(); ++l) {
-      if (!shared_[static_cast<std::size_t>(l)] && store_->length(l, 0) + 1 > limit) share_out(l, ws);
-      for (auto& controller : controllers_) controller->make_room(l, 1, ws);
-    }
-  }
-
-  index_t selections() const override {
-    index_t total = 0;
-    for (const auto& controller : controllers_)
-      for (index_t l = 0; l < controller->layers(); ++l) total += controller->selections(l);
-    return total;
-  }
-
-  void on_attention(const attention_event& event) override {
-    const index_t heads = event.head_lengths.extent(0);
-    const index_t group = query_heads_ / heads;
-    const index_t stride = event.probabilities.stride(0);
-    for (index_t g = 0; g < heads; ++g) {
-      controllers_[static_cast<std::size_t>(g)]->observe(
-          event.layer, kvcrush::matrix_view<const float>(event.probabilities.data() + g * group * stride,
-                                                         {group, event.head_lengths[g]}, {stride, 1}));
-    }
-    // Until the layer is shared out, its last `window` rows (all heads hold
-    // every token then, so the rows are aligned).
-    const auto layer = static_cast<std::size_t>(event.layer);
-    if (!shared_[layer]) {
-      const index_t slot = seen_[layer]++ % plan_.window;
-      const index_t width = event.probabilities.extent(1);
-      for (index_t q = 0; q < query_heads_; ++q) {
-        float* row = rows_[layer].data() + (slot * query_heads_ + q) * capacity_;
-        std::fill(row, row + capacity_, 0.0f);
-        std::copy(&event.probabilities(q, 0), &event.probabilities(q, 0) + width, row);
-      }
-    }
-    track(event);
-  }
-
- private:
-  void share_out(index_t layer, kvcrush::workspace& ws) {
-    const auto l = static_cast<std::size_t>(layer);
-    const index_t tokens = store_->length(layer, 0);
-    const index_t heads = store_->kv_heads(), w = plan_.window;
-    // The window's rows as (Hq, W, tokens), oldest first.
-    for (index_t i = 0; i < w; ++i) {
-      const index_t slot = (seen_[l] - w + i) % w;
-      for (index_t q = 0; q < query_heads_; ++q) {
-        const float* row = rows_[l].data() + (slot * query_heads_ + q) * capacity_;
-        std::copy(row, row + tokens, window_.data() + (q * w + i) * tokens);
-      }
-    }
-    kvcrush::window_scores(kvcrush::strided_view<const float, 3>(window_.data(), {query_heads_, w, tokens}),
-                           plan_.policy.window, kvcrush::make_matrix_view(scores_.data(), heads, tokens), ws);
-    const kvcrush::layer_budget& b = plan_.budget;
-    kvcrush::allocate_head_budgets(kvcrush::make_matrix_view<const float>(scores_.data(), heads, tokens), b.sink,
-                                   tokens - b.recent, b.budget - b.sink - b.recent, plan_.policy.adakv_alpha,
-                                   kvcrush::make_vector_view(shares_.data(), heads), ws);
-    for (index_t g = 0; g < heads; ++g) {
-      const kvcrush::layer_budget share{b.sink + b.recent + shares_[static_cast<std::size_t>(g)], b.sink, b.recent};
-      controllers_[static_cast<std::size_t>(g)]->compress(layer, head_policy_, {}, share, ws);
-      controllers_[static_cast<std::size_t>(g)]->set_budget(layer, share);
-    }
-    shared_[l] = true;
-  }
-
-  per_head_store* store_;
-  eviction_plan plan_;
-  kvcrush::policy_config head_policy_;
-  index_t query_heads_, capacity_;
-  std::vector<std::unique_ptr<kvcrush::eviction_controller<kvcrush::contiguous_cache<float>>>> controllers_;
-  std::vector<std::vector<float>> rows_;  // per layer: window x Hq x capacity
-  std::vector<index_t> seen_;
-  std::vector<bool> shared_;
-  std::vector<float> scores_, window_;
-  std::vector<index_t> shares_;
-};
-
 }  // namespace detail
 
 // The store a plan needs: one cache per KV head for AdaKV's head-wise
@@ -245,7 +136,7 @@ inline std::unique_ptr<decode_eviction> make_decode_eviction(engine& e, const ev
   if (plan.policy.adakv) {
     auto* heads = dynamic_cast<per_head_store*>(&e.cache());
     if (heads == nullptr) throw std::invalid_argument("AdaKV needs the per-head store (make_store)");
-    return std::make_unique<detail::adakv_heads>(*heads, c, plan, e.cache_capacity());
+    return std::make_unique<detail::controlled_cache<kvcrush::per_head_cache<float>>>(heads->cache(), settings);
   }
   if (auto* contiguous = dynamic_cast<contiguous_store*>(&e.cache())) {
     return std::make_unique<detail::controlled_cache<kvcrush::contiguous_cache<float>>>(contiguous->cache(), settings);

@@ -8,7 +8,7 @@
 // Three stores, one per way an engine lays out its cache:
 //   contiguous_store  kvcrush::contiguous_cache<float>, [kv_head][token][dim]
 //                     per layer; shared or per-head keep sets of one length.
-//   per_head_store    one single-head contiguous_cache per KV head, so heads
+//   per_head_store    kvcrush::per_head_cache<float> (one single-head cache per KV head), so heads
 //                     may hold different numbers of tokens (AdaKV's ragged,
 //                     head-wise budgets).
 //   paged_store       kvcrush::paged_cache<float> (vLLM-style blocks of
@@ -28,6 +28,7 @@
 #include "kvcrush/cache/contiguous_cache.hpp"
 #include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
+#include "kvcrush/cache/per_head_cache.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/quant/memory.hpp"
 #include "kvcrush/tensor_view.hpp"
@@ -141,62 +142,42 @@ class contiguous_store final : public kv_store {
 class per_head_store final : public kv_store {
  public:
   using kv_store::length;
-  per_head_store(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity) : head_dim_(head_dim) {
-    for (index_t h = 0; h < kv_heads; ++h) {
-      heads_.push_back(std::make_unique<kvcrush::contiguous_cache<float>>(layers, 1, head_dim, capacity,
-                                                                         kvcrush::kv_layout::head_token_dim));
-    }
-  }
+  per_head_store(index_t layers, index_t kv_heads, index_t head_dim, index_t capacity)
+      : cache_(layers, kv_heads, head_dim, capacity) {}
 
-  // The single-head cache of KV head h (what a per-head controller drives).
-  kvcrush::contiguous_cache<float>& head(index_t h) { return *heads_.at(static_cast<std::size_t>(h)); }
+  // kvcrush's per-head cache (what an AdaKV eviction_controller drives).
+  kvcrush::per_head_cache<float>& cache() noexcept { return cache_; }
+  const kvcrush::per_head_cache<float>& cache() const noexcept { return cache_; }
 
-  index_t layers() const override { return heads_.front()->layers(); }
-  index_t kv_heads() const override { return static_cast<index_t>(heads_.size()); }
-  index_t head_dim() const override { return head_dim_; }
-  index_t capacity() const override { return heads_.front()->capacity(); }
-  index_t length(index_t layer, index_t kv_head) const override {
-    return heads_.at(static_cast<std::size_t>(kv_head))->length(layer);
-  }
+  index_t layers() const override { return cache_.layers(); }
+  index_t kv_heads() const override { return cache_.kv_heads(); }
+  index_t head_dim() const override { return cache_.head_dim(); }
+  index_t capacity() const override { return cache_.capacity(); }
+  index_t length(index_t layer, index_t kv_head) const override { return cache_.length(layer, kv_head); }
   void append(index_t layer, const float* keys, const float* values, index_t position) override {
     for (index_t h = 0; h < kv_heads(); ++h) {
-      contiguous_store::append_rows(*heads_[static_cast<std::size_t>(h)], layer, keys + h * head_dim_,
-                                    values + h * head_dim_, position);
+      contiguous_store::append_rows(cache_.head(h), layer, keys + h * head_dim(), values + h * head_dim(), position);
     }
   }
   void for_each_run(index_t layer, index_t kv_head, const std::function<void(const row_run&)>& f) const override {
-    const auto& c = *heads_.at(static_cast<std::size_t>(kv_head));
+    const auto& c = cache_.head(kv_head);
     const auto k = c.keys(layer);
     if (k.tokens() == 0) return;
     f(row_run{k.row(0, 0), c.values(layer).row(0, 0), k.tokens(), k.token_stride(), &c.positions(layer)(0, 0), 1});
   }
   // Keep sets with one row per head may be ragged: each head keeps its own.
-  void evict(index_t layer, const kvcrush::keep_view& keep) override {
-    kvcrush::validate_keep(keep, kv_heads(), length(layer), "per_head_store::evict");
-    for (index_t h = 0; h < kv_heads(); ++h) {
-      const index_t row = keep.row_of_head(h);
-      kvcrush::detail::require(keep.count(row) == 0 || keep.at(row, keep.count(row) - 1) < length(layer, h),
-                               "per_head_store::evict: head ", h, " holds ", length(layer, h), " tokens");
-    }
-    for (index_t h = 0; h < kv_heads(); ++h) {
-      const index_t row = keep.row_of_head(h);
-      heads_[static_cast<std::size_t>(h)]->evict_tokens(
-          layer, kvcrush::keep_view::shared(&keep.rows.data()[row * keep.rows.stride(0)], keep.count(row)));
-    }
-  }
+  void evict(index_t layer, const kvcrush::keep_view& keep) override { cache_.evict_tokens(layer, keep); }
   void clear() override {
-    for (auto& c : heads_)
-      for (index_t l = 0; l < c->layers(); ++l) c->clear(l);
+    for (index_t l = 0; l < cache_.layers(); ++l) cache_.clear(l);
   }
   kvcrush::memory_usage memory(index_t layer) const override {
     kvcrush::memory_usage m;
-    for (const auto& c : heads_) m += kvcrush::plain_cache_memory(*c, layer);
+    for (index_t h = 0; h < cache_.kv_heads(); ++h) m += kvcrush::plain_cache_memory(cache_.head(h), layer);
     return m;
   }
 
  private:
-  index_t head_dim_;
-  std::vector<std::unique_ptr<kvcrush::contiguous_cache<float>>> heads_;
+  kvcrush::per_head_cache<float> cache_;
 };
 
 class paged_store final : public kv_store {

@@ -66,4 +66,7 @@
 #include "kvcrush/cache/eviction_controller.hpp"
 #include "kvcrush/cache/executor.hpp"
 #include "kvcrush/cache/paged_cache.hpp"
+#include "kvcrush/cache/per_head_cache.hpp"
+#include "kvcrush/cache/precision_demoter.hpp"
 #include "kvcrush/cache/rope.hpp"
+#include "kvcrush/cache/tiered_cache.hpp"

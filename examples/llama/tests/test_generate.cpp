@@ -165,7 +165,7 @@ TEST(Generate, DecodeTimeEvictionHoldsTheBudget) {
   for (const auto& head : s.last_positions) EXPECT_EQ(head, expected);
   EXPECT_NE(s.text, full.text.substr(0, s.text.size())) << "a 20-token window changes the story";
 
-  // AdaKV: one controller per KV head. With a budget covering everything
+  // AdaKV: the controller's head-wise mode. With a budget covering everything
   // nothing changes; with slack the heads get different shares, whose mean
   // the budget bounds (plus slack), and the layer's total budget is kept.
   kvcrush_llama::eviction_plan ada;

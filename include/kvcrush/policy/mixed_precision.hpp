@@ -123,10 +123,11 @@ inline mixed_plan plan_mixed_precision(index_t tokens, index_t protected_tokens,
   return p;
 }
 
-namespace impl {
-
-// crush_fraction giving exactly `crush` representatives out of `rest`
-// unprotected picks (split_budget floors crush_fraction * rest).
+// The crush_fraction giving exactly `crush` KVCrush representatives out of
+// `rest` unprotected picks (split_budget floors crush_fraction * rest): 0
+// when either is <= 0, 1 when crush >= rest. For a union of tiers whose low
+// tier is `crush` representatives (select_mixed_precision, and while
+// decoding, examples/eval/byte_runner.hpp).
 inline double crush_fraction_for(index_t crush, index_t rest) noexcept {
   if (rest <= 0 || crush <= 0) return 0.0;
   if (crush >= rest) return 1.0;
@@ -135,8 +136,6 @@ inline double crush_fraction_for(index_t crush, index_t rest) noexcept {
   while (f > 0.0 && split_budget(rest, f).crush > crush) f = std::nextafter(f, -1.0);
   return f;
 }
-
-}  // namespace impl
 
 // Both tiers of one layer from per-KV-head scores (heads, tokens). base:
 // sink, recent, per_head and the KVCrush knobs (anchor, representative,
@@ -189,7 +188,7 @@ mixed_plan select_mixed_precision(matrix_view<const float> scores, const keep_co
   keep_config both = base;
   both.budget = plan.high + plan.low;
   const index_t rest = both.budget - base.sink - base.recent;
-  both.crush_fraction = cfg.tier == low_tier::kvcrush ? impl::crush_fraction_for(plan.low, rest) : 0.0;
+  both.crush_fraction = cfg.tier == low_tier::kvcrush ? crush_fraction_for(plan.low, rest) : 0.0;
   const index_t width = both.budget;
   const matrix_view<index_t> joined(ws.positions(static_cast<std::size_t>(rows * width) + 1), {rows, width}, {width, 1});
   impl::select_keep_checked<Isa>(scores, both, {}, joined, {}, ws,
