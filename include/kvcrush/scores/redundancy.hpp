@@ -47,6 +47,7 @@
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/simd/fixed_order_dot.hpp"
+#include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
