@@ -1,0 +1,79 @@
+// The golden logits: the example engine, fed austen-kjv-14m_ref_ids.npy one
+// token at a time with the full cache, must reproduce the trainer's float32
+// logits (austen-kjv-14m_ref_logits.npy, 64 x 512) within 1e-3 at every
+// position. Built once per ISA level the tests cover, so the engine's
+// matrix products and the library's kernels are checked at each.
+//
+// Exit codes: 0 pass, 1 mismatch or error, 77 (ctest: skipped) when the
+// shared files are missing, unless CI=true, where their absence fails.
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <vector>
+
+#include "engine.hpp"
+#include "kvcrush/io/npy.hpp"
+#include "llama_test_support.hpp"
+#include "model.hpp"
+
+namespace {
+
+constexpr double tolerance = 1e-3;
+
+}  // namespace
+
+int main() {
+  const auto models = kvcrush_test::shared_dir() / "models";
+  const std::filesystem::path files[] = {models / "austen-kjv-14m.bin", models / "austen-kjv-14m_ref_ids.npy",
+                                         models / "austen-kjv-14m_ref_logits.npy"};
+  for (const auto& file : files) {
+    if (std::filesystem::exists(file)) continue;
+    if (kvcrush_test::running_in_ci()) {
+      std::printf("FAILED: missing shared file %s (CI=true requires it)\n", file.string().c_str());
+      return 1;
+    }
+    std::printf("SKIPPED: missing shared file %s; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR\n",
+                file.string().c_str());
+    return 77;
+  }
+  try {
+    const kvcrush_llama::model model = kvcrush_llama::model::load(files[0].string());
+    const std::vector<std::int32_t> ids = kvcrush::io::read_npy(files[1].string()).values<std::int32_t>();
+    const kvcrush::io::npy_array reference = kvcrush::io::read_npy(files[2].string());
+    const std::vector<float> expected = reference.values<float>();
+    const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
+    if (reference.shape.size() != 2 || static_cast<std::size_t>(reference.shape[0]) != ids.size() ||
+        static_cast<std::size_t>(reference.shape[1]) != vocab) {
+      std::printf("FAILED: reference logits are not (%zu, %zu)\n", ids.size(), vocab);
+      return 1;
+    }
+    kvcrush_llama::engine engine(model);
+    double worst = 0.0;
+    std::size_t worst_position = 0, worst_token = 0;
+    for (std::size_t p = 0; p < ids.size(); ++p) {
+      const Eigen::VectorXf& logits = engine.forward(ids[p]);
+      for (std::size_t v = 0; v < vocab; ++v) {
+        const double error = std::fabs(static_cast<double>(logits[static_cast<Eigen::Index>(v)]) -
+                                       static_cast<double>(expected[p * vocab + v]));
+        // A NaN logit must fail, so the comparison is written to be false for it.
+        if (!(error <= worst)) {
+          worst = std::isnan(error) ? INFINITY : error;
+          worst_position = p;
+          worst_token = v;
+        }
+      }
+    }
+    std::printf("golden logits (%s): %zu positions x %zu tokens, largest |difference| %.3g at position %zu, "
+                "token %zu\n",
+                kvcrush::isa::name().data(), ids.size(), vocab, worst, worst_position, worst_token);
+    if (!(worst <= tolerance)) {
+      std::printf("FAILED: largest |difference| %.3g exceeds %.0e\n", worst, tolerance);
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::printf("FAILED: %s\n", e.what());
+    return 1;
+  }
+}
