@@ -163,12 +163,14 @@ int run(const options& given) {
         row.peak_tokens = std::max(row.peak_tokens, r.peak_tokens);
         row.over_budget = std::max(row.over_budget, r.over_budget);
         row.acc.merge(r.acc);
+        row.chunks.push_back(r.acc);
         bar.step(corpus.name + ": " + jobs[j].policy + (jobs[j].bytes ? "/" + jobs[j].storage.name : "") + " @ " +
                  budget_label(jobs[j].budget));
       }
     }
     rows.insert(rows.end(), text_rows.begin(), text_rows.end());
   }
+  add_statistics(rows);
 
   const std::string table = o.format == "csv" ? csv(rows) : markdown(rows, o.ablation);
   if (o.output.empty()) {

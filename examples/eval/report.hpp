@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "metrics.hpp"
+#include "statistics.hpp"
 
 namespace kvcrush_eval {
 
@@ -30,7 +31,39 @@ struct result_row {
   long high_tokens = 0;    // float16 tokens (all tokens for intN storage)
   long low_tokens = 0;     // quantized tokens of mixed precision
   double peak_bytes = 0;   // most K/V bytes a layer held while decoding
+  // One accuracy per chunk (acc is their pooled sum), for the bootstrap.
+  std::vector<accuracy> chunks;
+  figure_intervals ci;      // 95% bootstrap intervals of the row's figures
+  // X+kvcrush rows: the difference from X on the same chunks and tokens.
+  std::string paired_with;  // X, or empty when the row has no pair
+  figures paired;           // this row's figures minus X's
+  figure_intervals paired_ci;
 };
+
+// The bootstrap intervals of every row, and for every token-budget
+// X+kvcrush row its paired difference from the X row of the same text and
+// budget (same chunks, same resamples).
+inline void add_statistics(std::vector<result_row>& rows) {
+  for (auto& r : rows) {
+    if (!r.chunks.empty()) r.ci = bootstrap(r.chunks);
+  }
+  const std::string suffix = "+kvcrush";
+  for (auto& r : rows) {
+    const auto at = r.policy.find(suffix);
+    if (at == std::string::npos || !r.precision.empty() || r.chunks.empty()) continue;
+    const std::string base = r.policy.substr(0, at) + r.policy.substr(at + suffix.size());
+    for (const auto& b : rows) {
+      if (b.text != r.text || b.policy != base || !b.variant.empty() || !b.precision.empty() ||
+          std::abs(b.budget - r.budget) > 1e-12 || b.chunks.size() != r.chunks.size()) {
+        continue;
+      }
+      r.paired_with = base;
+      r.paired = difference(figures_of(r.acc), figures_of(b.acc));
+      r.paired_ci = bootstrap_paired(r.chunks, b.chunks);
+      break;
+    }
+  }
+}
 
 // What a row's storage is, in words.
 inline std::string storage_label(const result_row& r) {
@@ -49,6 +82,23 @@ inline std::string fixed(double v, int digits) {
 
 inline std::string signed_percent(double change) {
   return (change >= 0 ? "+" : "") + fixed(100.0 * change, 2) + "%";
+}
+
+inline std::string signed_fixed(double v, int digits) { return (v >= 0 ? "+" : "") + fixed(v, digits); }
+
+// A fraction as signed percentage points, e.g. +0.42.
+inline std::string signed_points(double fraction) { return signed_fixed(100.0 * fraction, 2); }
+
+// "[low, high]" of a fraction in percent (signed for changes).
+inline std::string percent_interval(const interval& i, bool sign) {
+  return "[" + (sign ? signed_fixed(100.0 * i.low, 2) : fixed(100.0 * i.low, 2)) + ", " +
+         (sign ? signed_fixed(100.0 * i.high, 2) : fixed(100.0 * i.high, 2)) + "]";
+}
+inline std::string points_interval(const interval& i) {
+  return "[" + signed_points(i.low) + ", " + signed_points(i.high) + "]";
+}
+inline std::string plain_interval(const interval& i, int digits) {
+  return "[" + fixed(i.low, digits) + ", " + fixed(i.high, digits) + "]";
 }
 
 inline std::string budget_label(double b) {
@@ -72,8 +122,26 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
       if (r.text != text || !r.precision.empty()) continue;
       out << "| " << r.policy << " |" << (with_variant ? " " + r.variant + " |" : "") << " " << budget_label(r.budget)
           << " | " << r.budget_tokens << " | " << fixed(r.acc.perplexity(), 3) << " | "
-          << signed_percent(r.acc.perplexity_change()) << " | " << fixed(100.0 * r.acc.agreement(), 2) << "% | "
-          << fixed(r.acc.mean_kl(), 4) << " |\n";
+          << signed_percent(r.acc.perplexity_change()) << " " << percent_interval(r.ci.perplexity_change, true)
+          << " | " << fixed(100.0 * r.acc.agreement(), 2) << "% " << percent_interval(r.ci.agreement, false) << " | "
+          << fixed(r.acc.mean_kl(), 4) << " " << plain_interval(r.ci.kl, 4) << " |\n";
+    }
+    const bool any_pair = std::any_of(rows.begin(), rows.end(),
+                                      [&](const result_row& r) { return r.text == text && !r.paired_with.empty(); });
+    if (any_pair) {
+      out << "\nKVCrush against its base policy on the same chunks and tokens (X+kvcrush minus X; 95% paired "
+             "bootstrap intervals over chunks):\n\n";
+      out << "| policy |" << (with_variant ? " variant |" : "")
+          << " budget | Δ top-1 (points) | Δ KL | Δ of Δ perplexity (points) |\n";
+      out << "|---|" << (with_variant ? "---|" : "") << "---|---:|---:|---:|\n";
+      for (const auto& r : rows) {
+        if (r.text != text || r.paired_with.empty()) continue;
+        out << "| " << r.policy << " − " << r.paired_with << " |" << (with_variant ? " " + r.variant + " |" : "")
+            << " " << budget_label(r.budget) << " | " << signed_points(r.paired.agreement) << " "
+            << points_interval(r.paired_ci.agreement) << " | " << signed_fixed(r.paired.kl, 4) << " "
+            << plain_interval(r.paired_ci.kl, 4) << " | " << signed_points(r.paired.perplexity_change) << " "
+            << points_interval(r.paired_ci.perplexity_change) << " |\n";
+      }
     }
     const bool any_bytes =
         std::any_of(rows.begin(), rows.end(), [&](const result_row& r) { return r.text == text && !r.precision.empty(); });
@@ -96,7 +164,9 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
       for (const auto& r : rows) {
         if (r.text == text) {
           out << "\nFull-cache perplexity " << fixed(r.acc.perplexity_full(), 3) << " over " << r.acc.positions
-              << " predicted tokens.\n\n";
+              << " predicted tokens in " << r.chunks.size()
+              << " chunks. Brackets: 95% percentile-bootstrap intervals over chunks (" << bootstrap_resamples
+              << " resamples, fixed seed).\n\n";
           break;
         }
       }
@@ -108,13 +178,29 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
 inline std::string csv(const std::vector<result_row>& rows) {
   std::ostringstream out;
   out << "text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,"
-         "perplexity_change,top1_agreement,kl,precision,budget_bytes,high_tokens,low_tokens,peak_bytes\n";
+         "perplexity_change,top1_agreement,kl,precision,budget_bytes,high_tokens,low_tokens,peak_bytes,chunks,"
+         "perplexity_change_low,perplexity_change_high,top1_low,top1_high,kl_low,kl_high,paired_with,"
+         "perplexity_change_diff,perplexity_change_diff_low,perplexity_change_diff_high,top1_diff,top1_diff_low,"
+         "top1_diff_high,kl_diff,kl_diff_low,kl_diff_high\n";
   for (const auto& r : rows) {
     out << r.text << "," << r.policy << "," << r.variant << "," << fixed(r.budget, 6) << "," << r.budget_tokens << ","
         << fixed(r.peak_tokens, 2) << "," << fixed(r.over_budget, 2) << "," << r.acc.positions << "," << fixed(r.acc.perplexity_full(), 6) << ","
         << fixed(r.acc.perplexity(), 6) << "," << fixed(r.acc.perplexity_change(), 6) << ","
         << fixed(r.acc.agreement(), 6) << "," << fixed(r.acc.mean_kl(), 6) << "," << r.precision << ","
-        << r.budget_bytes << "," << r.high_tokens << "," << r.low_tokens << "," << fixed(r.peak_bytes, 0) << "\n";
+        << r.budget_bytes << "," << r.high_tokens << "," << r.low_tokens << "," << fixed(r.peak_bytes, 0) << ","
+        << r.chunks.size() << "," << fixed(r.ci.perplexity_change.low, 6) << ","
+        << fixed(r.ci.perplexity_change.high, 6) << "," << fixed(r.ci.agreement.low, 6) << ","
+        << fixed(r.ci.agreement.high, 6) << "," << fixed(r.ci.kl.low, 6) << "," << fixed(r.ci.kl.high, 6) << ","
+        << r.paired_with;
+    if (r.paired_with.empty()) {
+      out << ",,,,,,,,,\n";
+      continue;
+    }
+    out << "," << fixed(r.paired.perplexity_change, 6) << "," << fixed(r.paired_ci.perplexity_change.low, 6) << ","
+        << fixed(r.paired_ci.perplexity_change.high, 6) << "," << fixed(r.paired.agreement, 6) << ","
+        << fixed(r.paired_ci.agreement.low, 6) << "," << fixed(r.paired_ci.agreement.high, 6) << ","
+        << fixed(r.paired.kl, 6) << "," << fixed(r.paired_ci.kl.low, 6) << "," << fixed(r.paired_ci.kl.high, 6)
+        << "\n";
   }
   return out.str();
 }
