@@ -120,7 +120,10 @@ struct manual_h2o {
   manual_h2o(const shape& sh, kvcrush::kv_layout layout, const kvcrush::policy_config& p, kvcrush::layer_budget b,
              index_t slack, index_t capacity)
       : s(sh), cache(sh.layers, sh.heads, sh.d, capacity, layout), policy(p), budget(b), limit(b.budget + slack) {
-    for (index_t l = 0; l < sh.layers; ++l) acc.emplace_back(sh.heads, sh.query_heads, capacity);
+    for (index_t l = 0; l < sh.layers; ++l) {
+      acc.emplace_back(sh.heads, sh.query_heads, capacity, p.window.gqa,
+                       p.kvcrush && p.crush.heads == kvcrush::signature_heads::query);
+    }
     keep.resize(static_cast<std::size_t>(sh.heads * (capacity + 1)));
     counts.resize(static_cast<std::size_t>(sh.heads));
     tokens.resize(static_cast<std::size_t>(capacity));
@@ -230,9 +233,10 @@ void check_h2o_against_manual(Cache& cache, const kvcrush::policy_config& policy
   EXPECT_EQ(manual.selections, expected * s.layers);
 }
 
-kvcrush::policy_config h2o_policy(bool per_head, bool crush) {
+kvcrush::policy_config h2o_policy(bool per_head, bool crush, bool query_signatures = false) {
   auto p = kvcrush::policy_config::parse(crush ? "h2o+kvcrush" : "h2o");
   p.layout.per_head = per_head;
+  if (query_signatures) p.crush.heads = kvcrush::signature_heads::query;
   return p;
 }
 
@@ -247,6 +251,10 @@ TEST(DecodeController, H2OContiguousMatchesSelectAndCompactionByHand) {
       kvcrush::contiguous_cache<kvcrush::float16> b(s.layers, s.heads, s.d, 40, kvcrush::kv_layout::token_head_dim);
       check_h2o_against_manual(b, h2o_policy(per_head, crush), kvcrush::kv_layout::head_token_dim, "f16 token_head_dim");
     }
+    // KVCrush signatures from the query heads' own accumulated attention.
+    kvcrush::contiguous_cache<float> c(s.layers, s.heads, s.d, 40, kvcrush::kv_layout::head_token_dim);
+    check_h2o_against_manual(c, h2o_policy(per_head, true, true), kvcrush::kv_layout::head_token_dim,
+                             "query-head signatures");
   }
 }
 

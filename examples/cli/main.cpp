@@ -327,7 +327,8 @@ int run_select(int argc, char** argv) {
           throw cli_error("--attention has " + std::to_string(rows) + " query rows over " + std::to_string(in.tokens) +
                           " tokens; h2o reads the causal attention of the last Q <= N queries");
         }
-        accumulated = kvcrush::h2o_accumulator(in.kv_heads, query_heads, in.tokens, policy.window.gqa);
+        accumulated = kvcrush::h2o_accumulator(in.kv_heads, query_heads, in.tokens, policy.window.gqa,
+                                               policy.kvcrush && policy.crush.heads == kvcrush::signature_heads::query);
         accumulated.append(in.tokens - rows);
         for (index_t r = 0; r < rows; ++r) {
           accumulated.append(1);

@@ -97,6 +97,9 @@ inline std::string percent_interval(const interval& i, bool sign) {
 inline std::string points_interval(const interval& i) {
   return "[" + signed_points(i.low) + ", " + signed_points(i.high) + "]";
 }
+inline std::string signed_interval(const interval& i, int digits) {
+  return "[" + signed_fixed(i.low, digits) + ", " + signed_fixed(i.high, digits) + "]";
+}
 inline std::string plain_interval(const interval& i, int digits) {
   return "[" + fixed(i.low, digits) + ", " + fixed(i.high, digits) + "]";
 }
@@ -139,7 +142,7 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
         out << "| " << r.policy << " − " << r.paired_with << " |" << (with_variant ? " " + r.variant + " |" : "")
             << " " << budget_label(r.budget) << " | " << signed_points(r.paired.agreement) << " "
             << points_interval(r.paired_ci.agreement) << " | " << signed_fixed(r.paired.kl, 4) << " "
-            << plain_interval(r.paired_ci.kl, 4) << " | " << signed_points(r.paired.perplexity_change) << " "
+            << signed_interval(r.paired_ci.kl, 4) << " | " << signed_points(r.paired.perplexity_change) << " "
             << points_interval(r.paired_ci.perplexity_change) << " |\n";
       }
     }

@@ -193,7 +193,11 @@ class eviction_controller {
       for (index_t u = 0; u < units_; ++u) {
         layer_state& s = layers_[static_cast<std::size_t>(l * units_ + u)];
         s.budget = lb;
-        if (tracks_h2o_) s.h2o = h2o_accumulator(unit_heads_, unit_query_heads_, max_tokens_, p.window.gqa);
+        if (tracks_h2o_) {
+          // Query-head KVCrush signatures need the per-query-head sums.
+          const bool query_rows = p.kvcrush && p.crush.heads == signature_heads::query;
+          s.h2o = h2o_accumulator(unit_heads_, unit_query_heads_, max_tokens_, p.window.gqa, query_rows);
+        }
         s.rows.assign(static_cast<std::size_t>(window_ * unit_query_heads_ * max_tokens_), 0.0f);
         s.row_width.assign(static_cast<std::size_t>(window_), 0);
         s.keep.assign(static_cast<std::size_t>(unit_heads_ * (max_tokens_ + 1)), 0);

@@ -144,14 +144,24 @@ struct h2o {
       kvcrush::detail::require(acc.length(h) == in.tokens, "h2o: head ", h, " holds ", acc.length(h),
                                " tokens, the layer ", in.tokens, " (heads must hold the same number)");
     }
+    // Query-head rows for signatures when the accumulator keeps them.
+    matrix_view<const float> query;
+    if (acc.tracks_query_heads() && !normalised) {
+      const auto all = acc.query_scores();
+      query = matrix_view<const float>(all.data(), {acc.query_heads(), in.tokens}, {all.stride(0), 1});
+    } else if (acc.tracks_query_heads()) {
+      auto rows = impl::scratch_rows(ws, acc.query_heads(), in.tokens, true);
+      acc.normalised_query_scores(rows);
+      query = rows;
+    }
     if (!normalised) {
       const auto all = acc.scores();
       const matrix_view<const float> s(all.data(), {acc.heads(), in.tokens}, {all.stride(0), 1});
-      return {s, s, {}, true};
+      return {s, s, query, true};
     }
     auto out = impl::scratch_rows(ws, acc.heads(), in.tokens, false);
     acc.normalised_scores(out);
-    return {out, out, {}, true};
+    return {out, out, query, true};
   }
 };
 

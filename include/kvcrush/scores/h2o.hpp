@@ -6,6 +6,11 @@
 // with head-wise budgets), and compact() drops the same rows the cache drops.
 // The normalised variant divides by the number of queries that saw the token
 // (decode steps since it entered the cache, counting its own).
+//
+// Optionally it also keeps one sum per *query* head (the attention of query
+// head q, unreduced, over its KV head's tokens), for KVCrush signatures with
+// one bit per query head (SPEC 4.1 "signature heads"). Importance still uses
+// the GQA-reduced KV-head sums.
 #pragma once
 
 #include <algorithm>
@@ -25,8 +30,10 @@ class h2o_accumulator {
 
   // Room for `capacity` tokens per KV head; GQA groups of query_heads /
   // kv_heads query heads are reduced with `gqa` before accumulating.
+  // track_query_heads: also keep the per-query-head sums (Hq x capacity
+  // more floats).
   h2o_accumulator(index_t kv_heads, index_t query_heads, index_t capacity,
-                  gqa_reduction gqa = gqa_reduction::mean)
+                  gqa_reduction gqa = gqa_reduction::mean, bool track_query_heads = false)
       : heads_(kv_heads), query_heads_(query_heads), capacity_(capacity), gqa_(gqa) {
     using kvcrush::detail::require;
     require(kv_heads >= 1 && query_heads >= kv_heads && query_heads % kv_heads == 0, "h2o: ", query_heads,
@@ -36,7 +43,10 @@ class h2o_accumulator {
     seen_.assign(static_cast<std::size_t>(heads_ * capacity_), 0);
     lengths_.assign(static_cast<std::size_t>(heads_), 0);
     reduced_.assign(static_cast<std::size_t>(capacity_), 0.0f);
+    if (track_query_heads) query_sums_.assign(static_cast<std::size_t>(query_heads_ * capacity_), 0.0f);
   }
+
+  bool tracks_query_heads() const noexcept { return !query_sums_.empty(); }
 
   index_t heads() const noexcept { return heads_; }
   index_t query_heads() const noexcept { return query_heads_; }
@@ -52,6 +62,11 @@ class h2o_accumulator {
       for (index_t i = 0; i < count; ++i) {
         sums_[h * capacity_ + lengths_[h] + i] = 0.0f;
         seen_[h * capacity_ + lengths_[h] + i] = 0;
+      }
+      if (tracks_query_heads()) {
+        const index_t group = query_heads_ / heads_;
+        for (index_t q = h * group; q < (h + 1) * group; ++q)
+          for (index_t i = 0; i < count; ++i) query_sums_[q * capacity_ + lengths_[h] + i] = 0.0f;
       }
       lengths_[h] += count;
     }
@@ -77,6 +92,13 @@ class h2o_accumulator {
       for (index_t t = 0; t < n; ++t) {
         sums[t] += reduced_[t];
         seen[t] += 1;
+      }
+      if (tracks_query_heads()) {
+        for (index_t q = h * group; q < (h + 1) * group; ++q) {
+          const float* row = probabilities.data() + q * probabilities.stride(0);
+          float* query_sums = query_sums_.data() + q * capacity_;
+          for (index_t t = 0; t < n; ++t) query_sums[t] += row[t];
+        }
       }
     }
   }
@@ -114,6 +136,30 @@ class h2o_accumulator {
     }
   }
 
+  // Per-query-head plain sums (Hq, capacity): row q is valid up to the
+  // length of its KV head q / (Hq / H). Empty unless tracks_query_heads().
+  matrix_view<const float> query_scores() const noexcept {
+    if (!tracks_query_heads()) return {};
+    return matrix_view<const float>(query_sums_.data(), {query_heads_, capacity_}, {capacity_, 1});
+  }
+
+  // Per-query-head sums divided by the number of queries that saw each
+  // token (the KV head's count), into out (Hq, >= max_length()).
+  void normalised_query_scores(matrix_view<float> out) const {
+    using kvcrush::detail::require;
+    require(tracks_query_heads(), "h2o: this accumulator does not track query heads");
+    require(out.extent(0) == query_heads_ && out.extent(1) >= max_length(), "h2o: normalised query output must be (",
+            query_heads_, ", >= ", max_length(), ")");
+    const index_t group = query_heads_ / heads_;
+    for (index_t q = 0; q < query_heads_; ++q) {
+      const index_t h = q / group;
+      for (index_t t = 0; t < lengths_[h]; ++t) {
+        const std::int32_t n = seen_[static_cast<std::size_t>(h * capacity_ + t)];
+        out(q, t) = n > 0 ? query_sums_[static_cast<std::size_t>(q * capacity_ + t)] / static_cast<float>(n) : 0.0f;
+      }
+    }
+  }
+
   std::int32_t seen(index_t head, index_t token) const noexcept { return seen_[head * capacity_ + token]; }
 
   // Keeps rows keep[0..count) (strictly increasing, < length) of one head,
@@ -131,6 +177,13 @@ class h2o_accumulator {
       sums[i] = sums[keep[i]];
       seen[i] = seen[keep[i]];
     }
+    if (tracks_query_heads()) {
+      const index_t group = query_heads_ / heads_;
+      for (index_t q = head * group; q < (head + 1) * group; ++q) {
+        float* query_sums = query_sums_.data() + q * capacity_;
+        for (index_t i = 0; i < count; ++i) query_sums[i] = query_sums[keep[i]];
+      }
+    }
     lengths_[head] = count;
   }
 
@@ -146,6 +199,7 @@ class h2o_accumulator {
   std::vector<std::int32_t> seen_;
   std::vector<index_t> lengths_;
   std::vector<float> reduced_;
+  std::vector<float> query_sums_;  // (Hq, capacity) when tracking query heads
 };
 
 }  // namespace KVCRUSH_TARGET_NS
