@@ -55,7 +55,8 @@ template <class Isa>
 inline constexpr bool compiled_v = Isa::level <= KVCRUSH_COMPILER_ISA_LEVEL;
 
 // Runtime check, for tests and benchmarks that must skip when the machine
-// lacks an instruction set. Library code never dispatches on it.
+// lacks an instruction set. Header-only code never dispatches on it; run-time
+// dispatch (kvcrush/dispatch/dispatch.hpp) uses detected_level() below.
 template <class Isa>
 bool cpu_supports() noexcept {
   static_assert(is_tag_v<Isa>, "not a kvcrush ISA tag");
