@@ -461,13 +461,15 @@ int main(int argc, char** argv) {
     if (argc < 2) throw cli_error("missing command (select, signatures or budgets); see kvcrush --help");
     const std::string command = argv[1];
     if (command == "--help" || command == "-h" || command == "help") {
+      const std::string_view isa_in_use = kvcrush::dispatch::active_isa_name();  // may refuse KVCRUSH_ISA
       std::cout << overview_text << "\n" << select_text << "\n" << signatures_text << "\n" << budgets_text
-                << "\nkvcrush " << kvcrush::version_string << ", ISA in use: " << kvcrush::dispatch::active_isa_name()
+                << "\nkvcrush " << kvcrush::version_string << ", ISA in use: " << isa_in_use
                 << " (chosen at run time; KVCRUSH_ISA=scalar|avx2|avx512 caps it)\n";
       return 0;
     }
     if (command == "--version") {
-      std::cout << "kvcrush " << kvcrush::version_string << " (ISA " << kvcrush::dispatch::active_isa_name() << ")\n";
+      const std::string_view isa_in_use = kvcrush::dispatch::active_isa_name();  // may refuse KVCRUSH_ISA
+      std::cout << "kvcrush " << kvcrush::version_string << " (ISA " << isa_in_use << ")\n";
       return 0;
     }
     const char* help = help_of(command);
