@@ -243,7 +243,15 @@ TEST(DispatchMatchesScalar, SelectEveryPolicyAndMode) {
               cfg.layout.block_size = 4;
             }
             cfg.seed = 7;
-            cfg.crush.anchor = mode == 0 ? kvcrush::anchor_mode::mean : kvcrush::anchor_mode::alternating;
+            // Vary the KVCrush options with the shape: every anchor, rule,
+            // threshold and signature-row choice is met somewhere.
+            const int variant = static_cast<int>((h + n + mode) % 6);
+            cfg.crush.anchor = static_cast<kvcrush::anchor_mode>(variant);
+            cfg.crush.representative = static_cast<kvcrush::representative_rule>(variant % 4);
+            cfg.crush.threshold = variant % 2 ? kvcrush::threshold_mode::mean : kvcrush::threshold_mode::median;
+            if (variant == 5 && (cfg.base == kvcrush::base_policy::snapkv || cfg.base == kvcrush::base_policy::pyramidkv)) {
+              cfg.crush.heads = kvcrush::signature_heads::query;
+            }
             // Sink and recent (multiples of the block size in block mode);
             // StreamingLLM keeps exactly those.
             const index_t unit = cfg.layout.block_size, sink = n > 8 ? unit : 0, recent = n > 8 ? 3 * unit : 0;
@@ -280,6 +288,73 @@ TEST(DispatchMatchesScalar, SelectEveryPolicyAndMode) {
   std::printf("%d selections agree at %.*s (%d of them refused alike)\n", cases,
               static_cast<int>(dispatch::active_isa_name().size()), dispatch::active_isa_name().data(), refused);
   EXPECT_LT(refused, cases / 10) << "most cases must select, not refuse";
+}
+
+TEST(DispatchMatchesScalar, SelectRefusesNaNAlike) {
+  const index_t h = 4, n = 50;
+  auto scores = scores_with_ties(static_cast<std::size_t>(h * n), 9, true);
+  scores[77] = std::nanf("");
+  kvcrush::layer_inputs in;
+  in.kv_heads = h;
+  in.tokens = n;
+  in.scores = kvcrush::make_matrix_view(scores.data(), h, n);
+  for (const char* name : {"precomputed", "precomputed+kvcrush", "precomputed+adakv+kvcrush"}) {
+    const auto cfg = kvcrush::policy_config::parse(name);
+    const index_t rows = cfg.layout.per_head ? h : 1;
+    std::vector<index_t> pos_d(static_cast<std::size_t>(rows * n), -1), cnt_d(rows, -1);
+    auto pos_s = pos_d, cnt_s = cnt_d;
+    kvcrush::workspace ws;
+    const std::string e_d = outcome([&] {
+      dispatch::select(cfg, in, {20, 2, 4},
+                       {kvcrush::make_matrix_view(pos_d.data(), rows, n), kvcrush::make_vector_view(cnt_d.data(), rows)},
+                       ws);
+    });
+    const std::string e_s = outcome([&] {
+      kvcrush::select<isa::scalar>(
+          cfg, in, {20, 2, 4},
+          {kvcrush::make_matrix_view(pos_s.data(), rows, n), kvcrush::make_vector_view(cnt_s.data(), rows)}, ws);
+    });
+    EXPECT_FALSE(e_d.empty()) << name << ": NaN scores were accepted";
+    EXPECT_EQ(e_d, e_s) << name;
+    EXPECT_EQ(pos_d, pos_s) << name;
+  }
+}
+
+// What dispatch::select documents for H2O: the accumulated scores as scores
+// with 'precomputed' select what policy h2o selects from the accumulator.
+TEST(DispatchMatchesScalar, H2oThroughScoresEqualsTheAccumulatorPolicy) {
+  for (bool normalised : {false, true}) {
+    for (const char* modifier : {"", "+kvcrush", "+adakv"}) {
+      const index_t h = 3, hq = 6, n = 61;
+      const auto attention = probabilities(static_cast<std::size_t>(hq * n * n), 17);
+      const auto view = kvcrush::strided_view<const float, 3>(attention.data(), {hq, n, n});
+      kvcrush::h2o_accumulator acc(h, hq, n);
+      acc.prefill(view);
+      std::vector<float> sums(static_cast<std::size_t>(h * n));
+      dispatch::h2o_scores(view, kvcrush::gqa_reduction::mean, normalised, kvcrush::make_matrix_view(sums.data(), h, n));
+
+      auto by_acc = kvcrush::policy_config::parse(std::string("h2o") + modifier);
+      by_acc.h2o_normalised = normalised;
+      auto by_scores = by_acc;
+      by_scores.base = kvcrush::base_policy::precomputed;
+      kvcrush::layer_inputs in_acc, in_scores;
+      in_acc.kv_heads = in_scores.kv_heads = h;
+      in_acc.tokens = in_scores.tokens = n;
+      in_acc.h2o = &acc;
+      in_scores.scores = kvcrush::make_matrix_view<const float>(sums.data(), h, n);
+      const index_t rows = by_acc.layout.per_head ? h : 1;
+      std::vector<index_t> pos_a(static_cast<std::size_t>(rows * n), -1), cnt_a(rows), pos_d = pos_a, cnt_d = cnt_a;
+      kvcrush::workspace ws_a, ws_d;
+      kvcrush::select<isa::scalar>(
+          by_acc, in_acc, {20, 2, 4},
+          {kvcrush::make_matrix_view(pos_a.data(), rows, n), kvcrush::make_vector_view(cnt_a.data(), rows)}, ws_a);
+      dispatch::select(by_scores, in_scores, {20, 2, 4},
+                       {kvcrush::make_matrix_view(pos_d.data(), rows, n), kvcrush::make_vector_view(cnt_d.data(), rows)},
+                       ws_d);
+      EXPECT_EQ(pos_a, pos_d) << modifier << " normalised " << normalised;
+      EXPECT_EQ(cnt_a, cnt_d) << modifier << " normalised " << normalised;
+    }
+  }
 }
 
 TEST(DispatchMatchesScalar, SelectRefusesAnH2oAccumulator) {
