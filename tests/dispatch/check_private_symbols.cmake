@@ -1,5 +1,5 @@
 # The per-ISA units of kvcrush::dispatch must define exactly one global
-# symbol each, their kernel table: any other (a weak std::vector, Eigen or
+# symbol each, their kernel table, and no type information: any other (a weak std::vector, Eigen or
 # kvcrush::detail function) could be picked by the linker for baseline code
 # and run AVX-512 instructions there (src/CMakeLists.txt). Usage:
 #   cmake -DNM=<nm> -DOBJECTS=<a.o;b.o> -P check_private_symbols.cmake
@@ -23,6 +23,13 @@ foreach(object IN LISTS OBJECTS)
       string(APPEND failures "  ${object}: ${line}\n")
     endif()
   endforeach()
+  # Type information made private would break catch-by-type across units:
+  # an exception the unit throws must have its typeinfo defined elsewhere
+  # (std::invalid_argument and the like, in libstdc++).
+  execute_process(COMMAND ${NM} --defined-only ${object} OUTPUT_VARIABLE all RESULT_VARIABLE rc)
+  if(all MATCHES "[ \t\n]_ZTI[^\n]*")
+    string(APPEND failures "  ${object}: defines type information (${CMAKE_MATCH_0}), now private to the unit\n")
+  endif()
   if(NOT tables EQUAL 1)
     string(APPEND failures "  ${object}: ${tables} kernel tables, expected 1\n")
   endif()
