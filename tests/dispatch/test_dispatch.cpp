@@ -12,11 +12,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <functional>
 #include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -162,6 +164,37 @@ TEST(DispatchLevel, BadEnvironmentIsAnErrorUntilUseIsa) {
                std::invalid_argument);
   dispatch::use_isa(isa::level::scalar);
   EXPECT_EQ(dispatch::active_isa(), isa::level::scalar);
+}
+
+TEST(DispatchLevel, SwitchingWhileOtherThreadsRunGivesTheSameBits) {
+  // One thread switches levels while another keeps computing: every call
+  // runs on one complete level and gives the scalar bits.
+  const isa::level before = dispatch::active_isa();
+  const index_t n = 513, words = 2;
+  std::vector<std::uint64_t> sig(static_cast<std::size_t>(n * words));
+  for (std::size_t i = 0; i < sig.size(); ++i) sig[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+  const std::vector<std::uint64_t> anchor{0x0123456789abcdefull, 0xfedcba9876543210ull};
+  const auto sv = kvcrush::make_matrix_view<const std::uint64_t>(sig.data(), n, words);
+  const auto av = kvcrush::make_vector_view<const std::uint64_t>(anchor.data(), words);
+  std::vector<std::uint32_t> reference(static_cast<std::size_t>(n));
+  kvcrush::hamming_distances<isa::scalar>(sv, av, kvcrush::make_vector_view(reference.data(), n));
+  std::atomic<bool> stop{false};
+  std::thread switcher([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      const int top = static_cast<int>(dispatch::detected_isa());
+      dispatch::use_isa(static_cast<isa::level>(1 + i % top));
+    }
+  });
+  int mismatches = 0;
+  for (int round = 0; round < 2000; ++round) {
+    std::vector<std::uint32_t> out(static_cast<std::size_t>(n), 0);
+    dispatch::hamming_distances(sv, av, kvcrush::make_vector_view(out.data(), n));
+    mismatches += out != reference;
+  }
+  stop = true;
+  switcher.join();
+  EXPECT_EQ(mismatches, 0);
+  dispatch::use_isa(before);
 }
 
 // ---- Same bits as the compile-time scalar path -----------------------------------
