@@ -11,6 +11,11 @@
 //   select/<policy>/per_head/H/N   one keep set per head
 //   select_avx2/<policy>/...       the same through the AVX2 kernels, in a
 //                                  binary built for AVX-512
+//   select_config/<policy>/...     SnapKV rows through the run-time
+//                                  policy_config, compile-time kernels
+//   select_dispatch/<policy>/...   the same config through kvcrush::dispatch
+//                                  (run-time ISA choice; the per-call cost of
+//                                  dispatch is the difference to select_config)
 //   evict_layers/T/L/H/N           the selections of L layers on T threads
 //   read_pass/H/N, decode_attention/H/N
 #include <benchmark/benchmark.h>
@@ -21,7 +26,11 @@
 
 #include "bench_common.hpp"
 #include "kvcrush/cache/batch.hpp"
+#include "kvcrush/policy/runtime.hpp"
 #include "kvcrush/policy/select.hpp"
+#if defined(KVCRUSH_BENCH_DISPATCH)
+#include "kvcrush/dispatch/dispatch.hpp"
+#endif
 
 namespace {
 
@@ -111,6 +120,43 @@ void select_snapkv(benchmark::State& state, mode m) {
     } else {
       kvcrush::select<Isa>(kvcrush::policy::precomputed{}, in, budget, layout, keep.view, ws);
     }
+    benchmark::DoNotOptimize(keep.positions.data());
+  }
+  kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
+}
+
+// SnapKV from its scores through the run-time policy_config, either with
+// this binary's compile-time kernels or through run-time dispatch.
+template <bool Dispatched, bool Crush>
+void select_config(benchmark::State& state, mode m) {
+  const index_t heads = state.range(0), tokens = state.range(1);
+  const auto scores = kvcrush_bench::attention_like_scores(static_cast<std::size_t>(heads * tokens), 2);
+  kvcrush::layer_inputs in;
+  in.kv_heads = heads;
+  in.tokens = tokens;
+  in.scores = kvcrush::make_matrix_view(scores.data(), heads, tokens);
+  const auto budget = budget_for(tokens, m);
+  auto cfg = kvcrush::policy_config::parse(Crush ? "precomputed+kvcrush" : "precomputed");
+  cfg.crush = crush_half();
+  cfg.layout = layout_for(m);
+  keep_storage keep(heads, tokens, m);
+  kvcrush::workspace ws;
+  ws.reserve(heads, tokens, 0, cfg.layout.block_size);
+  const std::size_t bytes = scores.size() * sizeof(float);
+  const double baseline = kvcrush_bench::read_pass_seconds(scores.data(), bytes);
+  kvcrush_bench::loop_timer timer;
+  timer.start();
+  for (auto _ : state) {
+#if defined(KVCRUSH_BENCH_DISPATCH)
+    if constexpr (Dispatched) {
+      kvcrush::dispatch::select(cfg, in, budget, keep.view, ws);
+    } else {
+      kvcrush::select(cfg, in, budget, keep.view, ws);
+    }
+#else
+    static_assert(!Dispatched, "dispatch rows need kvcrush::dispatch");
+    kvcrush::select(cfg, in, budget, keep.view, ws);
+#endif
     benchmark::DoNotOptimize(keep.positions.data());
   }
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
@@ -240,6 +286,23 @@ void register_selections(const std::string& family, index_t h, index_t n) {
   }
 }
 
+// select_config and, with kvcrush::dispatch linked, select_dispatch: the
+// same SnapKV selections, compile-time kernels against run-time dispatch.
+void register_config_rows(index_t h, index_t n) {
+  for (mode m : {mode::token, mode::per_head}) {
+    const std::string tail = mode_suffix(m);
+    auto add = [&](const std::string& name, void (*fn)(benchmark::State&, mode)) {
+      benchmark::RegisterBenchmark((name + tail).c_str(), fn, m)->Args({h, n})->Unit(benchmark::kMicrosecond);
+    };
+    add("select_config/snapkv", select_config<false, false>);
+    add("select_config/snapkv+kvcrush", select_config<false, true>);
+#if defined(KVCRUSH_BENCH_DISPATCH)
+    add("select_dispatch/snapkv", select_config<true, false>);
+    add("select_dispatch/snapkv+kvcrush", select_config<true, true>);
+#endif
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -249,6 +312,10 @@ int main(int argc, char** argv) {
                "kvcrush end-to-end selection benchmarks; ISA %s; budget N/4 (sink 4, or one block; recent 32), "
                "crush 0.5\n",
                std::string(kvcrush::isa::name()).c_str());
+#if defined(KVCRUSH_BENCH_DISPATCH)
+  std::fprintf(stderr, "select_dispatch rows: run-time dispatch at %s (KVCRUSH_ISA caps it)\n",
+               std::string(kvcrush::dispatch::active_isa_name()).c_str());
+#endif
   if (!kvcrush::isa::cpu_supports<kvcrush::isa::active>()) {
     std::fprintf(stderr, "this CPU lacks %s; rebuild the benchmarks for it\n", std::string(kvcrush::isa::name()).c_str());
     return 77;
@@ -259,6 +326,7 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark("read_pass", read_pass)->Args({h, n})->Unit(benchmark::kMicrosecond);
       register_selections<kvcrush::isa::active>("select", h, n);
       if constexpr (compare_avx2) register_selections<kvcrush::isa::avx2>("select_avx2", h, n);
+      register_config_rows(h, n);
       benchmark::RegisterBenchmark("decode_attention", decode_attention)->Args({h, n})->Unit(benchmark::kMicrosecond);
     }
   for (index_t threads : {1, 2}) {

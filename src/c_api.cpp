@@ -1,10 +1,11 @@
 // The C API (include/kvcrush/c_api.h) over the header-only library.
 //
 // Why a compiled source outside include/: include/ holds what consumers
-// compile themselves, with their own flags; this file is compiled once, with
-// the tools' ISA flags, into libkvcrush_c, and nothing consumers include
-// depends on it. It is the only translation unit of that library, so every
-// template it instantiates lives (hidden) in one place.
+// compile themselves, with their own flags; this file is compiled once, for
+// baseline x86-64, into libkvcrush_c, and nothing consumers include depends
+// on it. Every call that runs a kernel goes through kvcrush::dispatch (the
+// static component src/dispatch/, linked in with hidden symbols), which
+// picks the AVX2 or AVX-512 kernels at run time where the CPU has them.
 //
 // Every exported function funnels through guarded(): C++ exceptions become
 // status codes plus a thread-local message, so none crosses the ABI. Checks
@@ -23,6 +24,7 @@
 #include <string_view>
 
 #include "kvcrush/cache/compaction.hpp"
+#include "kvcrush/dispatch/dispatch.hpp"
 #include "kvcrush/select/keep_set.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
@@ -286,7 +288,7 @@ void run_select(kvcrush::workspace& ws, const resolved_selection& r, const kvcru
   check_keep_output(shape, keep, keep_rows, keep_width, counts);
   const kvcrush::keep_sets out{kvcrush::make_matrix_view<index_t>(keep, keep_rows, keep_width),
                                kvcrush::make_vector_view<index_t>(counts, keep_rows)};
-  kvcrush::select(r.policy, in, r.budget, out, ws);
+  kvcrush::dispatch::select(r.policy, in, r.budget, out, ws);
 }
 
 // ---- Compaction --------------------------------------------------------------
@@ -309,9 +311,9 @@ index_t compact_typed(void* keys, void* values, kvcrush_layout layout, index_t h
                         : cache_view<T>(nullptr, layout, heads, tokens, 0, -1);
   if (block_size > 1) {
     const kvcrush::vector_view<const index_t> blocks(keep.rows.data(), {keep.count(0)}, {1});
-    return kvcrush::compact_blocks(k, v, blocks, block_size);
+    return kvcrush::dispatch::compact_blocks(k, v, blocks, block_size);
   }
-  return values ? kvcrush::compact(k, v, keep) : kvcrush::compact(k, keep);
+  return kvcrush::dispatch::compact(k, v, keep);
 }
 
 }  // namespace
@@ -323,8 +325,23 @@ extern "C" {
 const char* kvcrush_version(void) { return KVCRUSH_VERSION_STRING; }
 
 const char* kvcrush_isa(void) {
-  // Isa::name views a string literal, so data() is NUL-terminated.
-  return kvcrush::isa::name().data();
+  try {
+    // to_string views a string literal, so data() is NUL-terminated.
+    return kvcrush::dispatch::active_isa_name().data();
+  } catch (const std::exception& e) {
+    set_error(e.what());  // KVCRUSH_ISA asked for a level this machine lacks
+    return "unavailable";
+  }
+}
+
+kvcrush_status kvcrush_use_isa(const char* isa) {
+  return guarded([&] {
+    if (isa == nullptr) {
+      kvcrush::dispatch::use_isa(kvcrush::dispatch::detected_isa());
+    } else {
+      kvcrush::dispatch::use_isa(std::string_view(isa));
+    }
+  });
 }
 
 int kvcrush_c_api_version(void) { return KVCRUSH_C_API_VERSION; }
@@ -471,7 +488,7 @@ kvcrush_status kvcrush_window_scores(kvcrush_workspace* ws, const float* attenti
     // and writes the KV rows only after; so the query rows go to workspace
     // memory first and reach the caller only on success.
     float* query_rows = w.query_scores(static_cast<std::size_t>(query_heads * tokens) + 1);
-    kvcrush::window_scores(view, opt, kvcrush::make_matrix_view(kv_scores, kv_heads, tokens), w,
+    kvcrush::dispatch::window_scores(view, opt, kvcrush::make_matrix_view(kv_scores, kv_heads, tokens), w,
                            kvcrush::make_matrix_view(query_rows, query_heads, tokens));
     if (query_scores) {
       std::memcpy(query_scores, query_rows, static_cast<std::size_t>(query_heads * tokens) * sizeof(float));
@@ -519,7 +536,7 @@ kvcrush_status kvcrush_signatures(kvcrush_workspace* ws, const float* scores, in
       require(!nan, "signatures: scores contain NaN (head ", h, ")");
     }
     static_assert(sizeof(std::uint64_t) == sizeof(uint64_t));
-    kvcrush::compute_signatures(kvcrush::make_matrix_view(scores, heads, tokens), begin, end, mode,
+    kvcrush::dispatch::compute_signatures(kvcrush::make_matrix_view(scores, heads, tokens), begin, end, mode,
                                 kvcrush::make_matrix_view(reinterpret_cast<std::uint64_t*>(out), end - begin, words),
                                 workspace_of(ws));
   });

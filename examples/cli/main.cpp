@@ -19,6 +19,7 @@
 
 #include "arguments.hpp"
 #include "inputs.hpp"
+#include "kvcrush/dispatch/dispatch.hpp"
 #include "kvcrush/kvcrush.hpp"
 
 namespace {
@@ -278,6 +279,7 @@ int run_select(int argc, char** argv) {
   kvcrush::layer_inputs in;
   kvcrush_cli::float_array data;
   kvcrush::h2o_accumulator accumulated;
+  std::vector<float> h2o_scores;  // its scores, handed to the selection
   index_t window = 0;
   switch (input) {
     case input_kind::none:
@@ -335,7 +337,20 @@ int run_select(int argc, char** argv) {
           accumulated.accumulate(kvcrush::matrix_view<const float>(attention + r * in.tokens, {query_heads, in.tokens},
                                                                    {rows * in.tokens, 1}));
         }
-        in.h2o = &accumulated;
+        // Run-time dispatch takes the accumulated scores as scores (an
+        // accumulator cannot cross ISA levels): H2O's selection is the
+        // precomputed one on them, bit for bit.
+        h2o_scores.assign(static_cast<std::size_t>(in.kv_heads * in.tokens), 0.0f);
+        const auto rows_out = kvcrush::make_matrix_view(h2o_scores.data(), in.kv_heads, in.tokens);
+        if (policy.h2o_normalised) {
+          accumulated.normalised_scores(rows_out);
+        } else {
+          for (index_t h = 0; h < in.kv_heads; ++h) {
+            for (index_t t = 0; t < in.tokens; ++t) rows_out(h, t) = accumulated.scores()(h, t);
+          }
+        }
+        in.scores = kvcrush::make_matrix_view<const float>(h2o_scores.data(), in.kv_heads, in.tokens);
+        policy.base = kvcrush::base_policy::precomputed;
       }
       break;
     }
@@ -367,9 +382,9 @@ int run_select(int argc, char** argv) {
   const index_t units = (in.tokens + policy.layout.block_size - 1) / policy.layout.block_size;
   std::vector<index_t> keep(static_cast<std::size_t>(rows * units), -1);
   std::vector<index_t> counts(static_cast<std::size_t>(rows), 0);
-  kvcrush::select(policy, in, budget,
-                  {kvcrush::make_matrix_view(keep.data(), rows, units), kvcrush::make_vector_view(counts.data(), rows)},
-                  ws);
+  kvcrush::dispatch::select(
+      policy, in, budget,
+      {kvcrush::make_matrix_view(keep.data(), rows, units), kvcrush::make_vector_view(counts.data(), rows)}, ws);
 
   const index_t widest = *std::max_element(counts.begin(), counts.end());
   std::vector<index_t> packed(static_cast<std::size_t>(rows * widest), -1);
@@ -400,8 +415,8 @@ int run_signatures(int argc, char** argv) {
   const index_t words = kvcrush::signature_words(heads);
   std::vector<std::uint64_t> sig(static_cast<std::size_t>((end - begin) * words));
   kvcrush::workspace ws;
-  kvcrush::compute_signatures(kvcrush::make_matrix_view(scores.data(), heads, tokens), begin, end, mode,
-                              kvcrush::make_matrix_view(sig.data(), end - begin, words), ws);
+  kvcrush::dispatch::compute_signatures(kvcrush::make_matrix_view(scores.data(), heads, tokens), begin, end, mode,
+                                        kvcrush::make_matrix_view(sig.data(), end - begin, words), ws);
   kvcrush::io::write_npy<std::uint64_t>(out_path, {end - begin, words}, sig.data());
   return 0;
 }
@@ -447,12 +462,15 @@ int main(int argc, char** argv) {
     if (argc < 2) throw cli_error("missing command (select, signatures or budgets); see kvcrush --help");
     const std::string command = argv[1];
     if (command == "--help" || command == "-h" || command == "help") {
+      const std::string_view isa_in_use = kvcrush::dispatch::active_isa_name();  // may refuse KVCRUSH_ISA
       std::cout << overview_text << "\n" << select_text << "\n" << signatures_text << "\n" << budgets_text
-                << "\nkvcrush " << kvcrush::version_string << ", ISA in use: " << kvcrush::isa::name() << "\n";
+                << "\nkvcrush " << kvcrush::version_string << ", ISA in use: " << isa_in_use
+                << " (chosen at run time; KVCRUSH_ISA=scalar|avx2|avx512 caps it)\n";
       return 0;
     }
     if (command == "--version") {
-      std::cout << "kvcrush " << kvcrush::version_string << " (" << kvcrush::isa::name() << ")\n";
+      const std::string_view isa_in_use = kvcrush::dispatch::active_isa_name();  // may refuse KVCRUSH_ISA
+      std::cout << "kvcrush " << kvcrush::version_string << " (ISA " << isa_in_use << ")\n";
       return 0;
     }
     const char* help = help_of(command);

@@ -250,6 +250,12 @@ TEST_F(Cli, HelpAndVersion) {
     EXPECT_NE(help.out.find(policy), std::string::npos) << policy;
   }
   EXPECT_EQ(run("--version").out.rfind("kvcrush ", 0), 0u);
+  // The CLI is built for baseline x86-64 and names the level it chose at run
+  // time: this machine's best, or KVCRUSH_ISA's.
+  const char* env_isa = std::getenv("KVCRUSH_ISA");
+  const std::string isa_in_use = env_isa && *env_isa ? std::string(env_isa)
+                                                     : std::string(kvcrush::isa::to_string(kvcrush::isa::detected_level()));
+  EXPECT_NE(run("--version").out.find("(ISA " + isa_in_use + ")"), std::string::npos) << run("--version").out;
   // COMMAND --help (or -h, anywhere): that command's options only, exit 0.
   for (const auto& [command, title] : std::vector<std::pair<std::string, std::string>>{
            {"select --help", "kvcrush select:"}, {"select --budget 3 -h", "kvcrush select:"},

@@ -49,10 +49,21 @@ typedef enum kvcrush_status {
   KVCRUSH_INTERNAL_ERROR = 4
 } kvcrush_status;
 
-/* Library version ("0.1.0") and the instruction set its kernels were built
- * for ("scalar", "avx2", "avx512"); static strings. */
+/* Library version ("0.1.0") and the instruction set its kernels use
+ * ("scalar", "avx2", "avx512"); static strings. The library is built for
+ * baseline x86-64 and chooses its kernels at run time: the best level this
+ * CPU and OS support, capped by the environment variable
+ * KVCRUSH_ISA=scalar|avx2|avx512 or by kvcrush_use_isa(). When KVCRUSH_ISA
+ * asks for a level this machine lacks (or is misspelt), kvcrush_isa()
+ * returns "unavailable" and every call fails with KVCRUSH_INVALID_ARGUMENT
+ * until kvcrush_use_isa() picks a level. */
 KVCRUSH_C_EXPORT const char* kvcrush_version(void);
 KVCRUSH_C_EXPORT const char* kvcrush_isa(void);
+/* Use the kernels of level `isa` ("scalar", "avx2", "avx512") from now on, in
+ * every thread; NULL: the best this machine supports. A level this machine
+ * lacks, or an unknown name, is KVCRUSH_INVALID_ARGUMENT and changes
+ * nothing. */
+KVCRUSH_C_EXPORT kvcrush_status kvcrush_use_isa(const char* isa);
 /* KVCRUSH_C_API_VERSION of the library that is loaded. */
 KVCRUSH_C_EXPORT int kvcrush_c_api_version(void);
 

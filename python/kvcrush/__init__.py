@@ -26,7 +26,8 @@ import threading
 
 import numpy as np
 
-__all__ = ["select", "window_scores", "signatures", "budgets", "compact", "version", "isa", "library_path"]
+__all__ = ["select", "window_scores", "signatures", "budgets", "compact", "version", "isa", "use_isa",
+           "library_path"]
 
 _OK, _INVALID, _TOO_SMALL, _NO_MEMORY, _INTERNAL = 0, 1, 2, 3, 4
 _LIBRARY_NAMES = ("libkvcrush_c.so", "libkvcrush_c.dylib", "kvcrush_c.dll")
@@ -108,6 +109,7 @@ def _declare(lib):
     signatures = {
         "kvcrush_version": (_str, []),
         "kvcrush_isa": (_str, []),
+        "kvcrush_use_isa": (ctypes.c_int, [_str]),
         "kvcrush_c_api_version": (ctypes.c_int, []),
         "kvcrush_last_error": (_str, []),
         "kvcrush_select_options_init": (None, [ctypes.POINTER(_SelectOptions)]),
@@ -164,8 +166,15 @@ def version():
 
 
 def isa():
-    """The instruction set libkvcrush_c was built for: scalar, avx2 or avx512."""
+    """The instruction set in use: scalar, avx2 or avx512, chosen at run time (the best this
+    machine supports, capped by the environment variable KVCRUSH_ISA or by use_isa)."""
     return _load().kvcrush_isa().decode()
+
+
+def use_isa(level=None):
+    """Use the kernels of `level` ("scalar", "avx2" or "avx512") from now on; None: the best
+    this machine supports. ValueError, changing nothing, for a level the machine lacks."""
+    _check(_load().kvcrush_use_isa(None if level is None else level.encode()))
 
 
 def library_path():

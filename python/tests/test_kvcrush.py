@@ -105,6 +105,23 @@ def test_version_and_isa():
     assert pathlib.Path(kvcrush.library_path()).exists()
 
 
+def test_use_isa_gives_the_same_keep_sets():
+    best = kvcrush.isa()
+    scores = np.random.default_rng(3).random((8, 1000), dtype=np.float32)
+    try:
+        reference = kvcrush.select(scores=scores, policy="precomputed+kvcrush", budget=200, sink=4, recent=16)
+        for level in ("scalar", "avx2", "avx512")[: ("scalar", "avx2", "avx512").index(best) + 1]:
+            kvcrush.use_isa(level)
+            assert kvcrush.isa() == level
+            again = kvcrush.select(scores=scores, policy="precomputed+kvcrush", budget=200, sink=4, recent=16)
+            assert np.array_equal(np.asarray(again), np.asarray(reference))
+        with pytest.raises(ValueError, match="not an ISA level"):
+            kvcrush.use_isa("avx1024")
+    finally:
+        kvcrush.use_isa(None)
+    assert kvcrush.isa() == best
+
+
 @pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("heads,tokens", [(1, 50), (8, 301), (70, 130)])
 def test_select_matches_spec_without_kvcrush(heads, tokens, per_head):

@@ -61,9 +61,56 @@ static int all_equal_i64(const int64_t* a, int64_t n, int64_t value) {
   return 1;
 }
 
+/* The level the library should use: KVCRUSH_ISA's when the test runs under
+ * it (the ctest entries c_api.c_program.<level>), else the build machine's
+ * best. */
+static int misspelt_env = 0; /* KVCRUSH_ISA is not a level: refused until kvcrush_use_isa */
+
+static const char* expected_isa(void) {
+  const char* env = getenv("KVCRUSH_ISA");
+  if (misspelt_env) return KVCRUSH_TEST_ISA;
+  return env && *env ? env : KVCRUSH_TEST_ISA;
+}
+
+/* Under a KVCRUSH_ISA that names no level (ctest c_api.c_program.misspelt_isa):
+ * every kernel call fails cleanly, and kvcrush_use_isa(NULL) recovers. */
+static void test_refused_env(void) {
+  const char* env = getenv("KVCRUSH_ISA");
+  float scores[2 * 8] = {0};
+  int64_t keep[4], count = 0;
+  kvcrush_select_options o;
+  if (!env || !*env || !strcmp(env, "scalar") || !strcmp(env, "avx2") || !strcmp(env, "avx512")) return;
+  misspelt_env = 1;
+  CHECK(strcmp(kvcrush_isa(), "unavailable") == 0);
+  CHECK(strstr(kvcrush_last_error(), "KVCRUSH_ISA") != NULL);
+  kvcrush_select_options_init(&o);
+  o.budget = 4;
+  CHECK(kvcrush_select_scores(NULL, scores, 2, 8, &o, keep, 1, 4, &count) == KVCRUSH_INVALID_ARGUMENT);
+  CHECK(strstr(kvcrush_last_error(), "KVCRUSH_ISA") != NULL);
+  CHECK(kvcrush_use_isa(NULL) == KVCRUSH_OK);
+  CHECK(strcmp(kvcrush_isa(), KVCRUSH_TEST_ISA) == 0);
+}
+
+/* Run-time dispatch: a level this machine lacks or an unknown name is an
+ * error and changes nothing; scalar always works; NULL restores the best. */
+static void test_use_isa(void) {
+  CHECK(kvcrush_use_isa("avx1024") == KVCRUSH_INVALID_ARGUMENT);
+  CHECK(strstr(kvcrush_last_error(), "avx1024") != NULL);
+  CHECK(strcmp(kvcrush_isa(), expected_isa()) == 0);
+  if (strcmp(KVCRUSH_TEST_ISA, "avx512") != 0) {
+    CHECK(kvcrush_use_isa("avx512") == KVCRUSH_INVALID_ARGUMENT);
+    CHECK(strcmp(kvcrush_isa(), expected_isa()) == 0);
+  }
+  CHECK(kvcrush_use_isa("scalar") == KVCRUSH_OK);
+  CHECK(strcmp(kvcrush_isa(), "scalar") == 0);
+  CHECK(kvcrush_use_isa(NULL) == KVCRUSH_OK);
+  CHECK(strcmp(kvcrush_isa(), KVCRUSH_TEST_ISA) == 0);
+  CHECK(kvcrush_use_isa(expected_isa()) == KVCRUSH_OK); /* the rest runs at the level asked for */
+}
+
 static void test_version(void) {
   CHECK(strcmp(kvcrush_version(), KVCRUSH_TEST_VERSION) == 0);
-  CHECK(strcmp(kvcrush_isa(), KVCRUSH_TEST_ISA) == 0);
+  CHECK(strcmp(kvcrush_isa(), expected_isa()) == 0);
   CHECK(kvcrush_c_api_version() == KVCRUSH_C_API_VERSION);
   CHECK(strcmp(kvcrush_status_string(KVCRUSH_BUFFER_TOO_SMALL), "buffer too small") == 0);
 }
@@ -596,7 +643,9 @@ static void test_no_allocation(void) {
 int main(void) {
   kvcrush_workspace* ws = NULL;
   if (kvcrush_workspace_create(&ws) != KVCRUSH_OK) return 1;
+  test_refused_env();
   test_version();
+  test_use_isa();
   test_select_scores(ws);
   test_select_scores(NULL); /* the thread's own workspace */
   test_policies(ws);

@@ -7,7 +7,8 @@
 #   3  scores/ quant/         score sources; quantized storage
 #   4  policy/                policies, select(), the workspace
 #   5  cache/                 caches, compaction, eviction controller
-#   6  kvcrush/kvcrush.hpp    the umbrella
+#   6  dispatch/              run-time ISA dispatch (declarations of kvcrush::dispatch)
+#   7  kvcrush/kvcrush.hpp    the umbrella
 #
 # A header may include its own folder and any lower layer, never a higher
 # layer nor another folder of its own layer. Usage:
@@ -20,7 +21,7 @@ get_filename_component(INCLUDE_DIR "${INCLUDE_DIR}" ABSOLUTE)
 function(kvcrush_layer_of relative out_layer out_folder)
   # relative: path below kvcrush/, e.g. "select/keep.hpp" or "error.hpp".
   if(relative STREQUAL "kvcrush.hpp")
-    set(layer 6)
+    set(layer 7)
     set(folder umbrella)
   elseif(NOT relative MATCHES "/")
     set(layer 0)
@@ -37,6 +38,8 @@ function(kvcrush_layer_of relative out_layer out_folder)
       set(layer 4)
     elseif(folder STREQUAL "cache")
       set(layer 5)
+    elseif(folder STREQUAL "dispatch")
+      set(layer 6)
     else()
       set(layer -1)
     endif()

@@ -1,0 +1,37 @@
+# Runs the README's dispatch example once per ISA level (KVCRUSH_ISA) that
+# this machine supports and requires the same output apart from the level
+# name; a level the machine lacks must fail cleanly (exit status 1 with a
+# message, no signal). Usage: cmake -DEXAMPLE=<binary> -P dispatch_example.cmake
+execute_process(COMMAND ${EXAMPLE} OUTPUT_VARIABLE best RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "dispatch example failed (${rc}): ${best}")
+endif()
+string(REGEX MATCH "this CPU supports ([a-z0-9]+)" _ "${best}")
+set(detected ${CMAKE_MATCH_1})
+message(STATUS "default: ${best}")
+set(reference "")
+set(levels scalar avx2 avx512)
+foreach(level IN LISTS levels)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env KVCRUSH_ISA=${level} ${EXAMPLE}
+    OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  list(FIND levels ${detected} detected_index)
+  list(FIND levels ${level} level_index)
+  if(level_index GREATER detected_index)
+    # Unsupported: an exception, reported by the runtime, not a crash.
+    if(rc MATCHES "^[0-9]+$" AND NOT rc EQUAL 0)
+      message(STATUS "KVCRUSH_ISA=${level}: refused as expected (${rc})")
+      continue()
+    endif()
+    message(FATAL_ERROR "KVCRUSH_ISA=${level} on a ${detected} machine: expected a clean failure, got '${rc}'")
+  endif()
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "with the ${level} kernels")
+    message(FATAL_ERROR "KVCRUSH_ISA=${level}: (${rc}) ${out}${err}")
+  endif()
+  string(REGEX REPLACE "with the [a-z0-9]+ kernels" "" same "${out}")
+  if(reference STREQUAL "")
+    set(reference "${same}")
+  elseif(NOT same STREQUAL reference)
+    message(FATAL_ERROR "KVCRUSH_ISA=${level} gave a different keep set:\n${out}\nvs\n${reference}")
+  endif()
+  message(STATUS "KVCRUSH_ISA=${level}: ${out}")
+endforeach()
