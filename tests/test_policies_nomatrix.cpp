@@ -200,6 +200,19 @@ TEST(NoMatrixPolicies, ExpectedAttentionIsItsScoresThenTheSelection) {
   in.values = {};  // not needed without the value norm
   kvcrush::workspace ws;
   EXPECT_EQ(run(plain, in, {64, 4, 8}, {}, ws), by_hand(s2, f.h, f.n, {64, 4, 8}, {}, 0.0, false));
+  // layer_inputs.position (the next token's absolute position, after
+  // evictions) is the first future position when the options leave it at -1.
+  auto later = f.inputs();
+  later.position = 5000;
+  auto at_5000 = p.options;
+  at_5000.first_future_position = 5000;
+  const auto s3 = expected_attention_by_hand(f, at_5000);
+  EXPECT_NE(s3, s);
+  const kvcrush::layer_budget b{64, 4, 8};
+  EXPECT_EQ(run(p, later, b, {}, ws), by_hand(s3, f.h, f.n, b, {}, 0.0, false));
+  policy::expected_attention fixed = p;  // an explicit first position wins
+  fixed.options.first_future_position = f.n;
+  EXPECT_EQ(run(fixed, later, b, {}, ws), by_hand(s, f.h, f.n, b, {}, 0.0, false));
 }
 
 TEST(NoMatrixPolicies, RkvIsImportanceAndRedundancyOverTheEvictableRegion) {
