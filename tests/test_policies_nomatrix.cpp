@@ -21,6 +21,7 @@
 #include "cache_test_support.hpp"
 #include "kvcrush/cache/contiguous_cache.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/policy/mixed_precision.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "test_support.hpp"
 
@@ -475,4 +476,39 @@ TEST(NoMatrixPolicies, ControllerRefusesQueriesOfTheWrongShape) {
   settings.policy = kvcrush::policy_config::parse("rkv");
   kvcrush::eviction_controller<kvcrush::contiguous_cache<float>> other(cache, settings);
   other.observe_queries(0, kvcrush::make_matrix_view<const float>(q.data(), 4, 6), 0);
+}
+
+// Mixed precision from a policy_config: the tiers of the policy's scores
+// (R-KV's region from sink and recent) equal the tiers of those scores given
+// as precomputed.
+TEST(NoMatrixPolicies, MixedPrecisionTiersAreThoseOfTheirScores) {
+  fixture f;
+  const kvcrush::layer_budget b{0, 4, 8};
+  kvcrush::mixed_precision_config mp;
+  mp.high = kvcrush::tier_cost::per_token(512);
+  mp.low = kvcrush::tier_cost::per_token(96);
+  mp.budget_bytes = 512 * 60;
+  kvcrush::workspace ws;
+  auto tiers_of = [&](const kvcrush::policy_config& pc, const kvcrush::layer_inputs& in) {
+    std::vector<index_t> high(static_cast<std::size_t>(f.n + 1)), low(high.size()), hc(1), lc(1);
+    const auto plan = kvcrush::select_mixed_precision(
+        pc, in, b, mp, {kvcrush::make_matrix_view(high.data(), 1, f.n + 1), kvcrush::make_vector_view(hc.data(), 1)},
+        {kvcrush::make_matrix_view(low.data(), 1, f.n + 1), kvcrush::make_vector_view(lc.data(), 1)}, ws);
+    EXPECT_GT(plan.low, 0);
+    high.resize(static_cast<std::size_t>(hc[0]));
+    low.resize(static_cast<std::size_t>(lc[0]));
+    return std::make_pair(high, low);
+  };
+  const std::vector<std::pair<const char*, std::vector<float>>> cases = {
+      {"keydiff", keydiff_by_hand(f)},
+      {"expected_attention", expected_attention_by_hand(f, policy::expected_attention{}.options)},
+      {"rkv", rkv_by_hand(f, policy::rkv{}, {f.n, b.sink, b.recent}, false)},
+  };
+  for (const auto& [name, scores] : cases) {
+    SCOPED_TRACE(name);
+    auto given = f.inputs();
+    given.scores = kvcrush::make_matrix_view<const float>(scores.data(), f.h, f.n);
+    EXPECT_EQ(tiers_of(kvcrush::policy_config::parse(name), f.inputs()),
+              tiers_of(kvcrush::policy_config::parse("precomputed"), given));
+  }
 }
