@@ -17,15 +17,31 @@
 //                                  (run-time ISA choice; the per-call cost of
 //                                  dispatch is the difference to select_config)
 //   evict_layers/T/L/H/N           the selections of L layers on T threads
+//   select/<source>/H/N            the policies that score keys (SPEC 11), from
+//                                  their inputs to the keep set, beside SnapKV
+//                                  from its window attention (snapkv_window):
+//                                  d = 128 float16 keys and values, Hq = 4 H
+//                                  query heads, a window of W = 32 queries or
+//                                  attention rows. keydiff, expected_attention
+//                                  (kvpress defaults: covariance, value norm,
+//                                  512 future positions), expected_attention_
+//                                  nocov (neither covariance nor rotation), rkv
+//                                  (importance from the window attention,
+//                                  redundancy against the newest 256 tokens),
+//                                  rkv_full (every pair: R-KV's own rule; only
+//                                  at N = 4096)
 //   read_pass/H/N, decode_attention/H/N
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "bench_common.hpp"
 #include "kvcrush/cache/batch.hpp"
+#include "kvcrush/float16.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "kvcrush/policy/select.hpp"
 #if defined(KVCRUSH_BENCH_DISPATCH)
@@ -268,6 +284,78 @@ void decode_attention(benchmark::State& state) {
   kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
 }
 
+// The policies of SPEC 11 (and SnapKV from its window attention), token
+// mode, shared keep set: one eviction event from the engine's inputs.
+enum class source { snapkv_window, keydiff, expected_attention, expected_attention_nocov, rkv, rkv_full };
+
+void select_source(benchmark::State& state, source what) {
+  const index_t heads = state.range(0), tokens = state.range(1);
+  const index_t query_heads = 4 * heads, window = 32, d = 128;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<kvcrush::float16> keys(static_cast<std::size_t>(heads * tokens * d)), values(keys.size());
+  for (auto& k : keys) k = kvcrush::to_float16(normal(rng));
+  for (auto& v : values) v = kvcrush::to_float16(normal(rng));
+  std::vector<float> queries(static_cast<std::size_t>(query_heads * window * d));
+  for (auto& q : queries) q = normal(rng);
+  std::vector<float> attention;
+  kvcrush::layer_inputs in;
+  in.kv_heads = heads;
+  in.tokens = tokens;
+  in.keys.f16 = kvcrush::make_head_token_dim<const kvcrush::float16>(keys.data(), heads, tokens, d);
+  in.values.f16 = kvcrush::make_head_token_dim<const kvcrush::float16>(values.data(), heads, tokens, d);
+  in.window_queries = kvcrush::strided_view<const float, 3>(queries.data(), {query_heads, window, d});
+  if (what == source::snapkv_window || what == source::rkv || what == source::rkv_full) {
+    attention = kvcrush_bench::attention_like_scores(static_cast<std::size_t>(query_heads * window * tokens), 4);
+    in.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {query_heads, window, tokens});
+  }
+  const auto budget = budget_for(tokens, mode::token);
+  keep_storage keep(heads, tokens, mode::token);
+  kvcrush::workspace ws;
+  ws.reserve(heads, tokens, query_heads);
+  kvcrush::policy::expected_attention ea;
+  if (what == source::expected_attention_nocov) {
+    ea.options.use_covariance = false;
+    ea.options.future_positions = 0;
+  }
+  kvcrush::policy::rkv rkv;
+  if (what == source::rkv_full) rkv.options.comparison_tokens = 0;
+  auto once = [&] {
+    switch (what) {
+      case source::snapkv_window: kvcrush::select(kvcrush::policy::snapkv{}, in, budget, {}, keep.view, ws); break;
+      case source::keydiff: kvcrush::select(kvcrush::policy::keydiff{}, in, budget, {}, keep.view, ws); break;
+      case source::expected_attention:
+      case source::expected_attention_nocov: kvcrush::select(ea, in, budget, {}, keep.view, ws); break;
+      case source::rkv:
+      case source::rkv_full: kvcrush::select(rkv, in, budget, {}, keep.view, ws); break;
+    }
+  };
+  once();  // grows the workspace
+  const std::size_t bytes = keys.size() * sizeof(kvcrush::float16);
+  const double baseline = kvcrush_bench::read_pass_seconds(keys.data(), bytes);
+  kvcrush_bench::loop_timer timer;
+  timer.start();
+  for (auto _ : state) {
+    once();
+    benchmark::DoNotOptimize(keep.positions.data());
+  }
+  kvcrush_bench::report(state, timer.stop(), bytes, static_cast<std::size_t>(tokens), baseline);
+}
+
+void register_sources(index_t h, index_t n) {
+  auto add = [&](const char* name, source what) {
+    benchmark::RegisterBenchmark((std::string("select/") + name).c_str(), select_source, what)
+        ->Args({h, n})
+        ->Unit(benchmark::kMillisecond);
+  };
+  add("snapkv_window", source::snapkv_window);
+  add("keydiff", source::keydiff);
+  add("expected_attention", source::expected_attention);
+  add("expected_attention_nocov", source::expected_attention_nocov);
+  add("rkv", source::rkv);
+  if (n <= 4096) add("rkv_full", source::rkv_full);
+}
+
 // Every policy in every mode for one ISA, under `family` ("select" or
 // "select_avx2").
 template <class Isa>
@@ -328,6 +416,7 @@ int main(int argc, char** argv) {
       if constexpr (compare_avx2) register_selections<kvcrush::isa::avx2>("select_avx2", h, n);
       register_config_rows(h, n);
       benchmark::RegisterBenchmark("decode_attention", decode_attention)->Args({h, n})->Unit(benchmark::kMicrosecond);
+      if (h == 8 && n <= 32768) register_sources(h, n);
     }
   for (index_t threads : {1, 2}) {
     benchmark::RegisterBenchmark("evict_layers", evict_layers)

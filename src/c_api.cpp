@@ -179,6 +179,12 @@ resolved_selection resolve(const kvcrush_select_options* o, input_kind kind, ind
       kvcrush::detail::throw_invalid("select: policy '", name,
                                      "' reads the key cache, which the C API does not take; compute -||k|| as "
                                      "scores and use 'precomputed'");
+    case base_policy::keydiff:
+    case base_policy::expected_attention:
+    case base_policy::rkv:
+      kvcrush::detail::throw_invalid("select: policy '", name,
+                                     "' reads the key cache, which the C API does not take; use the C++ API "
+                                     "(policy::keydiff, policy::expected_attention, policy::rkv)");
     case base_policy::full:
     case base_policy::streaming:
     case base_policy::random:

@@ -55,9 +55,9 @@ usage:
                  [--block-size b] [--out keep.npy] [--counts counts.npy] [policy options]
 
 --policy P            a policy string as policy_config::parse reads it: a base policy
-                      (full streaming random h2o snapkv pyramidkv tova knorm precomputed),
-                      optionally followed by +adakv and/or +kvcrush, e.g. snapkv+adakv+kvcrush,
-                      h2o+kvcrush; "adakv" alone is snapkv+adakv. Without --policy: precomputed
+                      (full streaming random h2o snapkv pyramidkv tova knorm precomputed keydiff
+                      expected_attention rkv), optionally followed by +adakv and/or +kvcrush,
+                      e.g. snapkv+adakv+kvcrush, h2o+kvcrush, keydiff+kvcrush, rkv+adakv; "adakv" alone is snapkv+adakv. Without --policy: precomputed
                       with --scores, snapkv with --attention, +kvcrush when --crush > 0.
 INPUT, by policy (exactly one):
   precomputed         --scores S.npy (H, N): per-KV-head scores, used as S directly.
@@ -76,6 +76,19 @@ INPUT, by policy (exactly one):
   tova                --attention A.npy (Hq, Q, N) with --kv-heads H: the last row (the newest
                       query) averaged over the query heads.
   knorm               --keys K.npy (H, N, D): the layer's keys; S = -||k||.
+  keydiff             --keys K.npy (H, N, D): S = minus each key's cosine similarity to the mean
+                      unit key of its head (KeyDiff, SPEC 11.1).
+  expected_attention  --keys K.npy (H, N, D) --queries Q.npy (Hq, W, D) --values V.npy (H, N, Dv):
+                      the attention the next queries are expected to pay, from the statistics
+                      of the last W queries (pre-RoPE when --future-positions > 0), times the
+                      value norm (Expected Attention, SPEC 11.2). --no-vnorm: no --values.
+                      --future-positions F (default 512; 0: no RoPE averaging), --rope-theta T
+                      (10000), --rope-interleaved (pairs (2i, 2i+1)), --no-covariance.
+  rkv                 --keys K.npy (H, N, D) and --attention A.npy (Hq, W, N) (or --queries
+                      Q.npy (Hq, W, D)): R-KV, importance from the window attention (SnapKV's
+                      sums, max-pooled by default, divided by W) combined with the redundancy of
+                      the keys in [sink, N - recent) (SPEC 11.3). --lambda L (0.07),
+                      --similarity S (0.5), --comparison-tokens R (256; 0 compares all pairs).
   full, streaming, random
                       read no input: --tokens N [--kv-heads H] (default H 1). full keeps every
                       token and takes no --budget; streaming keeps sink + recent (--recent
@@ -87,8 +100,8 @@ INPUT, by policy (exactly one):
 --block-size b        keep whole blocks of b tokens (paged caches); S, R, B multiples of b.
 --kv-heads H          KV heads (H) for --attention (must divide Hq) and input-free policies.
 --window W, --pool avg|max, --kernel K
-                      snapkv/pyramidkv: rows used, pooling along tokens (default avg, kernel 7,
-                      odd).
+                      snapkv/pyramidkv/rkv: rows used, pooling along tokens (default avg, rkv max;
+                      kernel 7, odd).
 --gqa mean|max|sum    reduction of each KV head's query heads (snapkv, pyramidkv, h2o;
                       default mean).
 --alpha A             +adakv: each head's floor, a share of its budget after sink and recent
@@ -131,6 +144,11 @@ KVCache-Factory) or uniform.
 // The input a base policy reads (see select_text).
 enum class input_kind { none, scores, attention, keys };
 
+bool reads_keys_first(kvcrush::base_policy base) {
+  return base == kvcrush::base_policy::keydiff || base == kvcrush::base_policy::expected_attention ||
+         base == kvcrush::base_policy::rkv;
+}
+
 std::vector<input_kind> inputs_of(kvcrush::base_policy base) {
   using kvcrush::base_policy;
   switch (base) {
@@ -142,7 +160,10 @@ std::vector<input_kind> inputs_of(kvcrush::base_policy base) {
     case base_policy::snapkv:
     case base_policy::pyramidkv:
     case base_policy::tova: return {input_kind::attention};
-    case base_policy::knorm: return {input_kind::keys};
+    case base_policy::knorm:
+    case base_policy::keydiff:
+    case base_policy::expected_attention:
+    case base_policy::rkv: return {input_kind::keys};
   }
   return {};
 }
@@ -158,7 +179,11 @@ const char* needs_text(kvcrush::base_policy base) {
     case base_policy::snapkv:
     case base_policy::pyramidkv: return "needs --attention A.npy (Hq, W, N): the window's attention";
     case base_policy::tova: return "needs --attention A.npy (Hq, Q, N): its last row is the newest query's";
-    case base_policy::knorm: return "needs --keys K.npy (H, N, D)";
+    case base_policy::knorm:
+    case base_policy::keydiff: return "needs --keys K.npy (H, N, D)";
+    case base_policy::expected_attention:
+      return "needs --keys K.npy (H, N, D), --queries Q.npy (Hq, W, D) and --values V.npy (H, N, Dv)";
+    case base_policy::rkv: return "needs --keys K.npy (H, N, D) and --attention A.npy (Hq, W, N) or --queries Q.npy";
   }
   return "";
 }
@@ -186,24 +211,29 @@ void forbid(const arguments& args, std::initializer_list<const char*> options, c
 
 int run_select(int argc, char** argv) {
   const arguments args(argc, argv, 2,
-                       {"policy", "scores", "attention", "keys", "tokens", "kv-heads", "window", "pool", "kernel",
-                        "gqa", "signature-heads", "budget", "sink", "recent", "crush", "alpha", "anchor", "seed",
-                        "representative", "threshold", "block-size", "out", "counts"},
-                       {"per-head", "h2o-normalised"});
-  // What the user gave as input.
-  std::vector<input_kind> given;
-  for (input_kind kind : {input_kind::scores, input_kind::attention, input_kind::keys}) {
-    if (args.has(std::string(option_of(kind)).substr(2))) given.push_back(kind);
-  }
-  if (given.size() > 1) throw cli_error("give exactly one of --scores, --attention and --keys");
-
+                       {"policy", "scores", "attention", "keys", "queries", "values", "tokens", "kv-heads",
+                        "window", "pool", "kernel", "gqa", "signature-heads", "budget", "sink", "recent", "crush",
+                        "alpha", "anchor", "seed", "representative", "threshold", "block-size", "out", "counts",
+                        "future-positions", "rope-theta", "lambda", "similarity", "comparison-tokens"},
+                       {"per-head", "h2o-normalised", "no-vnorm", "no-covariance", "rope-interleaved"});
   // The policy: explicit, or today's behaviour (scores used directly, or
   // SnapKV from attention, KVCrush when --crush > 0) for older command lines.
   const bool explicit_policy = args.has("policy");
   kvcrush::policy_config policy;
-  if (explicit_policy) {
-    policy = kvcrush::policy_config::parse(args.text("policy"));
-  } else {
+  if (explicit_policy) policy = kvcrush::policy_config::parse(args.text("policy"));
+  // R-KV reads the window attention beside its keys: then --keys is the input.
+  const bool keys_first = explicit_policy && reads_keys_first(policy.base);
+  const bool rkv_attention = keys_first && policy.base == kvcrush::base_policy::rkv && args.has("attention");
+
+  // What the user gave as input.
+  std::vector<input_kind> given;
+  for (input_kind kind : {input_kind::scores, input_kind::attention, input_kind::keys}) {
+    if (kind == input_kind::attention && rkv_attention) continue;
+    if (args.has(std::string(option_of(kind)).substr(2))) given.push_back(kind);
+  }
+  if (given.size() > 1) throw cli_error("give exactly one of --scores, --attention and --keys");
+
+  if (!explicit_policy) {
     if (given.empty() || given[0] == input_kind::keys) {
       throw cli_error("give exactly one of --scores and --attention, or a --policy (see kvcrush select --help)");
     }
@@ -221,15 +251,35 @@ int run_select(int argc, char** argv) {
                     (input == input_kind::none ? std::string() : std::string(", not ") + option_of(input)));
   }
   const bool window_policy = base == kvcrush::base_policy::snapkv || base == kvcrush::base_policy::pyramidkv;
-  if (input != input_kind::attention) {
+  const bool rkv = base == kvcrush::base_policy::rkv;
+  const bool expected = base == kvcrush::base_policy::expected_attention;
+  if (input != input_kind::attention && !rkv) {
     forbid(args, {"gqa", "signature-heads", "h2o-normalised"}, "applies to --attention only");
   }
+  if (rkv && !rkv_attention) forbid(args, {"signature-heads"}, "applies to --attention only");
+  if (!expected && !rkv) forbid(args, {"queries"}, "applies to expected_attention and rkv only");
+  if (!expected) {
+    forbid(args, {"values", "no-vnorm", "no-covariance", "rope-interleaved", "future-positions", "rope-theta"},
+           "applies to expected_attention only");
+  }
+  if (!rkv) forbid(args, {"lambda", "similarity", "comparison-tokens"}, "applies to rkv only");
+  if (rkv && rkv_attention && args.has("queries")) {
+    throw cli_error("rkv: give --attention or --queries for its importance, not both");
+  }
+  if (rkv && !rkv_attention && !args.has("queries")) {
+    throw cli_error("policy '" + name + "' " + needs_text(base));
+  }
+  if (expected && !args.has("queries")) throw cli_error("policy '" + name + "' " + needs_text(base));
+  if (expected && !args.has("values") && !args.has("no-vnorm")) {
+    throw cli_error("policy '" + name + "' needs --values V.npy (H, N, Dv) for the value norm, or --no-vnorm");
+  }
+  if (args.has("values") && args.has("no-vnorm")) throw cli_error("--values and --no-vnorm exclude each other");
   if (input == input_kind::scores || input == input_kind::keys) {
     forbid(args, {"kv-heads"}, std::string("applies to --attention only (the heads of ") + option_of(input) +
                                    " are its first dimension)");
   }
   if (input != input_kind::none) forbid(args, {"tokens"}, "applies to policies that read no input (full, streaming, random)");
-  if (!window_policy) forbid(args, {"window", "pool", "kernel"}, "applies to snapkv and pyramidkv only");
+  if (!window_policy && !rkv) forbid(args, {"window", "pool", "kernel"}, "applies to snapkv, pyramidkv and rkv only");
   if (base != kvcrush::base_policy::h2o) forbid(args, {"h2o-normalised"}, "applies to h2o only");
   if (base == kvcrush::base_policy::tova) forbid(args, {"gqa"}, "does not apply to tova (it averages every query head)");
   if (!policy.adakv) forbid(args, {"alpha"}, "applies to +adakv policies only");
@@ -262,10 +312,23 @@ int run_select(int argc, char** argv) {
   if (!(policy.adakv_alpha >= 0.0 && policy.adakv_alpha <= 1.0)) {
     throw cli_error("--alpha must be in [0, 1] (got " + args.text("alpha") + ")");
   }
-  policy.window.pooling = kvcrush::parse_pooling_mode(args.text("pool", "avg"));
+  policy.window.pooling = kvcrush::parse_pooling_mode(args.text("pool", rkv ? "max" : "avg"));
   policy.window.kernel = args.integer("kernel", 7);
   policy.window.gqa = kvcrush::parse_gqa_reduction(args.text("gqa", "mean"));
   policy.h2o_normalised = args.has("h2o-normalised");
+  if (expected) {
+    auto& ea = policy.expected_attention;
+    ea.use_vnorm = !args.has("no-vnorm");
+    ea.use_covariance = !args.has("no-covariance");
+    ea.rope_interleaved = args.has("rope-interleaved");
+    ea.future_positions = args.integer("future-positions", ea.future_positions);
+    ea.rope_theta = args.real("rope-theta", ea.rope_theta);
+  }
+  if (rkv) {
+    policy.rkv.lambda = static_cast<float>(args.real("lambda", policy.rkv.lambda));
+    policy.rkv.threshold = static_cast<float>(args.real("similarity", policy.rkv.threshold));
+    policy.rkv.comparison_tokens = args.integer("comparison-tokens", policy.rkv.comparison_tokens);
+  }
   if (args.has("per-head")) policy.layout.per_head = true;
   policy.layout.block_size = args.integer("block-size", 1);
   if (policy.layout.block_size < 1) throw cli_error("--block-size must be >= 1");
@@ -277,7 +340,7 @@ int run_select(int argc, char** argv) {
   // The layer's inputs.
   kvcrush::workspace ws;
   kvcrush::layer_inputs in;
-  kvcrush_cli::float_array data;
+  kvcrush_cli::float_array data, queries, values, attention_rows;
   kvcrush::h2o_accumulator accumulated;
   std::vector<float> h2o_scores;  // its scores, handed to the selection
   index_t window = 0;
@@ -299,6 +362,54 @@ int run_select(int argc, char** argv) {
       in.kv_heads = data.shape[0];
       in.tokens = data.shape[1];
       in.keys.f32 = kvcrush::make_head_token_dim<const float>(data.values.data(), in.kv_heads, in.tokens, data.shape[2]);
+      if (args.has("queries")) {
+        queries = kvcrush_cli::read_float_array(args.text("queries"), 3, "--queries");
+        if (queries.shape[1] < 1) throw cli_error("--queries holds no query rows");
+        if (queries.shape[2] != data.shape[2]) {
+          throw cli_error("--queries have head_dim " + std::to_string(queries.shape[2]) + ", --keys " +
+                          std::to_string(data.shape[2]));
+        }
+        // R-KV's window (and so the default --recent) is the queries' rows;
+        // Expected Attention reads them all and protects no recent window.
+        const index_t rows = queries.shape[1], dim = queries.shape[2];
+        const index_t used = rkv ? args.integer("window", rows) : rows;
+        if (used < 1 || used > rows) {
+          throw cli_error("--window " + std::to_string(used) + " must be in [1, " + std::to_string(rows) + "]");
+        }
+        if (rkv) window = used;
+        in.window_queries = kvcrush::strided_view<const float, 3>(queries.values.data() + (rows - used) * dim,
+                                                                  {queries.shape[0], used, dim}, {rows * dim, dim, 1});
+      }
+      if (args.has("values")) {
+        values = kvcrush_cli::read_float_array(args.text("values"), 3, "--values");
+        if (values.shape[0] != in.kv_heads || values.shape[1] != in.tokens) {
+          throw cli_error("--values must be (" + std::to_string(in.kv_heads) + ", " + std::to_string(in.tokens) +
+                          ", Dv) like --keys, got (" + std::to_string(values.shape[0]) + ", " +
+                          std::to_string(values.shape[1]) + ", " + std::to_string(values.shape[2]) + ")");
+        }
+        in.values.f32 = kvcrush::make_head_token_dim<const float>(values.values.data(), in.kv_heads, in.tokens,
+                                                                  values.shape[2]);
+      }
+      if (rkv_attention) {
+        attention_rows = kvcrush_cli::read_float_array(args.text("attention"), 3, "--attention");
+        const index_t query_heads = attention_rows.shape[0], rows = attention_rows.shape[1];
+        if (attention_rows.shape[2] != in.tokens) {
+          throw cli_error("--attention covers " + std::to_string(attention_rows.shape[2]) + " tokens, --keys " +
+                          std::to_string(in.tokens));
+        }
+        if (query_heads % in.kv_heads != 0) {
+          throw cli_error("the " + std::to_string(query_heads) + " query heads of --attention do not split over the " +
+                          std::to_string(in.kv_heads) + " KV heads of --keys");
+        }
+        if (rows < 1) throw cli_error("--attention holds no query rows");
+        window = args.integer("window", rows);
+        if (window < 1 || window > rows) {
+          throw cli_error("--window " + std::to_string(window) + " must be in [1, " + std::to_string(rows) + "]");
+        }
+        in.window_attention = kvcrush::strided_view<const float, 3>(attention_rows.values.data() + (rows - window) * in.tokens,
+                                                                    {query_heads, window, in.tokens},
+                                                                    {rows * in.tokens, in.tokens, 1});
+      }
       break;
     case input_kind::attention: {
       data = kvcrush_cli::read_float_array(args.text("attention"), 3, "--attention");

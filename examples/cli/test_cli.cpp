@@ -429,6 +429,119 @@ TEST_F(Cli, EveryPolicyMatchesTheLibraryAndSpec) {
             library_select(h2o_crush, with_scores, {24, 2, 3}));
 }
 
+// The policies that need no attention matrix (SPEC 11): each command line
+// against the library's select() on the same arrays and options, and their
+// missing or conflicting inputs.
+TEST_F(Cli, KeyDiffExpectedAttentionAndRkvMatchTheLibrary) {
+  const index_t hq = 8, h = 2, w = 6, n = 90, d = 8, dv = 6;
+  const auto attention = kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 41, 0.0f, 1.0f);
+  const auto keys = kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 42);
+  const auto queries = kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * d), 43);
+  const auto values = kvcrush_test::random_floats(static_cast<std::size_t>(h * n * dv), 44);
+  const auto a_file = write_scores("a.npy", attention, {hq, w, n});
+  const auto k_file = write_scores("k.npy", keys, {h, n, d});
+  const auto q_file = write_scores("q.npy", queries, {hq, w, d});
+  const auto v_file = write_scores("v.npy", values, {h, n, dv});
+  const std::string out = " --out " + path("keep.npy");
+  auto got = [&](const std::string& arguments) {
+    const auto o = run(arguments + out);
+    EXPECT_EQ(o.code, 0) << arguments << ": " << o.err;
+    return unpad(kvcrush::io::read_npy(path("keep.npy")));
+  };
+  kvcrush::layer_inputs in;
+  in.kv_heads = h;
+  in.tokens = n;
+  in.keys.f32 = kvcrush::make_head_token_dim<const float>(keys.data(), h, n, d);
+  const std::string budget = " --budget 24 --sink 2 --recent 3";
+  const kvcrush::layer_budget b{24, 2, 3};
+
+  // KeyDiff, also with +kvcrush per head and +adakv.
+  EXPECT_EQ(got("select --policy keydiff --keys " + k_file + budget), library_select(kvcrush::policy_config::parse("keydiff"), in, b));
+  auto kd = kvcrush::policy_config::parse("keydiff+kvcrush");
+  kd.layout.per_head = true;
+  kd.crush.fraction = 0.25;
+  EXPECT_EQ(got("select --policy keydiff+kvcrush --crush 0.25 --per-head --keys " + k_file + budget), library_select(kd, in, b));
+  EXPECT_EQ(got("select --policy keydiff+adakv --keys " + k_file + budget),
+            library_select(kvcrush::policy_config::parse("keydiff+adakv"), in, b));
+  // KeyDiff by hand from the score function, so that the CLI is not only
+  // compared with the facade it calls.
+  std::vector<float> s(static_cast<std::size_t>(h * n));
+  kvcrush::keydiff_scores(in.keys.f32, kvcrush::make_matrix_view(s.data(), h, n));
+  kvcrush::keep_config cfg;
+  cfg.budget = 24;
+  cfg.sink = 2;
+  cfg.recent = 3;
+  EXPECT_EQ(got("select --policy keydiff --keys " + k_file + budget), spec::keep(rows_of(s, h, n), rows_of(s, h, n), cfg));
+
+  // Expected Attention: kvpress defaults, then every option.
+  auto ea_in = in;
+  ea_in.window_queries = kvcrush::strided_view<const float, 3>(queries.data(), {hq, w, d});
+  ea_in.values.f32 = kvcrush::make_head_token_dim<const float>(values.data(), h, n, dv);
+  EXPECT_EQ(got("select --policy expected_attention --keys " + k_file + " --queries " + q_file + " --values " + v_file + budget),
+            library_select(kvcrush::policy_config::parse("expected_attention"), ea_in, b));
+  auto ea = kvcrush::policy_config::parse("expected_attention+kvcrush");
+  ea.expected_attention.use_vnorm = false;
+  ea.expected_attention.use_covariance = false;
+  ea.expected_attention.rope_interleaved = true;
+  ea.expected_attention.future_positions = 16;
+  ea.expected_attention.rope_theta = 500.0;
+  auto no_values = ea_in;
+  no_values.values = {};
+  EXPECT_EQ(got("select --policy expected_attention+kvcrush --keys " + k_file + " --queries " + q_file +
+                " --no-vnorm --no-covariance --rope-interleaved --future-positions 16 --rope-theta 500" + budget),
+            library_select(ea, no_values, b));
+
+  // R-KV from the window attention (default --recent: W) and from queries.
+  auto rkv_in = in;
+  rkv_in.window_attention = kvcrush::strided_view<const float, 3>(attention.data(), {hq, w, n});
+  EXPECT_EQ(got("select --policy rkv --keys " + k_file + " --attention " + a_file + " --budget 24 --sink 2"),
+            library_select(kvcrush::policy_config::parse("rkv"), rkv_in, {24, 2, w}));
+  auto rkv = kvcrush::policy_config::parse("rkv+adakv+kvcrush");
+  rkv.rkv.lambda = 0.5f;
+  rkv.rkv.threshold = 0.25f;
+  rkv.rkv.comparison_tokens = 0;
+  rkv.window.pooling = kvcrush::pooling_mode::avg;
+  rkv.window.kernel = 3;
+  rkv.crush.heads = kvcrush::signature_heads::query;
+  auto last_rows = in;  // --window 4: the last 4 rows
+  last_rows.window_attention =
+      kvcrush::strided_view<const float, 3>(attention.data() + (w - 4) * n, {hq, 4, n}, {w * n, n, 1});
+  EXPECT_EQ(got("select --policy rkv+adakv+kvcrush --keys " + k_file + " --attention " + a_file +
+                " --lambda 0.5 --similarity 0.25 --comparison-tokens 0 --pool avg --kernel 3 --window 4"
+                " --signature-heads query" + budget),
+            library_select(rkv, last_rows, b));
+  auto rkv_q = in;
+  rkv_q.window_queries = ea_in.window_queries;
+  EXPECT_EQ(got("select --policy rkv --keys " + k_file + " --queries " + q_file + budget),
+            library_select(kvcrush::policy_config::parse("rkv"), rkv_q, b));
+
+  // Missing and conflicting inputs: exit 2, one line naming the fix.
+  const std::string never = " --out " + path("never.npy");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"select --policy keydiff --attention " + a_file + " --kv-heads 2 --budget 10", "policy 'keydiff' needs --keys K.npy (H, N, D), not --attention"},
+      {"select --policy expected_attention --keys " + k_file + " --values " + v_file + " --budget 10", "needs --keys K.npy (H, N, D), --queries Q.npy"},
+      {"select --policy expected_attention --keys " + k_file + " --queries " + q_file + " --budget 10", "needs --values V.npy (H, N, Dv) for the value norm, or --no-vnorm"},
+      {"select --policy expected_attention --keys " + k_file + " --queries " + q_file + " --values " + v_file + " --no-vnorm --budget 10", "exclude each other"},
+      {"select --policy expected_attention --keys " + k_file + " --queries " + a_file + " --no-vnorm --budget 10", "--queries have head_dim 90, --keys 8"},
+      {"select --policy expected_attention --keys " + k_file + " --queries " + q_file + " --values " + a_file + " --budget 10", "--values must be (2, 90, Dv)"},
+      {"select --policy rkv --keys " + k_file + " --budget 10", "policy 'rkv' needs --keys K.npy (H, N, D) and --attention"},
+      {"select --policy rkv --attention " + a_file + " --kv-heads 2 --budget 10", "policy 'rkv' needs --keys"},
+      {"select --policy rkv --keys " + k_file + " --attention " + a_file + " --queries " + q_file + " --budget 10", "not both"},
+      {"select --policy rkv --keys " + k_file + " --attention " + a_file + " --lambda 2 --budget 10", "lambda must be in [0, 1]"},
+      {"select --policy rkv --keys " + k_file + " --attention " + k_file + " --budget 10", "--attention covers 8 tokens, --keys 90"},
+      {"select --policy keydiff --keys " + k_file + " --lambda 0.5 --budget 10", "--lambda applies to rkv only"},
+      {"select --policy knorm --keys " + k_file + " --queries " + q_file + " --budget 10", "--queries applies to expected_attention and rkv only"},
+      {"select --policy rkv --keys " + k_file + " --attention " + a_file + " --no-vnorm --budget 10", "--no-vnorm applies to expected_attention only"},
+  };
+  for (const auto& [arguments, fragment] : cases) {
+    const auto o = run(arguments + never);
+    EXPECT_EQ(o.code, 2) << arguments;
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << "one line: " << o.err;
+    EXPECT_NE(o.err.find(fragment), std::string::npos) << arguments << " -> " << o.err;
+    EXPECT_FALSE(fs::exists(path("never.npy"))) << arguments << " wrote an output";
+  }
+}
+
 TEST_F(Cli, AdaKVWritesRaggedRowsPaddedWithMinusOne) {
   const index_t h = 4, n = 120;
   // Heads of different spread, so that AdaKV shares the budget unevenly.
@@ -550,7 +663,7 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --alpha 0.1" + out, "--alpha applies to +adakv policies only"},
       {"select --policy adakv --attention " + attention + " --kv-heads 2 --budget 10 --alpha 2" + out, "--alpha must be in [0, 1]"},
       {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --crush 0.5" + out, "--crush applies to +kvcrush policies only (policy 'snapkv')"},
-      {"select --policy tova --attention " + attention + " --kv-heads 2 --budget 10 --window 2" + out, "--window applies to snapkv and pyramidkv only"},
+      {"select --policy tova --attention " + attention + " --kv-heads 2 --budget 10 --window 2" + out, "--window applies to snapkv, pyramidkv and rkv only"},
       {"select --policy tova --attention " + attention + " --kv-heads 2 --budget 10 --gqa max" + out, "does not apply to tova"},
       {"select --policy h2o --scores " + scores + " --budget 10 --h2o-normalised" + out, "--h2o-normalised applies to --attention only"},
       {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --h2o-normalised" + out, "applies to h2o only"},
@@ -638,10 +751,12 @@ TEST_F(Cli, ReadmeCommandsRun) {
   write_scores("S.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 41, 0.0f, 1.0f), {h, n});
   write_scores("A.npy", kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * n), 42, 0.0f, 1.0f), {hq, w, n});
   write_scores("K.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 43), {h, n, d});
+  write_scores("Q.npy", kvcrush_test::random_floats(static_cast<std::size_t>(hq * w * d), 44), {hq, w, d});
+  write_scores("V.npy", kvcrush_test::random_floats(static_cast<std::size_t>(h * n * d), 45), {h, n, d});
   for (const auto& command : commands) {
     // Relative file names are the README's: run from the test's folder.
     std::string local = command;
-    for (const char* name : {"S.npy", "A.npy", "K.npy", "keep.npy", "counts.npy", "sig.npy"}) {
+    for (const char* name : {"S.npy", "A.npy", "K.npy", "Q.npy", "V.npy", "keep.npy", "counts.npy", "sig.npy"}) {
       for (auto at = local.find(std::string(" ") + name); at != std::string::npos;
            at = local.find(std::string(" ") + name, at + 1)) {
         local.replace(at + 1, std::string(name).size(), path(name));

@@ -82,11 +82,11 @@ expect_rows("--policies full,snapkv,snapkv+kvcrush --budgets 0.25"
 if(NOT err MATCHES "3 runs per chunk")
   message(FATAL_ERROR "expected 3 runs per chunk: ${err}")
 endif()
-# --budgets alone: the 13 default policies at that budget, no byte rows.
+# --budgets alone: the 19 default policies at that budget, no byte rows.
 evaluate(0 --model "${model}" --budgets 0.5)
 list(LENGTH rows count)
-if(NOT count EQUAL 13 OR rows MATCHES ",fp16,")
-  message(FATAL_ERROR "--budgets 0.5 alone: 13 rows (full + 12 policies at 0.5), got ${count}:\n${rows}")
+if(NOT count EQUAL 19 OR rows MATCHES ",fp16,")
+  message(FATAL_ERROR "--budgets 0.5 alone: 19 rows (full + 18 policies at 0.5), got ${count}:\n${rows}")
 endif()
 # A byte option adds the equal-byte rows it describes.
 evaluate(0 --model "${model}" --policies full --byte-budgets 0.25 --precisions fp16,int4)

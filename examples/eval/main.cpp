@@ -37,6 +37,8 @@ kvcrush::policy_config configure(const std::string& name, const options& o) {
   cfg.crush = o.crush;
   cfg.seed = o.seed;
   cfg.window.kernel = 7;
+  // The engine's RoPE (llama2.c): pairs (2i, 2i+1), theta 10000.
+  cfg.expected_attention.rope_interleaved = true;
   return cfg;
 }
 

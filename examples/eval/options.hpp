@@ -40,9 +40,13 @@ struct options {
   std::string model = shared_file("models/stories260K.bin");
   std::string tokenizer = shared_file("models/tok512.bin");
   std::vector<std::string> texts;  // default: both shared texts
-  std::vector<std::string> policies = {"full",      "streaming",         "random", "h2o",   "snapkv",
-                                       "tova",      "knorm",             "pyramidkv", "adakv", "h2o+kvcrush",
-                                       "snapkv+kvcrush", "tova+kvcrush", "pyramidkv+kvcrush"};
+  std::vector<std::string> policies = {"full",           "streaming",        "random",
+                                       "h2o",            "snapkv",           "tova",
+                                       "knorm",          "pyramidkv",        "adakv",
+                                       "keydiff",        "expected_attention", "rkv",
+                                       "h2o+kvcrush",    "snapkv+kvcrush",   "tova+kvcrush",
+                                       "pyramidkv+kvcrush", "keydiff+kvcrush", "expected_attention+kvcrush",
+                                       "rkv+kvcrush"};
   std::vector<double> budgets = {0.5, 0.25, 0.125};
   kvcrush::crush_options crush{};
   long context = 0;  // tokens per chunk; 0: the model's seq_len
@@ -104,8 +108,9 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
   --text FILE           evaluation text, repeatable (default: )" + texts[0] + R"( and
                         )" + texts[1] + R"()
   --policies LIST       comma-separated: full streaming random h2o snapkv tova knorm pyramidkv
-                        adakv, and compositions like snapkv+kvcrush (default: all bases and
-                        h2o/snapkv/tova/pyramidkv+kvcrush)
+                        adakv keydiff expected_attention rkv, and compositions like
+                        snapkv+kvcrush (default: all bases and h2o/snapkv/tova/pyramidkv/
+                        keydiff/expected_attention/rkv+kvcrush)
   --budgets LIST        fractions of the context (default 0.5,0.25,0.125)
   --crush F             KVCrush share of the unprotected budget (default 0.5)
   --anchor A            mean inv_mean zeros ones alternating random (default mean)

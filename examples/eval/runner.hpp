@@ -4,7 +4,8 @@
 // The engine's cache is kvcrush's (contiguous, or paged with --paged), and
 // kvcrush's eviction_controller keeps it within budget + slack tokens per
 // layer: it tracks what the policy needs from every attention row (H2O sums,
-// the last `window` rows for SnapKV/TOVA), compresses each layer once after
+// the last `window` rows for SnapKV/TOVA/R-KV, the last `window` queries for
+// Expected Attention; keys and values come from the cache), compresses each layer once after
 // the prefill, and evicts before any decode step that would overflow.
 //
 // AdaKV shares a layer's budget out across KV heads, so heads hold different
@@ -25,6 +26,7 @@
 #include "engine.hpp"
 #include "kv_cache.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/cache/rope.hpp"
 #include "kvcrush/policy/runtime.hpp"
 #include "metrics.hpp"
 #include "options.hpp"
@@ -52,18 +54,36 @@ struct run_result {
   double over_budget = -1e30;
 };
 
-// Forwards every layer's attention to the controller that tracks it.
+// Forwards every layer's attention to the controller that tracks it, and
+// for Expected Attention the token's queries turned back to before RoPE
+// (the engine's are rotated at their position; llama2.c pairs dimensions
+// (2i, 2i+1), theta 10000), with their position.
 template <class Controller>
 class attention_bridge : public kvcrush_llama::attention_observer {
  public:
-  explicit attention_bridge(Controller& controller) : controller_(&controller) {}
+  explicit attention_bridge(Controller& controller, bool queries = false, index_t query_heads = 0,
+                            index_t head_dim = 0)
+      : controller_(&controller), queries_(queries), query_heads_(query_heads), head_dim_(head_dim),
+        unrotated_(queries ? static_cast<std::size_t>(query_heads * head_dim) : 0) {}
 
   void on_attention(const kvcrush_llama::attention_event& event) override {
     controller_->observe(event.layer, event.probabilities);
+    if (!queries_) return;
+    const kvcrush::rope_config rope{static_cast<double>(kvcrush_llama::rope_base), kvcrush::rope_style::interleaved, 0};
+    for (index_t q = 0; q < query_heads_; ++q) {
+      float* row = unrotated_.data() + q * head_dim_;
+      for (index_t j = 0; j < head_dim_; ++j) row[j] = event.queries(q, j);
+      kvcrush::rope_rotate(row, head_dim_, -static_cast<double>(event.position), rope);
+    }
+    controller_->observe_queries(event.layer, kvcrush::make_matrix_view<const float>(unrotated_.data(), query_heads_, head_dim_),
+                                 event.position);
   }
 
  private:
   Controller* controller_;
+  bool queries_;
+  index_t query_heads_, head_dim_;
+  std::vector<float> unrotated_;
 };
 
 // StreamingLLM keeps only the sink and the most recent tokens, so its recent
@@ -144,7 +164,8 @@ inline run_result run_policy(const kvcrush_llama::model& m, const std::vector<in
   auto run = [&](auto& cache_object, std::unique_ptr<kvcrush_llama::kv_store> store) {
     using cache_type = std::remove_reference_t<decltype(cache_object)>;
     kvcrush::eviction_controller<cache_type> controller(cache_object, settings);
-    attention_bridge<kvcrush::eviction_controller<cache_type>> observer(controller);
+    attention_bridge<kvcrush::eviction_controller<cache_type>> observer(
+        controller, policy.base == kvcrush::base_policy::expected_attention, c.n_heads, c.head_dim());
     kvcrush_llama::engine e(m, std::move(store));
     e.set_observer(&observer);
     for (index_t p = 0; p < prefill; ++p) e.forward(chunk[static_cast<std::size_t>(p)]);

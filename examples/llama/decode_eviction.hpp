@@ -25,6 +25,7 @@
 #include "engine.hpp"
 #include "kv_cache.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
+#include "kvcrush/cache/rope.hpp"
 #include "kvcrush/policy/runtime.hpp"
 
 namespace kvcrush_llama {
@@ -82,7 +83,8 @@ namespace detail {
 template <class Cache>
 class controlled_cache final : public decode_eviction {
  public:
-  controlled_cache(Cache& cache, const kvcrush::eviction_settings& settings) : controller_(cache, settings) {}
+  controlled_cache(Cache& cache, const kvcrush::eviction_settings& settings)
+      : controller_(cache, settings), queries_(settings.policy.base == kvcrush::base_policy::expected_attention) {}
 
   void before_token(kvcrush::workspace& ws) override {
     for (index_t l = 0; l < controller_.layers(); ++l) controller_.make_room(l, 1, ws);
@@ -96,11 +98,27 @@ class controlled_cache final : public decode_eviction {
 
   void on_attention(const attention_event& event) override {
     controller_.observe(event.layer, event.probabilities);
+    if (queries_) {
+      // Expected Attention's statistics are of the queries before RoPE: turn
+      // them back from their position (llama2.c's pairs (2i, 2i+1)).
+      const index_t hq = event.queries.extent(0), d = event.queries.extent(1);
+      unrotated_.resize(static_cast<std::size_t>(hq * d));  // once: the shape never changes
+      const kvcrush::rope_config rope{static_cast<double>(rope_base), kvcrush::rope_style::interleaved, 0};
+      for (index_t q = 0; q < hq; ++q) {
+        float* row = unrotated_.data() + q * d;
+        for (index_t j = 0; j < d; ++j) row[j] = event.queries(q, j);
+        kvcrush::rope_rotate(row, d, -static_cast<double>(event.position), rope);
+      }
+      controller_.observe_queries(event.layer, kvcrush::make_matrix_view<const float>(unrotated_.data(), hq, d),
+                                  event.position);
+    }
     track(event);
   }
 
  private:
   kvcrush::eviction_controller<Cache> controller_;
+  bool queries_ = false;
+  std::vector<float> unrotated_;
 };
 
 }  // namespace detail
@@ -142,7 +160,9 @@ inline std::unique_ptr<decode_eviction> make_decode_eviction(engine& e, const ev
     return std::make_unique<detail::controlled_cache<kvcrush::contiguous_cache<float>>>(contiguous->cache(), settings);
   }
   if (auto* paged = dynamic_cast<paged_store*>(&e.cache())) {
-    if (plan.policy.base == kvcrush::base_policy::knorm) {
+    const auto base = plan.policy.base;
+    if (base == kvcrush::base_policy::knorm || base == kvcrush::base_policy::keydiff ||
+        base == kvcrush::base_policy::expected_attention || base == kvcrush::base_policy::rkv) {
       throw std::invalid_argument("policy '" + plan.policy.name() +
                                   "' scores the keys, which the paged cache does not hold contiguously; drop --paged");
     }

@@ -187,6 +187,7 @@ std::unique_ptr<kvcrush_llama::eviction_plan> plan_of(const options& o) {
   } catch (const std::invalid_argument& e) {
     throw usage_error{std::string(e.what()).substr(std::string("kvcrush: ").size())};
   }
+  policy.expected_attention.rope_interleaved = true;  // the engine's RoPE pairs (2i, 2i+1), llama2.c's
   if (policy.base == kvcrush::base_policy::full) {
     if (o.budget >= 0) throw usage_error{"--budget needs a --policy other than full (the full cache keeps every token)"};
     if (o.crush >= 0) throw usage_error{"--crush applies to +kvcrush policies only"};

@@ -142,9 +142,11 @@ TEST(Generate, DecodeTimeEvictionHoldsTheBudget) {
 
   // Every policy the controller takes, at 48 tokens: never above the budget
   // (the engine's cache is allocated at budget + slack and refuses more).
-  for (const char* name : {"h2o", "snapkv", "tova", "knorm", "random", "pyramidkv", "h2o+kvcrush", "snapkv+kvcrush"}) {
+  for (const char* name : {"h2o", "snapkv", "tova", "knorm", "random", "pyramidkv", "h2o+kvcrush", "snapkv+kvcrush",
+                           "keydiff", "expected_attention", "rkv", "rkv+kvcrush"}) {
     kvcrush_llama::eviction_plan plan;
     plan.policy = kvcrush::policy_config::parse(name);
+    plan.policy.expected_attention.rope_interleaved = true;
     plan.budget = kvcrush_llama::plan_budget(plan.policy, 48, 4, 16);
     plan.slack = 3;
     const auto g = run(m, vocabulary, "", 150, &plan);
@@ -172,7 +174,7 @@ TEST(Generate, DecodeTimeEvictionHoldsTheBudget) {
   ada.policy = kvcrush::policy_config::parse("snapkv+adakv");
   ada.budget = {150, 4, 16};
   EXPECT_EQ(run(m, vocabulary, "", 150, &ada).text, full.text);
-  for (const char* name : {"snapkv+adakv", "h2o+adakv+kvcrush", "knorm+adakv"}) {
+  for (const char* name : {"snapkv+adakv", "h2o+adakv+kvcrush", "knorm+adakv", "rkv+adakv", "expected_attention+adakv"}) {
     ada.policy = kvcrush::policy_config::parse(name);
     ada.budget = {48, 4, 16};
     ada.slack = 12;
@@ -193,6 +195,10 @@ TEST(Generate, DecodeTimeEvictionHoldsTheBudget) {
   norms.policy = kvcrush::policy_config::parse("knorm");
   norms.budget = {48, 4, 16};
   EXPECT_THROW((void)kvcrush_llama::make_decode_eviction(paged, norms), std::invalid_argument);
+  for (const char* name : {"keydiff", "expected_attention", "rkv"}) {  // they read the keys too
+    norms.policy = kvcrush::policy_config::parse(name);
+    EXPECT_THROW((void)kvcrush_llama::make_decode_eviction(paged, norms), std::invalid_argument) << name;
+  }
 }
 
 }  // namespace

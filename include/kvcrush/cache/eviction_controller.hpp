@@ -18,7 +18,10 @@
 // snapkv from the last `window` decode queries, block mode...). Tracked
 // inputs: an h2o_accumulator per layer for H2O (GQA reduction from
 // policy.window.gqa), and the last `window` attention rows per layer for
-// SnapKV/PyramidKV (window attention) and TOVA (the newest row). Key-norm
+// SnapKV/PyramidKV (window attention), R-KV (window attention for its
+// importance; its redundancy compares the cached keys of the evictable
+// region) and TOVA (the newest row); the last `window` queries per layer
+// for Expected Attention (observe_queries(), with the values from the cache). Key-norm, KeyDiff, R-KV
 // and SnapKV-from-queries read the keys when the cache exposes contiguous
 // keys(layer) (contiguous_cache); the paged cache does not.
 //
@@ -96,7 +99,8 @@ struct eviction_settings {
   std::vector<layer_budget> budgets;  // one per layer, or one for every layer
   index_t slack = 32;                 // tokens allowed above the budget between selections
   index_t query_heads = 0;            // Hq of the attention handed to observe(); 0: the cache's KV heads
-  index_t window = 0;                 // attention rows kept; 0: 32 for snapkv/pyramidkv/+adakv, 1 for tova, else none
+  index_t window = 0;                 // attention rows kept; 0: 32 for snapkv/pyramidkv/rkv/+adakv, 1 for tova,
+                                      // else none
   index_t max_tokens = 0;             // longest layer the controller sees (prompt included); 0: budget + slack
                                       // (+adakv: budget + 2 slack, a head's share may reach budget + slack)
   adakv_allocation allocation = adakv_allocation::first_eviction;  // +adakv only
@@ -123,6 +127,20 @@ struct has_head_key_view : std::false_type {};
 template <class C>
 struct has_head_key_view<C, std::void_t<decltype(std::declval<const C&>().keys(index_t{}, index_t{}))>>
     : std::true_type {};
+
+template <class C, class = void>
+struct has_value_view : std::false_type {};
+template <class C>
+struct has_value_view<C, std::void_t<decltype(std::declval<const C&>().values(index_t{}))>> : std::true_type {};
+template <class C, class = void>
+struct has_head_value_view : std::false_type {};
+template <class C>
+struct has_head_value_view<C, std::void_t<decltype(std::declval<const C&>().values(index_t{}, index_t{}))>>
+    : std::true_type {};
+template <class C, class = void>
+struct has_head_dim : std::false_type {};
+template <class C>
+struct has_head_dim<C, std::void_t<decltype(std::declval<const C&>().head_dim())>> : std::true_type {};
 
 template <class Keys>
 void set_key_cache(key_cache& out, const Keys& keys) {
@@ -177,8 +195,18 @@ class eviction_controller {
       widest = std::max(widest, lb.budget);
     }
     max_tokens_ = settings_.max_tokens > 0 ? settings_.max_tokens : widest + (ragged_ ? 2 : 1) * settings_.slack;
-    const bool window_policy = p.base == base_policy::snapkv || p.base == base_policy::pyramidkv || p.adakv;
+    const bool window_policy =
+        p.base == base_policy::snapkv || p.base == base_policy::pyramidkv || p.base == base_policy::rkv || p.adakv;
     window_ = settings_.window > 0 ? settings_.window : window_policy ? 32 : p.base == base_policy::tova ? 1 : 0;
+    // Expected Attention reads the last queries, not attention rows.
+    tracks_queries_ = p.base == base_policy::expected_attention;
+    if (tracks_queries_) {
+      if constexpr (impl::has_head_dim<Cache>::value) head_dim_ = cache.head_dim();
+      require(head_dim_ >= 1, "eviction_controller: expected_attention tracks the last queries, which needs a cache "
+              "with head_dim()");
+      query_window_ = settings_.window > 0 ? settings_.window : 32;
+      if (!p.adakv) window_ = 0;
+    }
     tracks_h2o_ = p.base == base_policy::h2o;
     // The unit of tracking and eviction: the whole layer, or with AdaKV one
     // KV head and its group of query heads.
@@ -200,6 +228,7 @@ class eviction_controller {
         }
         s.rows.assign(static_cast<std::size_t>(window_ * unit_query_heads_ * max_tokens_), 0.0f);
         s.row_width.assign(static_cast<std::size_t>(window_), 0);
+        s.queries.assign(static_cast<std::size_t>(query_window_ * unit_query_heads_ * head_dim_), 0.0f);
         s.keep.assign(static_cast<std::size_t>(unit_heads_ * (max_tokens_ + 1)), 0);
         s.counts.assign(static_cast<std::size_t>(unit_heads_), 0);
         s.tokens.assign(static_cast<std::size_t>(max_tokens_ + 1), 0);
@@ -375,6 +404,41 @@ class eviction_controller {
     }
   }
 
+  // The queries of the newest token of `layer`, (Hq, head_dim), and its
+  // absolute position: the last `window` of them are Expected Attention's
+  // statistics (window_queries), and position + 1 its first future
+  // position. With future_positions > 0 they must be the queries before
+  // RoPE. Ignored when the policy does not read queries, so engines may
+  // always call it.
+  void observe_queries(index_t layer, matrix_view<const float> queries, index_t position) {
+    using kvcrush::detail::require;
+    check_layer(layer);
+    if (!tracks_queries_) return;
+    require(queries.extent(0) == query_heads_ && queries.extent(1) == head_dim_,
+            "eviction_controller::observe_queries: queries are (", queries.extent(0), ", ", queries.extent(1),
+            "), the controller expects (", query_heads_, ", ", head_dim_, ")");
+    require(head_dim_ <= 1 || queries.stride(1) == 1, "eviction_controller::observe_queries: query rows must be "
+            "contiguous");
+    require(position >= 0, "eviction_controller::observe_queries: position must be >= 0 (got ", position, ")");
+    const index_t group = unit_query_heads_;
+    for (index_t u = 0; u < units_; ++u) {
+      layer_state& s = state(layer, u);
+      index_t slot;
+      if (s.query_count < query_window_) {
+        slot = (s.query_start + s.query_count++) % query_window_;
+      } else {
+        slot = s.query_start;
+        s.query_start = (s.query_start + 1) % query_window_;
+      }
+      float* dst = s.queries.data() + slot * group * head_dim_;
+      for (index_t q = 0; q < group; ++q) {
+        const float* src = queries.data() + (u * group + q) * queries.stride(0);
+        std::copy(src, src + head_dim_, dst + q * head_dim_);
+      }
+      s.next_position = position + 1;
+    }
+  }
+
   // What `policy` would keep of the layer at `budget`, from the scores the
   // controller tracks, written to out; nothing is evicted and a pending
   // plan() is left alone. For engines that act on a ranking in other ways
@@ -447,6 +511,9 @@ class eviction_controller {
     std::vector<float> rows;          // ring of attention rows: [window][Hq][max_tokens]
     std::vector<index_t> row_width;   // columns observe() wrote in each ring slot
     index_t ring_start = 0, ring_count = 0;
+    std::vector<float> queries;       // ring of queries: [query_window][Hq][head_dim]
+    index_t query_start = 0, query_count = 0;
+    index_t next_position = -1;       // after the newest observed query
     std::vector<index_t> keep;        // (rows, max_tokens + 1): the latest selection
     std::vector<index_t> counts;      // entries per keep row
     std::vector<index_t> tokens;      // block selections expanded to tokens
@@ -724,13 +791,31 @@ class eviction_controller {
             matrix_view<const float>(ring_row(s, s.ring_count - 1), {unit_query_heads_, n}, {max_tokens_, 1});
       }
     }
+    if (tracks_queries_ && s.query_count > 0 && in.window_queries.data() == nullptr) {
+      // Oldest query first, as the statistics add them in order.
+      if (s.query_start != 0) {
+        const auto size = static_cast<std::ptrdiff_t>(unit_query_heads_ * head_dim_);
+        std::rotate(s.queries.begin(), s.queries.begin() + s.query_start * size,
+                    s.queries.begin() + s.query_count * size);
+        s.query_start = 0;
+      }
+      in.window_queries = strided_view<const float, 3>(s.queries.data(), {unit_query_heads_, s.query_count, head_dim_},
+                                                       {head_dim_, unit_query_heads_ * head_dim_, 1});
+      if (in.position < 0) in.position = s.next_position;
+    }
     if (ragged_) {
       if constexpr (impl::has_head_key_view<Cache>::value) {
         if (in.keys.empty()) impl::set_key_cache(in.keys, cache_->keys(layer, unit));
       }
+      if constexpr (impl::has_head_value_view<Cache>::value) {
+        if (in.values.empty()) impl::set_key_cache(in.values, cache_->values(layer, unit));
+      }
     } else {
       if constexpr (impl::has_key_view<Cache>::value) {
         if (in.keys.empty()) impl::set_key_cache(in.keys, cache_->keys(layer));
+      }
+      if constexpr (impl::has_value_view<Cache>::value) {
+        if (in.values.empty()) impl::set_key_cache(in.values, cache_->values(layer));
       }
     }
   }
@@ -799,6 +884,8 @@ class eviction_controller {
   Cache* cache_;
   eviction_settings settings_;
   index_t heads_ = 0, query_heads_ = 0, window_ = 0, max_tokens_ = 0;
+  index_t query_window_ = 0, head_dim_ = 0;
+  bool tracks_queries_ = false;
   index_t units_ = 1, unit_heads_ = 0, unit_query_heads_ = 0;
   bool tracks_h2o_ = false, ragged_ = false;
   policy_config unit_policy_;

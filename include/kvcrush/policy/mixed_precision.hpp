@@ -238,6 +238,9 @@ mixed_plan select_mixed_precision(const policy_config& pc, const layer_inputs& i
     case base_policy::tova: s = policy::tova{}.scores<Isa>(in, ws); break;
     case base_policy::knorm: s = policy::key_norm{}.scores<Isa>(in, ws); break;
     case base_policy::precomputed: s = policy::precomputed{}.scores<Isa>(in, ws); break;
+    case base_policy::keydiff: s = policy::keydiff{}.scores<Isa>(in, ws); break;
+    case base_policy::expected_attention: s = policy::expected_attention{pc.expected_attention}.scores<Isa>(in, ws); break;
+    case base_policy::rkv: s = policy::rkv{pc.rkv, pc.window}.scores<Isa>(in, budget, ws); break;
   }
   // The byte budget replaces the token budget: request_config() sees the
   // protected part only, and the tiers' budgets come from the byte split.

@@ -4,7 +4,9 @@
 //
 // Names: a base policy, optionally followed by "+adakv" and/or "+kvcrush":
 //   full streaming random h2o snapkv pyramidkv tova knorm precomputed
-//   e.g. "snapkv", "h2o+kvcrush", "snapkv+adakv+kvcrush", "pyramidkv+kvcrush".
+//   keydiff expected_attention rkv
+//   e.g. "snapkv", "h2o+kvcrush", "snapkv+adakv+kvcrush", "pyramidkv+kvcrush",
+//   "keydiff+kvcrush", "rkv+adakv".
 // "adakv" alone means "snapkv+adakv" (Ada-SnapKV, as in the AdaKV paper).
 #pragma once
 
@@ -19,10 +21,23 @@
 
 namespace kvcrush {
 
-enum class base_policy { full, streaming, random, h2o, snapkv, pyramidkv, tova, knorm, precomputed };
+enum class base_policy {
+  full,
+  streaming,
+  random,
+  h2o,
+  snapkv,
+  pyramidkv,
+  tova,
+  knorm,
+  precomputed,
+  keydiff,
+  expected_attention,
+  rkv
+};
 
 namespace detail {
-inline constexpr std::array<std::pair<std::string_view, base_policy>, 9> base_policy_names{{
+inline constexpr std::array<std::pair<std::string_view, base_policy>, 12> base_policy_names{{
     {"full", base_policy::full},
     {"streaming", base_policy::streaming},
     {"random", base_policy::random},
@@ -32,6 +47,9 @@ inline constexpr std::array<std::pair<std::string_view, base_policy>, 9> base_po
     {"tova", base_policy::tova},
     {"knorm", base_policy::knorm},
     {"precomputed", base_policy::precomputed},
+    {"keydiff", base_policy::keydiff},
+    {"expected_attention", base_policy::expected_attention},
+    {"rkv", base_policy::rkv},
 }};
 }  // namespace detail
 
@@ -47,10 +65,13 @@ struct policy_config {
   bool h2o_normalised = false;
   std::uint64_t seed = 0;  // random policy
   index_t pyramid_beta = 20;
+  expected_attention_options expected_attention{};  // expected_attention
+  rkv_options rkv = rkv_policy_defaults;            // rkv (importance from `window`)
   selection_layout layout{};
 
   // "snapkv+kvcrush" etc. (see the header comment); other fields keep their
-  // defaults.
+  // defaults, except that "rkv" sets window to policy::rkv's (max pooling,
+  // kernel 7: R-KV's importance).
   static policy_config parse(std::string_view name) {
     policy_config cfg;
     std::string_view rest = name;
@@ -62,6 +83,7 @@ struct policy_config {
     } else {
       cfg.base = detail::parse_enum(head, detail::base_policy_names, "policy");
     }
+    if (cfg.base == base_policy::rkv) cfg.window = rkv_window_defaults;
     rest = plus == std::string_view::npos ? std::string_view{} : rest.substr(plus + 1);
     while (!rest.empty()) {
       const auto next = rest.find('+');
@@ -152,6 +174,11 @@ void select(const policy_config& cfg, const layer_inputs& in, const layer_budget
     case base_policy::knorm: return impl::select_wrapped<Isa>(cfg, policy::key_norm{}, in, budget, out, ws);
     case base_policy::precomputed:
       return impl::select_wrapped<Isa>(cfg, policy::precomputed{}, in, budget, out, ws);
+    case base_policy::keydiff: return impl::select_wrapped<Isa>(cfg, policy::keydiff{}, in, budget, out, ws);
+    case base_policy::expected_attention:
+      return impl::select_wrapped<Isa>(cfg, policy::expected_attention{cfg.expected_attention}, in, budget, out, ws);
+    case base_policy::rkv:
+      return impl::select_wrapped<Isa>(cfg, policy::rkv{cfg.rkv, cfg.window}, in, budget, out, ws);
   }
 }
 

@@ -74,7 +74,7 @@ void select(const Policy& p, const layer_inputs& in, const layer_budget& budget,
   using kvcrush::detail::require;
   require(in.tokens >= 0, "select: negative token count");
   const crush_options crush = policy::traits<Policy>::crush(p);
-  const score_set scores = p.template scores<Isa>(in, ws);
+  const score_set scores = policy::impl::run_scores<Isa>(p, in, budget, ws);
   const keep_config cfg = request_config(budget, layout, crush, scores.ranks);
   const selection_rows rows = rows_for_selection(scores, layout.per_head, crush.heads, crush.fraction > 0.0, "select");
   const index_t row_count = layout.per_head ? rows.importance.extent(0) : 1;

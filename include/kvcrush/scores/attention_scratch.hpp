@@ -35,7 +35,8 @@ class attention_scratch {
 
   std::size_t allocations() const noexcept { return allocations_; }
   std::size_t bytes_reserved() const noexcept {
-    return (row_.capacity() + keys_.capacity() + logits_.capacity()) * sizeof(float);
+    return (row_.capacity() + keys_.capacity() + logits_.capacity() + unit_keys_.capacity()) * sizeof(float) +
+           wide_.capacity() * sizeof(double);
   }
 
   // One query row's sums or pooled scores (N + 64 for the pooling halo).
@@ -44,10 +45,16 @@ class attention_scratch {
   float* keys(std::size_t n) { return keys_.ensure(n, allocations_); }
   // The W x N logits of a recomputation.
   float* logits(std::size_t n) { return logits_.ensure(n, allocations_); }
+  // The unit keys and per-token values of R-KV's redundancy (rkv_scratch_floats).
+  float* unit_keys(std::size_t n) { return unit_keys_.ensure(n, allocations_); }
+  // Double-precision rows of the keys-only sources: KeyDiff's norms and
+  // anchor, Expected Attention's statistics and logits.
+  double* wide(std::size_t n) { return wide_.ensure(n, allocations_); }
 
  private:
   std::size_t allocations_ = 0;
-  detail::scratch<float> row_, keys_, logits_;
+  detail::scratch<float> row_, keys_, logits_, unit_keys_;
+  detail::scratch<double> wide_;
 };
 
 }  // namespace kvcrush

@@ -44,11 +44,11 @@
 
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
+#include "kvcrush/scores/attention_scratch.hpp"
 #include "kvcrush/simd/fixed_order_dot.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/isa.hpp"
@@ -134,13 +134,22 @@ inline void rotate_covariance(double* sigma, index_t d, bool interleaved, const 
 
 }  // namespace impl
 
+// Doubles of scratch expected_attention_scores needs.
+inline std::size_t expected_attention_scratch_doubles(index_t tokens, index_t head_dim,
+                                                      const expected_attention_options& opt) noexcept {
+  const auto d = static_cast<std::size_t>(head_dim > 0 ? head_dim : 0);
+  const auto n = static_cast<std::size_t>(tokens > 0 ? tokens : 0);
+  return 6 * d + 2 * n + (opt.use_covariance ? 2 * d * d : 0) + 1;
+}
+
 // out (H, N): Expected Attention scores of the keys (H, N, d) for the
 // queries (Hq, W, d), Hq = G * H. values (H, N, dv) are read when
-// opt.use_vnorm is set.
+// opt.use_vnorm is set. With the caller's scratch: no allocation once it
+// has grown.
 template <class Isa = isa::active, class KeyT, class ValueT = KeyT>
 void expected_attention_scores(strided_view<const float, 3> queries, kv_view<const KeyT> keys,
                                const expected_attention_options& opt, matrix_view<float> out,
-                               kv_view<const ValueT> values = {}) {
+                               kv_view<const ValueT> values, attention_scratch& scratch) {
   using kvcrush::detail::require;
   const index_t hq = queries.extent(0), window = queries.extent(1), d = queries.extent(2);
   const index_t h = keys.heads(), n = keys.tokens();
@@ -198,8 +207,7 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
   // Sigma k (d), covariance and a rotation buffer (2 d^2), logits and the
   // group sum (2N).
   const std::size_t dd = static_cast<std::size_t>(d) * static_cast<std::size_t>(d);
-  std::vector<double> buffer(static_cast<std::size_t>(6 * d + 2 * n) + (cov ? 2 * dd : 0));
-  double* rot_c = buffer.data();
+  double* rot_c = scratch.wide(expected_attention_scratch_doubles(n, d, opt));
   double* rot_s = rot_c + d / 2;
   double* mean = rot_c + d;
   double* mean_rot = mean + d;
@@ -280,6 +288,15 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
       out(k, t) = static_cast<float>(p);
     }
   }
+}
+
+// With scratch of its own: allocates O(d^2 + N) doubles per call.
+template <class Isa = isa::active, class KeyT, class ValueT = KeyT>
+void expected_attention_scores(strided_view<const float, 3> queries, kv_view<const KeyT> keys,
+                               const expected_attention_options& opt, matrix_view<float> out,
+                               kv_view<const ValueT> values = {}) {
+  attention_scratch scratch;
+  expected_attention_scores<Isa>(queries, keys, opt, out, values, scratch);
 }
 
 }  // namespace KVCRUSH_TARGET_NS

@@ -23,11 +23,11 @@
 #pragma once
 
 #include <cmath>
-#include <vector>
 
 #include "kvcrush/error.hpp"
 #include "kvcrush/float16.hpp"
 #include "kvcrush/kv_view.hpp"
+#include "kvcrush/scores/attention_scratch.hpp"
 #include "kvcrush/simd/fixed_order_dot.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/isa.hpp"
@@ -66,10 +66,15 @@ void keydiff_head(kv_view<const KeyT> keys, index_t h, double* norms, double* an
 
 }  // namespace impl
 
-// out (H, N) = KeyDiff scores of keys (H, N, d), float, float16 or bfloat16.
-// Allocates N + d doubles of scratch per call.
+// Doubles of scratch keydiff_scores needs: the norms of N tokens and the anchor (d).
+inline std::size_t keydiff_scratch_doubles(index_t tokens, index_t head_dim) noexcept {
+  return static_cast<std::size_t>(tokens + head_dim) + 1;
+}
+
+// out (H, N) = KeyDiff scores of keys (H, N, d), float, float16 or bfloat16,
+// with the caller's scratch (no allocation once it has grown).
 template <class Isa = isa::active, class KeyT>
-void keydiff_scores(kv_view<const KeyT> keys, matrix_view<float> out) {
+void keydiff_scores(kv_view<const KeyT> keys, matrix_view<float> out, attention_scratch& scratch) {
   using kvcrush::detail::require;
   const index_t h = keys.heads(), n = keys.tokens(), d = keys.head_dim();
   require(out.extent(0) == h && out.extent(1) == n, "keydiff: output must be (", h, ", ", n, "), got (",
@@ -85,10 +90,17 @@ void keydiff_scores(kv_view<const KeyT> keys, matrix_view<float> out) {
       for (index_t t = 0; t < n; ++t) out(k, t) = 0.0f;
     return;
   }
-  std::vector<double> scratch(static_cast<std::size_t>(n + d));
+  double* rows = scratch.wide(keydiff_scratch_doubles(n, d));
   for (index_t k = 0; k < h; ++k) {
-    impl::keydiff_head(keys, k, scratch.data(), scratch.data() + n, &out(k, 0), out.stride(1));
+    impl::keydiff_head(keys, k, rows, rows + n, &out(k, 0), out.stride(1));
   }
+}
+
+// The same with scratch of its own (allocates N + d doubles per call).
+template <class Isa = isa::active, class KeyT>
+void keydiff_scores(kv_view<const KeyT> keys, matrix_view<float> out) {
+  attention_scratch scratch;
+  keydiff_scores<Isa>(keys, out, scratch);
 }
 
 }  // namespace KVCRUSH_TARGET_NS
