@@ -27,16 +27,7 @@ int main() {
   const auto models = kvcrush_test::shared_dir() / "models";
   const std::filesystem::path files[] = {models / "austen-kjv-14m.bin", models / "austen-kjv-14m_ref_ids.npy",
                                          models / "austen-kjv-14m_ref_logits.npy"};
-  for (const auto& file : files) {
-    if (std::filesystem::exists(file)) continue;
-    if (kvcrush_test::running_in_ci()) {
-      std::printf("FAILED: missing shared file %s (CI=true requires it)\n", file.string().c_str());
-      return 1;
-    }
-    std::printf("SKIPPED: missing shared file %s; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR\n",
-                file.string().c_str());
-    return 77;
-  }
+  if (const int missing = llama_test::missing_shared_files(files)) return missing;
   try {
     const kvcrush_llama::model model = kvcrush_llama::model::load(files[0].string());
     const std::vector<std::int32_t> ids = kvcrush::io::read_npy(files[1].string()).values<std::int32_t>();

@@ -37,16 +37,7 @@ std::string printable(std::string_view text) {
 int main() {
   const std::filesystem::path files[] = {llama_test::shared_model(), llama_test::shared_tokenizer(),
                                          llama_test::shared_reference()};
-  for (const auto& file : files) {
-    if (std::filesystem::exists(file)) continue;
-    if (kvcrush_test::running_in_ci()) {
-      std::printf("FAILED: missing shared file %s (CI=true requires it)\n", file.string().c_str());
-      return 1;
-    }
-    std::printf("SKIPPED: missing shared file %s; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR\n",
-                file.string().c_str());
-    return 77;
-  }
+  if (const int missing = llama_test::missing_shared_files(files)) return missing;
   try {
     const kvcrush_llama::model model = kvcrush_llama::model::load(files[0].string());
     const auto vocabulary = kvcrush_llama::tokenizer::load(files[1].string(), model.config().vocab_size);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,23 @@ namespace llama_test {
 
 using kvcrush::index_t;
 using kvcrush_llama::model_config;
+
+// For the golden programs (no gtest): 0 when every file exists; otherwise
+// prints why and returns the exit code, 77 (skipped) or, under CI=true, 1.
+template <std::size_t N>
+int missing_shared_files(const std::filesystem::path (&files)[N]) {
+  for (const auto& file : files) {
+    if (std::filesystem::exists(file)) continue;
+    if (kvcrush_test::running_in_ci()) {
+      std::printf("FAILED: missing shared file %s (CI=true requires it)\n", file.string().c_str());
+      return 1;
+    }
+    std::printf("SKIPPED: missing shared file %s; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR\n",
+                file.string().c_str());
+    return 77;
+  }
+  return 0;
+}
 
 inline std::filesystem::path shared_model() { return kvcrush_test::shared_dir() / "models" / "stories260K.bin"; }
 inline std::filesystem::path shared_tokenizer() { return kvcrush_test::shared_dir() / "models" / "tok512.bin"; }
