@@ -1,0 +1,187 @@
+// Batched decoding: one step advances many sequences by one token each.
+//
+// The sequences (sequence.hpp) are independent: each has its own KV store
+// (contiguous, per-head, paged, quantized or tiered), its own position (the
+// batch may be ragged), and its own observer, so that runs of different
+// policies and budgets share a batch. What they share is the model: the
+// step's activations are matrices with one row per sequence, and every
+// weight matrix is read once per step for all of them (a matrix-matrix
+// product, where the single-sequence engine does one matrix-vector product
+// per token and reads all the weights again for each).
+//
+// Work runs on a kvcrush::executor: the products are cut into slices of
+// `slice_rows` output features (a fixed size, so that each sequence's
+// numbers do not depend on the number of threads), and attention runs one
+// task per sequence. The elementwise operations are engine.hpp's, in the
+// same order; the products sum in Eigen's matrix-matrix order, so logits
+// agree with the single-sequence engine's to float rounding, not bit for
+// bit (tests/test_batch_engine.cpp bounds the difference).
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine.hpp"
+#include "kvcrush/cache/executor.hpp"
+#include "model.hpp"
+#include "sequence.hpp"
+#include "transformer_ops.hpp"
+
+namespace kvcrush_llama {
+
+class batch_engine {
+ public:
+  // Output features per product task.
+  static constexpr index_t slice_rows = 64;
+
+  // The model and the executor must outlive the engine.
+  batch_engine(const model& weights, kvcrush::executor& ex) : model_(&weights), executor_(&ex) {}
+  batch_engine(const model&&, kvcrush::executor&) = delete;  // would dangle
+
+  const model_config& config() const noexcept { return model_->config(); }
+
+  // Runs tokens[i] on *lanes[i], at that sequence's own position, for every
+  // i. Afterwards logits(i) holds lane i's logits for its next token. The
+  // lanes must be distinct sequences of this model's shape. Throws before
+  // anything changes: std::invalid_argument for mismatched sizes, a null,
+  // repeated or mis-shaped lane; std::out_of_range for a token outside the
+  // vocabulary; std::length_error when a lane's cache is full. An exception
+  // from an observer leaves the batch's lanes at different layers of the
+  // step (as the single-sequence engine does for its one lane).
+  void forward(const std::vector<sequence*>& lanes, const std::vector<int>& tokens) {
+    const model_config& c = config();
+    check(lanes, tokens);
+    const auto batch = static_cast<index_t>(lanes.size());
+    resize(batch);
+    const index_t dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim;
+
+    for (index_t i = 0; i < batch; ++i) {
+      x_.row(i) = Eigen::Map<const Eigen::RowVectorXf>(
+          model_->token_embedding() + static_cast<std::ptrdiff_t>(tokens[static_cast<std::size_t>(i)]) * dim, dim);
+      lanes[static_cast<std::size_t>(i)]->set_rope_position();
+    }
+    for_each_lane(batch, [&](index_t i) {
+      rms_norm(xb_.row(i).data(), x_.row(i).data(), model_->layer(0).attention_norm, dim);
+    });
+    for (index_t l = 0; l < c.n_layers; ++l) {
+      const layer_weights w = model_->layer(l);
+      multiply({{w.wq, dim, dim, &xb_, &q_}, {w.wk, kv_dim, dim, &xb_, &k_}, {w.wv, kv_dim, dim, &xb_, &v_}});
+      for_each_lane(batch, [&](index_t i) {
+        sequence& s = *lanes[static_cast<std::size_t>(i)];
+        s.rope().apply(q_.row(i).data(), dim);
+        s.rope().apply(k_.row(i).data(), kv_dim);
+        s.append_and_attend(l, q_.row(i).data(), k_.row(i).data(), v_.row(i).data(), xb_.row(i).data());
+      });
+      multiply({{w.wo, dim, dim, &xb_, &xb2_}});
+      for_each_lane(batch, [&](index_t i) {
+        x_.row(i) += xb2_.row(i);
+        rms_norm(xb_.row(i).data(), x_.row(i).data(), w.ffn_norm, dim);
+      });
+      multiply({{w.w1, hidden, dim, &xb_, &hb_}, {w.w3, hidden, dim, &xb_, &hb2_}});
+      for_each_lane(batch, [&](index_t i) { swiglu_in_place(hb_.row(i).data(), hb2_.row(i).data(), hidden); });
+      multiply({{w.w2, dim, hidden, &hb_, &xb_}});
+      const float* next_norm = l + 1 < c.n_layers ? model_->layer(l + 1).attention_norm : model_->final_norm();
+      for_each_lane(batch, [&](index_t i) {
+        x_.row(i) += xb_.row(i);
+        // The next layer's attention norm, or after the last layer the
+        // final norm in place (as the engine does).
+        if (l + 1 < c.n_layers) {
+          rms_norm(xb_.row(i).data(), x_.row(i).data(), next_norm, dim);
+        } else {
+          rms_norm(x_.row(i).data(), x_.row(i).data(), next_norm, dim);
+        }
+      });
+    }
+    multiply({{model_->classifier(), c.vocab_size, dim, &x_, &logits_}});
+    for (sequence* s : lanes) s->advance();
+  }
+
+  // Lane i's logits after the last forward() (valid until the next one).
+  Eigen::Map<const Eigen::VectorXf> logits(index_t lane) const {
+    return Eigen::Map<const Eigen::VectorXf>(logits_.row(lane).data(), logits_.cols());
+  }
+
+ private:
+  using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  // y (batch x out) = x (batch x in) * W^T, W row-major [out][in].
+  struct product {
+    const float* weights;
+    index_t out, in;
+    const row_matrix* x;
+    row_matrix* y;
+  };
+  struct slice {
+    const product* p;
+    index_t first, rows;
+  };
+
+  void check(const std::vector<sequence*>& lanes, const std::vector<int>& tokens) const {
+    const model_config& c = config();
+    if (lanes.size() != tokens.size()) {
+      throw std::invalid_argument("kvcrush_llama::batch_engine: " + std::to_string(lanes.size()) + " lanes, " +
+                                  std::to_string(tokens.size()) + " tokens");
+    }
+    std::vector<const sequence*> seen(lanes.begin(), lanes.end());
+    std::sort(seen.begin(), seen.end());
+    if (!seen.empty() && seen.front() == nullptr) throw std::invalid_argument("kvcrush_llama::batch_engine: null lane");
+    if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) {
+      throw std::invalid_argument("kvcrush_llama::batch_engine: a sequence appears twice in one step");
+    }
+    for (std::size_t i = 0; i < lanes.size(); ++i) {
+      const kv_store& store = lanes[i]->cache();
+      if (store.layers() != c.n_layers || store.kv_heads() != c.n_kv_heads || store.head_dim() != c.head_dim()) {
+        throw std::invalid_argument("kvcrush_llama::batch_engine: lane " + std::to_string(i) +
+                                    "'s cache does not match the model's layers, KV heads and head_dim");
+      }
+      engine::require_token(c, tokens[i]);
+      lanes[i]->require_room();
+    }
+  }
+
+  void resize(index_t batch) {
+    const model_config& c = config();
+    x_.resize(batch, c.dim);
+    xb_.resize(batch, c.dim);
+    xb2_.resize(batch, c.dim);
+    q_.resize(batch, c.dim);
+    k_.resize(batch, c.kv_dim());
+    v_.resize(batch, c.kv_dim());
+    hb_.resize(batch, c.hidden_dim);
+    hb2_.resize(batch, c.hidden_dim);
+    logits_.resize(batch, c.vocab_size);
+  }
+
+  template <class F>
+  void for_each_lane(index_t batch, F&& f) {
+    kvcrush::parallel_for(*executor_, batch, f);
+  }
+
+  void multiply(std::initializer_list<product> products) {
+    slices_.clear();
+    for (const product& p : products) {
+      for (index_t first = 0; first < p.out; first += slice_rows) {
+        slices_.push_back({&p, first, std::min(slice_rows, p.out - first)});
+      }
+    }
+    kvcrush::parallel_for(*executor_, static_cast<index_t>(slices_.size()), [&](index_t s) {
+      const slice& piece = slices_[static_cast<std::size_t>(s)];
+      const product& p = *piece.p;
+      const auto w = weight_matrix(p.weights + static_cast<std::ptrdiff_t>(piece.first) * p.in, piece.rows, p.in);
+      p.y->middleCols(piece.first, piece.rows).noalias() = (*p.x) * w.transpose();
+    });
+  }
+
+  const model* model_;
+  kvcrush::executor* executor_;
+  std::vector<slice> slices_;
+  // One row per lane, named as in engine.hpp.
+  row_matrix x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, logits_;
+};
+
+}  // namespace kvcrush_llama
