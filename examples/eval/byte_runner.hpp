@@ -36,7 +36,6 @@
 #include <string>
 #include <vector>
 
-#include "engine.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
 #include "kvcrush/cache/precision_demoter.hpp"
 #include "kvcrush/cache/tiered_cache.hpp"
@@ -157,24 +156,88 @@ inline byte_plan plan_bytes(const kvcrush_llama::model_config& c, const options&
   return plan;
 }
 
-struct byte_result {
-  run_result run;
-  byte_plan plan;
-  double peak_bytes = 0;  // most K/V bytes a layer held while decoding
+// A run with storage `p` at a byte budget: the union's controller, and for
+// mixed precision the demoter that keeps the float16 tier to the policy's
+// top tokens.
+template <class Cache>
+class byte_lane final : public run_lane {
+ public:
+  byte_lane(const kvcrush_llama::model_config& c, std::unique_ptr<kvcrush_llama::kv_store> store, Cache& cache,
+            const kvcrush::eviction_settings& settings, const kvcrush::policy_config& union_policy,
+            const kvcrush::policy_config& high_policy, const byte_plan& plan, const precision& storage, const options& o,
+            index_t length)
+      : run_lane(c, std::move(store)), layers_(c.n_layers), settings_(settings), union_policy_(union_policy),
+        high_policy_(high_policy), plan_(plan), storage_(storage), sink_(o.sink), window_(o.window),
+        controller_(cache, settings), bridge_(controller_), demoter_(length) {
+    seq().set_observer(&bridge_);
+  }
+
+  void compress(kvcrush::workspace& ws) override {
+    for (index_t l = 0; l < layers_; ++l) {
+      controller_.compress(l, union_policy_, {}, settings_.budgets[0], ws);  // budget + slack would fit too
+      keep_high(l, plan_.high, ws);
+    }
+  }
+  void make_room(kvcrush::workspace& ws) override {
+    for (index_t l = 0; l < layers_; ++l) {
+      controller_.make_room(l, 1, ws);
+      keep_high(l, plan_.high - 1, ws);  // room for the new float16 token
+    }
+  }
+  void describe(result_row& row) const override {
+    row.precision = storage_.name;
+    row.budget_bytes = static_cast<long>(plan_.budget_bytes);
+    row.high_tokens = plan_.high;
+    row.low_tokens = plan_.low;
+    row.peak_bytes = std::max(row.peak_bytes, peak_bytes_);
+    row.budget_tokens = plan_.tokens();
+  }
+
+ protected:
+  void track() override {
+    const kvcrush_llama::kv_store& store = seq().cache();
+    for (index_t l = 0; l < layers_; ++l) {
+      const auto held = static_cast<double>(store.length(l));
+      result_.peak_tokens = std::max(result_.peak_tokens, held);
+      result_.over_budget = std::max(result_.over_budget, held - static_cast<double>(plan_.tokens()));
+      peak_bytes_ = std::max(peak_bytes_, static_cast<double>(store.memory(l).kv_bytes()));
+    }
+  }
+
+ private:
+  // The float16 tier keeps the policy's top `high` tokens of the union.
+  void keep_high(index_t layer, index_t high, kvcrush::workspace& ws) {
+    if constexpr (std::is_same_v<Cache, kvcrush::tiered_cache<kvcrush::float16>>) {
+      if (storage_.kind != storage_kind::mixed) return;
+      // Just before a new token arrives the float16 tier may hold only the
+      // protected tokens: the oldest of the recent ones then competes.
+      demoter_.keep_high(controller_, layer, high_policy_, {high, sink_, std::min<index_t>(window_, high - sink_)}, ws);
+    } else {
+      (void)layer;
+      (void)high;
+      (void)ws;
+    }
+  }
+
+  index_t layers_;
+  kvcrush::eviction_settings settings_;
+  kvcrush::policy_config union_policy_, high_policy_;
+  byte_plan plan_;
+  precision storage_;
+  index_t sink_, window_;
+  double peak_bytes_ = 0;  // most K/V bytes a layer held while decoding
+  kvcrush::eviction_controller<Cache> controller_;
+  attention_bridge<kvcrush::eviction_controller<Cache>> bridge_;
+  kvcrush::precision_demoter demoter_;
 };
 
-// One chunk under `policy` (a ranking base policy, no modifiers) with
-// storage `p` at `fraction` of the full float16 cache's bytes.
-inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<int>& chunk,
-                             const std::vector<Eigen::VectorXd>& full, const options& o,
-                             const kvcrush::policy_config& policy, const precision& p, double fraction,
-                             kvcrush::workspace& ws) {
-  const auto& c = m.config();
-  const auto length = static_cast<index_t>(chunk.size());
-  const index_t prefill = prefill_length(o, length);
-  byte_result out;
-  out.plan = plan_bytes(c, o, p, fraction, length);
-  const byte_plan& plan = out.plan;
+// The lane of one chunk of `length` tokens under `policy` (a ranking base
+// policy, no modifiers) with storage `p` at `fraction` of the full float16
+// cache's bytes.
+inline std::unique_ptr<run_lane> make_byte_lane(const kvcrush_llama::model_config& c, const options& o,
+                                                const kvcrush::policy_config& policy, const precision& p,
+                                                double fraction, index_t length) {
+  const byte_plan plan = plan_bytes(c, o, p, fraction, length);
 
   // The union's policy; with a KVCrush tier, the representatives fill the
   // quantized share of the unprotected picks.
@@ -193,61 +256,21 @@ inline byte_result run_bytes(const kvcrush_llama::model& m, const std::vector<in
   if (policy.base == kvcrush::base_policy::streaming) {
     settings.budgets[0].recent = plan.budget.budget - plan.budget.sink;  // StreamingLLM: the rest is recent
   }
-
-  auto score = [&](const Eigen::VectorXf& logits, index_t pos) {
-    if (pos + 1 < length) out.run.acc.add(full[static_cast<std::size_t>(pos)], log_softmax(logits), chunk[static_cast<std::size_t>(pos + 1)]);
-  };
-  auto run = [&](auto& cache_object, std::unique_ptr<kvcrush_llama::kv_store> owned) {
-    using cache_type = std::remove_reference_t<decltype(cache_object)>;
-    kvcrush::eviction_controller<cache_type> controller(cache_object, settings);
-    attention_bridge<kvcrush::eviction_controller<cache_type>> observer(controller);
-    kvcrush_llama::engine e(m, std::move(owned));
-    e.set_observer(&observer);
-    kvcrush::precision_demoter demoter(length);
-    // The float16 tier keeps the policy's top `high` tokens of the union.
-    auto keep_high = [&](index_t layer, index_t high) {
-      if constexpr (std::is_same_v<cache_type, kvcrush::tiered_cache<kvcrush::float16>>) {
-        // Just before a new token arrives the float16 tier may hold only the
-        // protected tokens: the oldest of the recent ones then competes.
-        demoter.keep_high(controller, layer, high_policy, {high, o.sink, std::min<index_t>(o.window, high - o.sink)}, ws);
-      } else {
-        (void)layer;
-        (void)high;
-      }
-    };
-    const bool mixed = p.kind == storage_kind::mixed;
-    for (index_t pos = 0; pos < prefill; ++pos) e.forward(chunk[static_cast<std::size_t>(pos)]);
-    for (index_t l = 0; l < c.n_layers; ++l) {
-      controller.compress(l, union_policy, {}, settings.budgets[0], ws);  // budget + slack would fit too
-      if (mixed) keep_high(l, plan.high);
-    }
-    for (index_t pos = prefill; pos < length - 1; ++pos) {
-      for (index_t l = 0; l < c.n_layers; ++l) {
-        controller.make_room(l, 1, ws);
-        if (mixed) keep_high(l, plan.high - 1);  // room for the new float16 token
-      }
-      const Eigen::VectorXf& logits = e.forward(chunk[static_cast<std::size_t>(pos)]);
-      for (index_t l = 0; l < c.n_layers; ++l) {
-        const auto held = static_cast<double>(e.cache().length(l));
-        out.run.peak_tokens = std::max(out.run.peak_tokens, held);
-        out.run.over_budget = std::max(out.run.over_budget, held - static_cast<double>(plan.tokens()));
-        out.peak_bytes = std::max(out.peak_bytes, static_cast<double>(e.cache().memory(l).kv_bytes()));
-      }
-      score(logits, pos);
-    }
+  auto make = [&](auto& cache, auto store) -> std::unique_ptr<run_lane> {
+    using cache_type = std::remove_reference_t<decltype(cache)>;
+    return std::make_unique<byte_lane<cache_type>>(c, std::move(store), cache, settings, union_policy, high_policy,
+                                                   plan, p, o, length);
   };
   if (p.kind == storage_kind::quantized) {
     auto store = std::make_unique<kvcrush_llama::quantized_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length,
                                                                   quant_of(o, p.bits));
     auto& cache = store->cache();
-    run(cache, std::move(store));
-  } else {
-    auto store = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length,
-                                                               quant_of(o, p.kind == storage_kind::mixed ? p.bits : 8));
-    auto& tiers = store->cache();
-    run(tiers, std::move(store));
+    return make(cache, std::move(store));
   }
-  return out;
+  auto store = std::make_unique<kvcrush_llama::tiered_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length,
+                                                             quant_of(o, p.kind == storage_kind::mixed ? p.bits : 8));
+  auto& tiers = store->cache();
+  return make(tiers, std::move(store));
 }
 
 }  // namespace kvcrush_eval

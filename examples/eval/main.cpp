@@ -9,28 +9,18 @@
 #include <string>
 #include <vector>
 
-#include "byte_runner.hpp"
+#include "batch_runner.hpp"
 #include "corpus.hpp"
 #include "kvcrush/kvcrush.hpp"
 #include "model.hpp"
 #include "options.hpp"
 #include "progress.hpp"
 #include "report.hpp"
-#include "runner.hpp"
 #include "tokenizer.hpp"
 
 namespace {
 
 using namespace kvcrush_eval;
-
-struct job {
-  std::string policy;
-  std::string variant;
-  kvcrush::policy_config config;
-  double budget;
-  bool bytes = false;  // budget is a fraction of the full cache's float16 bytes
-  precision storage{};
-};
 
 kvcrush::policy_config configure(const std::string& name, const options& o) {
   kvcrush::policy_config cfg = kvcrush::policy_config::parse(name);
@@ -130,46 +120,20 @@ int run(const options& given) {
   }
   const kvcrush_llama::model& model = *loaded;
   long total = 0;
-  for (const auto& c : corpora) total += static_cast<long>(c.chunks.size() * (jobs.size() + 1));
+  for (const auto& c : corpora) {
+    for (const auto& chunk : c.chunks) total += static_cast<long>((jobs.size() + 1) * (chunk.size() - 1));
+  }
   progress_bar bar(total, o.progress);
-  std::fprintf(stderr, "kvcrush-eval: %zu runs per chunk, %s kernels\n", jobs.size(), std::string(kvcrush::isa::name()).c_str());
+  kvcrush::thread_executor executor(static_cast<kvcrush::index_t>(o.threads));
+  std::fprintf(stderr, "kvcrush-eval: %zu runs per chunk, up to %ld decoded together on %ld threads, %s kernels\n",
+               jobs.size(), std::max<long>(o.batch, static_cast<long>(jobs.size() + 1)),
+               static_cast<long>(executor.workers()), std::string(kvcrush::isa::name()).c_str());
 
   std::vector<result_row> rows;
-  kvcrush::workspace ws;
+  corpus_runner runner(model, o, executor);
   for (const auto& corpus : corpora) {
     std::vector<result_row> text_rows(jobs.size());
-    for (const auto& chunk : corpus.chunks) {
-      const auto full = full_cache_predictions(model, chunk);
-      bar.step(corpus.name + ": full cache");
-      for (std::size_t j = 0; j < jobs.size(); ++j) {
-        auto& row = text_rows[j];
-        run_result r;
-        if (jobs[j].bytes) {
-          const byte_result b = run_bytes(model, chunk, full, o, jobs[j].config, jobs[j].storage, jobs[j].budget, ws);
-          r = b.run;
-          row.precision = jobs[j].storage.name;
-          row.budget_bytes = static_cast<long>(b.plan.budget_bytes);
-          row.high_tokens = b.plan.high;
-          row.low_tokens = b.plan.low;
-          row.peak_bytes = std::max(row.peak_bytes, b.peak_bytes);
-          row.budget_tokens = b.plan.tokens();
-        } else {
-          const auto tokens = static_cast<kvcrush::index_t>(jobs[j].budget * static_cast<double>(chunk.size()));
-          r = run_policy(model, chunk, full, o, jobs[j].config, tokens, ws);
-          row.budget_tokens = tokens;
-        }
-        row.text = corpus.name;
-        row.policy = jobs[j].policy;
-        row.variant = jobs[j].variant;
-        row.budget = jobs[j].budget;
-        row.peak_tokens = std::max(row.peak_tokens, r.peak_tokens);
-        row.over_budget = std::max(row.over_budget, r.over_budget);
-        row.acc.merge(r.acc);
-        row.chunks.push_back(r.acc);
-        bar.step(corpus.name + ": " + jobs[j].policy + (jobs[j].bytes ? "/" + jobs[j].storage.name : "") + " @ " +
-                 budget_label(jobs[j].budget));
-      }
-    }
+    runner.run(corpus, jobs, text_rows, bar);
     rows.insert(rows.end(), text_rows.begin(), text_rows.end());
   }
   add_statistics(rows);

@@ -63,6 +63,8 @@ struct options {
   double ablation_budget = 0.25;
   bool paged = false;    // run the engine on the paged cache
   bool progress = true;
+  long batch = 256;    // most runs decoded together (whole chunks: at least one chunk's runs)
+  long threads = 0;    // 0: every core
   // Equal-byte comparisons (byte_runner.hpp): fractions of the full float16
   // cache's bytes, storage kinds, and the ranking policies they use.
   std::vector<double> byte_budgets = {0.25, 0.125};
@@ -150,6 +152,9 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
   --format md|csv       table format (default md)
   --output FILE         write the table there instead of stdout
   --plot FILE.svg       accuracy-against-budget plot
+  --batch N             decode up to N runs together: the runs of as many chunks as fit,
+                        at least one chunk's (default 256)
+  --threads N           threads of the batched engine, 0 for every core (default 0)
   --quiet               no progress bar on stderr
   --help
 
@@ -283,6 +288,10 @@ inline options parse_options(int argc, char** argv) {
       o.output = value();
     } else if (arg == "--plot") {
       o.plot = value();
+    } else if (arg == "--batch") {
+      o.batch = parse_integer(arg, value());
+    } else if (arg == "--threads") {
+      o.threads = parse_integer(arg, value());
     } else if (arg == "--quiet") {
       o.progress = false;
     } else {
@@ -292,6 +301,8 @@ inline options parse_options(int argc, char** argv) {
   }
   if (o.format != "md" && o.format != "csv") throw usage_error("--format must be md or csv");
   if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
+  if (o.batch < 1) throw usage_error("--batch must be >= 1");
+  if (o.threads < 0 || o.threads > 256) throw usage_error("--threads must be in [0, 256]");
   if (o.sink < 0 || o.window < 1 || o.slack < 0) throw usage_error("--sink >= 0, --window >= 1, --slack >= 0 required");
   if (o.prefill <= 0) throw usage_error("--prefill must be positive");
   for (double b : o.budgets) {

@@ -1,5 +1,8 @@
 // One evaluation run: a chunk of text through the Llama engine with a
 // policy holding the KV cache to a budget, compared with the full cache.
+// Each run is a lane: one sequence of the batched engine (batch_runner.hpp
+// decodes all the runs of a chunk together), with its own store and its own
+// eviction controller.
 //
 // The engine's cache is kvcrush's (contiguous, or paged with --paged), and
 // kvcrush's eviction_controller keeps it within budget + slack tokens per
@@ -23,8 +26,9 @@
 #include <string>
 #include <vector>
 
-#include "engine.hpp"
 #include "kv_cache.hpp"
+#include "report.hpp"
+#include "sequence.hpp"
 #include "kvcrush/cache/eviction_controller.hpp"
 #include "kvcrush/cache/rope.hpp"
 #include "kvcrush/policy/runtime.hpp"
@@ -34,16 +38,6 @@
 namespace kvcrush_eval {
 
 using kvcrush::index_t;
-
-// The full cache's next-token log-probabilities for every position of a
-// chunk (entry p predicts token p + 1).
-inline std::vector<Eigen::VectorXd> full_cache_predictions(const kvcrush_llama::model& m, const std::vector<int>& chunk) {
-  kvcrush_llama::engine e(m, static_cast<index_t>(chunk.size()));
-  std::vector<Eigen::VectorXd> out;
-  out.reserve(chunk.size());
-  for (std::size_t p = 0; p + 1 < chunk.size(); ++p) out.push_back(log_softmax(e.forward(chunk[p])));
-  return out;
-}
 
 struct run_result {
   accuracy acc;
@@ -120,82 +114,137 @@ inline index_t prefill_length(const options& o, index_t length) {
   return prefill;
 }
 
-// Runs one chunk under `policy` with a budget of `budget_tokens` per KV head
-// and layer.
-inline run_result run_policy(const kvcrush_llama::model& m, const std::vector<int>& chunk,
-                             const std::vector<Eigen::VectorXd>& full, const options& o,
-                             const kvcrush::policy_config& policy, index_t budget_tokens, kvcrush::workspace& ws) {
-  const auto& c = m.config();
-  const auto length = static_cast<index_t>(chunk.size());
-  const index_t prefill = prefill_length(o, length);
-  run_result result;
-  auto score = [&](const Eigen::VectorXf& logits, index_t p) {
-    if (p + 1 < length) result.acc.add(full[static_cast<std::size_t>(p)], log_softmax(logits), chunk[static_cast<std::size_t>(p + 1)]);
-  };
+// One run on one chunk, as a sequence of the batched engine. The sequence
+// owns the run's store; the lane drives its eviction and scores its
+// predictions against the full cache's.
+class run_lane {
+ public:
+  run_lane(const kvcrush_llama::model_config& c, std::unique_ptr<kvcrush_llama::kv_store> store)
+      : sequence_(c, std::move(store)) {}
+  virtual ~run_lane() = default;
+  run_lane(const run_lane&) = delete;
+  run_lane& operator=(const run_lane&) = delete;
 
-  if (policy.base == kvcrush::base_policy::full) {
-    kvcrush_llama::engine e(m, length);
-    for (index_t p = 0; p < length - 1; ++p) {
-      const Eigen::VectorXf& logits = e.forward(chunk[static_cast<std::size_t>(p)]);
-      if (p >= prefill) score(logits, p);
-    }
-    result.peak_tokens = static_cast<double>(length);
-    result.over_budget = 0;
-    return result;
+  kvcrush_llama::sequence& seq() noexcept { return sequence_; }
+
+  // After the prefill, before the first decoded token: the policy's
+  // compression of every layer.
+  virtual void compress(kvcrush::workspace&) {}
+  // Before each decoded token: room for it in every layer.
+  virtual void make_room(kvcrush::workspace&) {}
+  // After each decoded token: this run's prediction of `target` against the
+  // full cache's log-probabilities, and what its layers hold.
+  void score(const Eigen::VectorXd& full, const Eigen::VectorXf& logits, int target) {
+    result_.acc.add(full, log_softmax(logits), target);
+    track();
+  }
+  const run_result& result() const noexcept { return result_; }
+  // The run's share of its table row (budgets, peaks, storage).
+  virtual void describe(result_row& row) const = 0;
+
+ protected:
+  virtual void track() {}
+  run_result result_;
+
+ private:
+  kvcrush_llama::sequence sequence_;
+};
+
+// The full cache: the reference every run of the chunk is compared with.
+class full_lane final : public run_lane {
+ public:
+  full_lane(const kvcrush_llama::model_config& c, index_t length)
+      : run_lane(c, std::make_unique<kvcrush_llama::contiguous_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length)),
+        length_(length) {
+    result_.peak_tokens = static_cast<double>(length);
+    result_.over_budget = 0;
+  }
+  void describe(result_row& row) const override { row.budget_tokens = length_; }
+
+ private:
+  index_t length_;
+};
+
+// A run of `policy` with per-layer budgets (PyramidKV's differ by layer).
+template <class Cache>
+class policy_lane final : public run_lane {
+ public:
+  policy_lane(const kvcrush_llama::model_config& c, std::unique_ptr<kvcrush_llama::kv_store> store, Cache& cache,
+              const kvcrush::eviction_settings& settings, const kvcrush::policy_config& policy,
+              std::vector<index_t> budgets, index_t budget_tokens)
+      : run_lane(c, std::move(store)), layers_(c.n_layers), kv_heads_(c.n_kv_heads), policy_(policy),
+        settings_(settings), budgets_(std::move(budgets)), budget_tokens_(budget_tokens), controller_(cache, settings),
+        bridge_(controller_, policy.base == kvcrush::base_policy::expected_attention, c.n_heads, c.head_dim()) {
+    seq().set_observer(&bridge_);
   }
 
+  void compress(kvcrush::workspace& ws) override {
+    // With AdaKV: shares the budget out across the KV heads (a layer the
+    // prompt leaves within budget keeps the uniform budget per head).
+    for (index_t l = 0; l < layers_; ++l) {
+      controller_.compress(l, policy_, {}, settings_.budgets[static_cast<std::size_t>(l)], ws);
+    }
+  }
+  void make_room(kvcrush::workspace& ws) override {
+    for (index_t l = 0; l < layers_; ++l) controller_.make_room(l, 1, ws);
+  }
+  void describe(result_row& row) const override { row.budget_tokens = budget_tokens_; }
+
+ protected:
+  void track() override {
+    const kvcrush_llama::kv_store& store = seq().cache();
+    for (index_t l = 0; l < layers_; ++l) {
+      double held = 0;
+      for (index_t h = 0; h < kv_heads_; ++h) held += static_cast<double>(store.length(l, h));
+      held /= static_cast<double>(kv_heads_);
+      result_.peak_tokens = std::max(result_.peak_tokens, held);
+      result_.over_budget =
+          std::max(result_.over_budget, held - static_cast<double>(budgets_[static_cast<std::size_t>(l)]));
+    }
+  }
+
+ private:
+  index_t layers_, kv_heads_;
+  kvcrush::policy_config policy_;
+  kvcrush::eviction_settings settings_;
+  std::vector<index_t> budgets_;
+  index_t budget_tokens_;
+  kvcrush::eviction_controller<Cache> controller_;
+  attention_bridge<kvcrush::eviction_controller<Cache>> bridge_;
+};
+
+// The lane of one chunk of `length` tokens under `policy` with a budget of
+// `budget_tokens` per KV head and layer (the full cache for base full).
+inline std::unique_ptr<run_lane> make_policy_lane(const kvcrush_llama::model_config& c, const options& o,
+                                                  const kvcrush::policy_config& policy, index_t budget_tokens,
+                                                  index_t length) {
+  if (policy.base == kvcrush::base_policy::full) return std::make_unique<full_lane>(c, length);
+  const index_t prefill = prefill_length(o, length);
   // Per-layer budgets (PyramidKV's pyramid over the prompt, else uniform).
   // (The pyramid's "window" is everything always kept: sink + recent.)
-  const std::vector<index_t> budgets =
-      kvcrush::layer_budgets(policy, budget_tokens, o.sink + o.window, c.n_layers, prefill);
+  std::vector<index_t> budgets = kvcrush::layer_budgets(policy, budget_tokens, o.sink + o.window, c.n_layers, prefill);
   kvcrush::eviction_settings settings = settings_for(o, c, policy, length, o.slack);
   for (index_t b : budgets) settings.budgets.push_back(budget_of(o, policy, b));
 
-  auto track_peak = [&](const kvcrush_llama::kv_store& store) {
-    for (index_t l = 0; l < c.n_layers; ++l) {
-      double held = 0;
-      for (index_t h = 0; h < c.n_kv_heads; ++h) held += static_cast<double>(store.length(l, h));
-      held /= static_cast<double>(c.n_kv_heads);
-      result.peak_tokens = std::max(result.peak_tokens, held);
-      result.over_budget = std::max(result.over_budget, held - static_cast<double>(budgets[static_cast<std::size_t>(l)]));
-    }
-  };
-
-  auto run = [&](auto& cache_object, std::unique_ptr<kvcrush_llama::kv_store> store) {
-    using cache_type = std::remove_reference_t<decltype(cache_object)>;
-    kvcrush::eviction_controller<cache_type> controller(cache_object, settings);
-    attention_bridge<kvcrush::eviction_controller<cache_type>> observer(
-        controller, policy.base == kvcrush::base_policy::expected_attention, c.n_heads, c.head_dim());
-    kvcrush_llama::engine e(m, std::move(store));
-    e.set_observer(&observer);
-    for (index_t p = 0; p < prefill; ++p) e.forward(chunk[static_cast<std::size_t>(p)]);
-    for (index_t l = 0; l < c.n_layers; ++l) {
-      // With AdaKV: shares the budget out across the KV heads (a layer the
-      // prompt leaves within budget keeps the uniform budget per head).
-      controller.compress(l, policy, {}, settings.budgets[static_cast<std::size_t>(l)], ws);
-    }
-    for (index_t p = prefill; p < length - 1; ++p) {
-      for (index_t l = 0; l < c.n_layers; ++l) controller.make_room(l, 1, ws);
-      const Eigen::VectorXf& logits = e.forward(chunk[static_cast<std::size_t>(p)]);
-      track_peak(e.cache());
-      score(logits, p);
-    }
+  auto make = [&](auto& cache, auto store) -> std::unique_ptr<run_lane> {
+    using cache_type = std::remove_reference_t<decltype(cache)>;
+    return std::make_unique<policy_lane<cache_type>>(c, std::move(store), cache, settings, policy, budgets,
+                                                     budget_tokens);
   };
   if (policy.adakv) {
     // Heads of different lengths: one cache per KV head.
     auto store = std::make_unique<kvcrush_llama::per_head_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length);
     auto& cache = store->cache();
-    run(cache, std::move(store));
-  } else if (o.paged) {
+    return make(cache, std::move(store));
+  }
+  if (o.paged) {
     auto store = std::make_unique<kvcrush_llama::paged_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length, 16);
     auto& sequence = store->sequence();
-    run(sequence, std::move(store));
-  } else {
-    auto store = std::make_unique<kvcrush_llama::contiguous_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length);
-    auto& cache = store->cache();
-    run(cache, std::move(store));
+    return make(sequence, std::move(store));
   }
-  return result;
+  auto store = std::make_unique<kvcrush_llama::contiguous_store>(c.n_layers, c.n_kv_heads, c.head_dim(), length);
+  auto& cache = store->cache();
+  return make(cache, std::move(store));
 }
 
 }  // namespace kvcrush_eval

@@ -75,6 +75,10 @@ class sequence {
     attend(layer, q, out);
   }
 
+  // Appends a key/value row at position() without attending (a row
+  // computed elsewhere, e.g. by a prefill shared with other sequences).
+  void append(index_t layer, const float* k, const float* v) { cache_->append(layer, k, v, position_); }
+
   // The token is done: the next one takes the next position.
   void advance() noexcept { ++position_; }
 
