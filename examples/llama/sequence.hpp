@@ -113,8 +113,20 @@ class sequence {
       }
       index_t t = 0;
       cache_->for_each_run(layer, h / group, [&](const row_run& run) {
-        const float* k = run.keys;
-        for (index_t i = 0; i < run.count; ++i, ++t, k += run.stride) {
+        // Each row's dot product sums j = 0, 1, ... in order (llama2.c's
+        // rounding); blocks of rows run side by side so that the compiler
+        // can vectorise across rows without reordering any row's sum.
+        constexpr index_t block = 16;
+        index_t i = 0;
+        for (; i + block <= run.count; i += block, t += block) {
+          float score[block] = {};
+          const float* k = run.keys + i * run.stride;
+          for (index_t j = 0; j < head_dim; ++j) {
+            for (index_t r = 0; r < block; ++r) score[r] += q[j] * k[r * run.stride + j];
+          }
+          for (index_t r = 0; r < block; ++r) probabilities[t + r] = score[r] / score_divisor;
+        }
+        for (const float* k = run.keys + i * run.stride; i < run.count; ++i, ++t, k += run.stride) {
           float score = 0.0f;
           for (index_t j = 0; j < head_dim; ++j) score += q[j] * k[j];
           probabilities[t] = score / score_divisor;

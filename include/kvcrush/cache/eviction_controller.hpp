@@ -227,6 +227,7 @@ class eviction_controller {
           s.h2o = h2o_accumulator(unit_heads_, unit_query_heads_, max_tokens_, p.window.gqa, query_rows);
         }
         s.rows.assign(static_cast<std::size_t>(window_ * unit_query_heads_ * max_tokens_), 0.0f);
+        s.spare_row.assign(window_ > 0 ? static_cast<std::size_t>(unit_query_heads_ * max_tokens_) : 0, 0.0f);
         s.row_width.assign(static_cast<std::size_t>(window_), 0);
         s.queries.assign(static_cast<std::size_t>(query_window_ * unit_query_heads_ * head_dim_), 0.0f);
         s.keep.assign(static_cast<std::size_t>(unit_heads_ * (max_tokens_ + 1)), 0);
@@ -510,6 +511,7 @@ class eviction_controller {
     h2o_accumulator h2o;
     std::vector<float> rows;          // ring of attention rows: [window][Hq][max_tokens]
     std::vector<index_t> row_width;   // columns observe() wrote in each ring slot
+    std::vector<float> spare_row;     // [Hq][max_tokens]: one slot, for putting the ring in order
     index_t ring_start = 0, ring_count = 0;
     std::vector<float> queries;       // ring of queries: [query_window][Hq][head_dim]
     index_t query_start = 0, query_count = 0;
@@ -767,12 +769,7 @@ class eviction_controller {
     if (window_ > 0 && s.ring_count > 0) {
       // Oldest row first (the SPEC sums the window in query order), and
       // zeros where a row's query could not see later tokens.
-      if (s.ring_start != 0) {
-        const auto row_size = static_cast<std::ptrdiff_t>(unit_query_heads_ * max_tokens_);
-        std::rotate(s.rows.begin(), s.rows.begin() + s.ring_start * row_size, s.rows.begin() + s.ring_count * row_size);
-        std::rotate(s.row_width.begin(), s.row_width.begin() + s.ring_start, s.row_width.begin() + s.ring_count);
-        s.ring_start = 0;
-      }
+      if (s.ring_start != 0) order_ring(s);
       for (index_t r = 0; r < s.ring_count; ++r) {
         const index_t w = s.row_width[static_cast<std::size_t>(r)];
         require(w <= n, "eviction_controller: an attention row covers ", w, " tokens, the layer holds only ", n);
@@ -856,6 +853,39 @@ class eviction_controller {
       kvcrush::detail::throw_invalid("eviction_controller: the policy keeps ", kept, " of ", n, " tokens; with ",
                                      new_tokens, " new ones the layer would exceed its limit of ", lim);
     }
+  }
+
+  // Moves the ring's oldest row to slot 0 (the ring is full whenever it
+  // has wrapped). Slots move along the cycles of the rotation, one spare
+  // slot per cycle, each copying only the columns its row holds: the
+  // columns beyond a row's width are never read before they are zeroed.
+  void order_ring(layer_state& s) {
+    const index_t n = s.ring_count, shift = s.ring_start;
+    auto copy_slot = [&](float* to, const float* from, index_t width) {
+      for (index_t q = 0; q < unit_query_heads_; ++q) std::copy(from + q * max_tokens_, from + q * max_tokens_ + width, to + q * max_tokens_);
+    };
+    index_t a = n, b = shift;  // gcd(n, shift) cycles
+    while (b != 0) {
+      const index_t t = a % b;
+      a = b;
+      b = t;
+    }
+    for (index_t first = 0; first < a; ++first) {
+      const index_t first_width = s.row_width[static_cast<std::size_t>(first)];
+      copy_slot(s.spare_row.data(), ring_row(s, first), first_width);
+      index_t to = first;
+      for (;;) {
+        const index_t from = (to + shift) % n;
+        if (from == first) break;
+        const index_t width = s.row_width[static_cast<std::size_t>(from)];
+        copy_slot(ring_row(s, to), ring_row(s, from), width);
+        s.row_width[static_cast<std::size_t>(to)] = width;
+        to = from;
+      }
+      copy_slot(ring_row(s, to), s.spare_row.data(), first_width);
+      s.row_width[static_cast<std::size_t>(to)] = first_width;
+    }
+    s.ring_start = 0;
   }
 
   void compact_tracked(layer_state& s, const keep_view& keep) {
