@@ -1,7 +1,7 @@
 cmake_minimum_required(VERSION 3.25)
 # kvcrush-eval runs exactly what was asked and says what it defaults to:
 # --policies/--budgets alone run those rows and no equal-byte ones, a byte
-# option adds those, --help names the real default files and the model's own
+# option adds those, --help names the real default files (both models) and each model's own
 # context, and the context default is the model's seq_len (512 for
 # stories260K, 1024 for austen-kjv-14m, seen through a text too short for
 # 1024). Prints "SKIPPED:" without the shared files, unless CI=true.
@@ -24,10 +24,12 @@ endforeach()
 
 # --help: the resolved default paths, the model's own context, no 512.
 execute_process(COMMAND "${EVAL}" --help RESULT_VARIABLE result OUTPUT_VARIABLE help)
-file(REAL_PATH "${BUILD_SHARED_DIR}/models/stories260K.bin" default_model)
+file(REAL_PATH "${BUILD_SHARED_DIR}/models/austen-kjv-14m.bin" default_model)
+file(REAL_PATH "${BUILD_SHARED_DIR}/models/stories260K.bin" second_model)
 file(REAL_PATH "${BUILD_SHARED_DIR}/models/tok512.bin" default_tokenizer)
 file(REAL_PATH "${BUILD_SHARED_DIR}/data/pride_and_prejudice.txt" default_text)
-foreach(expected "(default ${default_model})" "(default ${default_tokenizer})" "${default_text}" "default: the model's")
+foreach(expected "(default: ${default_model}" "${second_model}" "(default ${default_tokenizer})" "${default_text}"
+                 "default: each model's")
   string(FIND "${help}" "${expected}" at)
   if(at LESS 0)
     message(FATAL_ERROR "kvcrush-eval --help must show '${expected}':\n${help}")
@@ -69,7 +71,7 @@ function(expect_rows what)
     message(FATAL_ERROR "${what}: ${count} rows, expected ${expected_count} (${ARGN}):\n${rows}")
   endif()
   foreach(row expected IN ZIP_LISTS rows ARGN)
-    if(NOT row MATCHES "^eval_short,${expected},")
+    if(NOT row MATCHES "^[^,]+,eval_short,${expected},")
       message(FATAL_ERROR "${what}: row '${row}' is not '${expected}'")
     endif()
   endforeach()

@@ -83,45 +83,56 @@ std::vector<job> plan(const options& o) {
 int run(const options& given) {
   options o = given;
   const std::vector<job> jobs = plan(o);
-  // Input: the model, tokenizer and texts. What goes wrong here is the
-  // user's to fix (a path, a file, a context the model cannot hold): exit 2.
-  std::unique_ptr<kvcrush_llama::model> loaded;
-  std::unique_ptr<kvcrush_llama::tokenizer> vocabulary;
-  std::vector<text_chunks> corpora;
+  // Input: the models, tokenizer and texts. What goes wrong here is the
+  // user's to fix (a path, a file, a context a model cannot hold): exit 2.
+  struct model_run {
+    std::string name;
+    std::unique_ptr<kvcrush_llama::model> weights;
+    std::vector<text_chunks> corpora;
+  };
+  std::vector<model_run> runs;
   try {
-    loaded = std::make_unique<kvcrush_llama::model>(kvcrush_llama::model::load(o.model));
-    vocabulary = std::make_unique<kvcrush_llama::tokenizer>(
-        kvcrush_llama::tokenizer::load(o.tokenizer, loaded->config().vocab_size));
-    if (o.context == 0) o.context = loaded->config().seq_len;
-    if (o.context > loaded->config().seq_len) {
-      throw usage_error("--context " + std::to_string(o.context) + " exceeds the model's " +
-                        std::to_string(loaded->config().seq_len) + " positions");
-    }
-    // Every budget must hold the tokens always kept (StreamingLLM keeps
-    // sink + the rest of its budget, so it needs one token more than the
-    // sink; see runner.hpp's budget_of).
-    for (const auto& j : jobs) {
-      if (j.bytes || j.config.base == kvcrush::base_policy::full) continue;
-      const auto tokens = static_cast<long>(j.budget * static_cast<double>(o.context));
-      const bool streaming = j.config.base == kvcrush::base_policy::streaming && !j.config.kvcrush;
-      const long needed = streaming ? o.sink + 1 : o.sink + o.window;
-      if (tokens < needed) {
-        throw usage_error("budget " + fixed(j.budget, 3) + " of the " + std::to_string(o.context) +
-                          "-token context is " + std::to_string(tokens) + " tokens, fewer than " + j.policy +
-                          " keeps always (" + std::to_string(needed) + ": --sink" +
-                          (streaming ? " + 1" : " + --window") + ")");
+    for (const auto& path : o.model_paths()) {
+      model_run r;
+      r.name = stem_of(path);
+      r.weights = std::make_unique<kvcrush_llama::model>(kvcrush_llama::model::load(path));
+      const auto& c = r.weights->config();
+      const kvcrush_llama::tokenizer vocabulary = kvcrush_llama::tokenizer::load(o.tokenizer, c.vocab_size);
+      const long context = o.context == 0 ? static_cast<long>(c.seq_len) : o.context;
+      if (context > c.seq_len) {
+        throw usage_error("--context " + std::to_string(context) + " exceeds the " + std::to_string(c.seq_len) +
+                          " positions of " + path);
       }
+      // Every budget must hold the tokens always kept (StreamingLLM keeps
+      // sink + the rest of its budget, so it needs one token more than the
+      // sink; see runner.hpp's budget_of).
+      for (const auto& j : jobs) {
+        if (j.bytes || j.config.base == kvcrush::base_policy::full) continue;
+        const auto tokens = static_cast<long>(j.budget * static_cast<double>(context));
+        const bool streaming = j.config.base == kvcrush::base_policy::streaming && !j.config.kvcrush;
+        const long needed = streaming ? o.sink + 1 : o.sink + o.window;
+        if (tokens < needed) {
+          throw usage_error("budget " + fixed(j.budget, 3) + " of the " + std::to_string(context) +
+                            "-token context is " + std::to_string(tokens) + " tokens, fewer than " + j.policy +
+                            " keeps always (" + std::to_string(needed) + ": --sink" +
+                            (streaming ? " + 1" : " + --window") + ")");
+        }
+      }
+      for (const auto& text : o.text_paths(path)) {
+        r.corpora.push_back(make_chunks(text, vocabulary, context, o.chunks_for(context)));
+      }
+      runs.push_back(std::move(r));
     }
-    for (const auto& path : o.text_paths()) corpora.push_back(make_chunks(path, *vocabulary, o.context, o.chunks));
   } catch (const usage_error&) {
     throw;
   } catch (const std::exception& e) {
     throw usage_error(e.what());
   }
-  const kvcrush_llama::model& model = *loaded;
   long total = 0;
-  for (const auto& c : corpora) {
-    for (const auto& chunk : c.chunks) total += static_cast<long>((jobs.size() + 1) * (chunk.size() - 1));
+  for (const auto& r : runs) {
+    for (const auto& corpus : r.corpora) {
+      for (const auto& chunk : corpus.chunks) total += static_cast<long>((jobs.size() + 1) * (chunk.size() - 1));
+    }
   }
   progress_bar bar(total, o.progress);
   kvcrush::thread_executor executor(static_cast<kvcrush::index_t>(o.threads));
@@ -130,11 +141,14 @@ int run(const options& given) {
                static_cast<long>(executor.workers()), std::string(kvcrush::isa::name()).c_str());
 
   std::vector<result_row> rows;
-  corpus_runner runner(model, o, executor);
-  for (const auto& corpus : corpora) {
-    std::vector<result_row> text_rows(jobs.size());
-    runner.run(corpus, jobs, text_rows, bar);
-    rows.insert(rows.end(), text_rows.begin(), text_rows.end());
+  for (const auto& r : runs) {
+    corpus_runner runner(*r.weights, o, executor);
+    for (const auto& corpus : r.corpora) {
+      std::vector<result_row> text_rows(jobs.size());
+      runner.run(corpus, jobs, text_rows, bar);
+      for (auto& row : text_rows) row.model = r.name;
+      rows.insert(rows.end(), text_rows.begin(), text_rows.end());
+    }
   }
   add_statistics(rows);
 

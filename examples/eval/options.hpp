@@ -4,6 +4,7 @@
 // reproduces the README's tables.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <filesystem>
@@ -37,7 +38,8 @@ inline std::string shared_file(const std::string& relative) {
 }
 
 struct options {
-  std::string model = shared_file("models/stories260K.bin");
+  // Default: austen-kjv-14m (32 query / 8 KV heads) and stories260K.
+  std::vector<std::string> models;
   std::string tokenizer = shared_file("models/tok512.bin");
   std::vector<std::string> texts;  // default: both shared texts
   std::vector<std::string> policies = {"full",           "streaming",        "random",
@@ -51,7 +53,7 @@ struct options {
   kvcrush::crush_options crush{};
   long context = 0;  // tokens per chunk; 0: the model's seq_len
   double prefill = 0.5;  // fraction of the chunk (< 1), or a token count (>= 1)
-  long chunks = 8;
+  long chunks = 0;  // chunks per text; 0: 4096 tokens' worth (8 of 512, 4 of 1024)
   long sink = 4;
   long window = 16;  // recent tokens kept, and SnapKV's observation window
   long slack = 0;    // decode-time eviction: cache <= budget + slack
@@ -79,15 +81,28 @@ struct options {
   // --policies or --budgets alone runs exactly those rows.
   bool byte_rows = true;
 
-  std::vector<std::string> text_paths() const {
+  std::vector<std::string> model_paths() const {
+    if (!models.empty()) return models;
+    return {shared_file("models/austen-kjv-14m.bin"), shared_file("models/stories260K.bin")};
+  }
+
+  // The texts a model is evaluated on: --text when given; otherwise both
+  // shared texts, except for austen-kjv-14m, trained on Austen and the
+  // King James Bible, for which the children's stories are out of domain.
+  std::vector<std::string> text_paths(const std::string& model_path = "") const {
     if (!texts.empty()) return texts;
+    if (std::filesystem::path(model_path).stem() == "austen-kjv-14m") return {shared_file("data/pride_and_prejudice.txt")};
     return {shared_file("data/pride_and_prejudice.txt"), shared_file("data/stories_sampled.txt")};
   }
+
+  // Chunks per text for chunks of `context` tokens.
+  long chunks_for(long context) const { return chunks > 0 ? chunks : std::max(1L, 4096 / context); }
 };
 
 // The help, with the defaults this build really uses.
 inline std::string usage() {
   const options defaults;
+  const auto models = defaults.model_paths();
   const auto texts = defaults.text_paths();
   return R"(kvcrush-eval - accuracy of KV-cache eviction policies on a real model
 
@@ -97,7 +112,8 @@ For every text chunk (BOS + context - 1 tokens): prefill the first part with the
 compress each layer to the budget with the policy, then decode the rest teacher-forced with
 decode-time eviction (the cache never exceeds budget + slack tokens per layer), and compare
 every next-token prediction with the full cache's: perplexity and its change, top-1 agreement,
-mean KL(full || policy).
+mean KL(full || policy). The prefill runs once per chunk; all the runs of a chunk then
+decode together, one batched step per token (--batch, --threads).
 
 It runs each of --policies at each of --budgets, then the equal-byte rows (--byte-policies x
 --precisions x --byte-budgets). The equal-byte rows run by default and whenever one of
@@ -105,10 +121,12 @@ It runs each of --policies at each of --budgets, then the equal-byte rows (--byt
 only those rows run. --ablation runs the ablation alone. Options take "--name value" or
 "--name=value".
 
-  --model FILE          llama2.c checkpoint (default )" + defaults.model + R"()
-  --tokenizer FILE      llama2.c tokenizer (default )" + defaults.tokenizer + R"()
-  --text FILE           evaluation text, repeatable (default: )" + texts[0] + R"( and
+  --model FILE          llama2.c checkpoint, repeatable (default: )" + models[0] + R"(
+                        on )" + texts[0] + R"(, then
+                        )" + models[1] + R"( on it and on
                         )" + texts[1] + R"()
+  --tokenizer FILE      llama2.c tokenizer (default )" + defaults.tokenizer + R"()
+  --text FILE           evaluation text, repeatable; every model runs on every --text
   --policies LIST       comma-separated: full streaming random h2o snapkv tova knorm pyramidkv
                         adakv keydiff expected_attention rkv, and compositions like
                         snapkv+kvcrush (default: all bases and h2o/snapkv/tova/pyramidkv/
@@ -120,10 +138,11 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
   --threshold T         median mean (default median)
   --signature-heads H   kv query (default kv)
   --seed N              random policy and random anchor seed (default 0)
-  --context N           tokens per chunk, at most the model's seq_len (default: the model's
-                        seq_len, read from --model)
+  --context N           tokens per chunk, at most each model's seq_len (default: each model's
+                        seq_len, read from its file)
   --prefill P           prefill length: a fraction of the chunk if < 1, else tokens (default 0.5)
-  --chunks N            chunks per text, spread over it (default 8)
+  --chunks N            chunks per text, spread over it (default: 4096 tokens' worth, 8
+                        chunks of 512 tokens, 4 of 1024)
   --sink N              first tokens always kept (default 4)
   --window N            recent tokens always kept, and SnapKV's window (default 16)
   --slack N             decode-time eviction once per N new tokens (every token with 0):
@@ -220,7 +239,7 @@ inline options parse_options(int argc, char** argv) {
     if (arg == "--help" || arg == "-h") {
       throw usage_error("");
     } else if (arg == "--model") {
-      o.model = value();
+      o.models.push_back(value());
     } else if (arg == "--tokenizer") {
       o.tokenizer = value();
     } else if (arg == "--text") {
@@ -252,7 +271,7 @@ inline options parse_options(int argc, char** argv) {
       o.prefill = parse_real(arg, value());
     } else if (arg == "--chunks") {
       o.chunks = parse_integer(arg, value());
-    } else if (arg == "--sink") {
+        } else if (arg == "--sink") {
       o.sink = parse_integer(arg, value());
     } else if (arg == "--window") {
       o.window = parse_integer(arg, value());
@@ -300,7 +319,6 @@ inline options parse_options(int argc, char** argv) {
     if (inline_value) throw usage_error("option " + arg + " takes no value");  // a switch given "=..."
   }
   if (o.format != "md" && o.format != "csv") throw usage_error("--format must be md or csv");
-  if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
   if (o.batch < 1) throw usage_error("--batch must be >= 1");
   if (o.threads < 0 || o.threads > 256) throw usage_error("--threads must be in [0, 256]");
   if (o.sink < 0 || o.window < 1 || o.slack < 0) throw usage_error("--sink >= 0, --window >= 1, --slack >= 0 required");

@@ -16,6 +16,7 @@
 namespace kvcrush_eval {
 
 struct result_row {
+  std::string model;      // the checkpoint's file stem
   std::string text;
   std::string policy;     // e.g. "snapkv+kvcrush"
   std::string variant;    // ablation settings, empty otherwise
@@ -41,7 +42,7 @@ struct result_row {
 };
 
 // The bootstrap intervals of every row, and for every token-budget
-// X+kvcrush row its paired difference from the X row of the same text and
+// X+kvcrush row its paired difference from the X row of the same model, text and
 // budget (same chunks, same resamples).
 inline void add_statistics(std::vector<result_row>& rows) {
   for (auto& r : rows) {
@@ -53,7 +54,7 @@ inline void add_statistics(std::vector<result_row>& rows) {
     if (at == std::string::npos || !r.precision.empty() || r.chunks.empty()) continue;
     const std::string base = r.policy.substr(0, at) + r.policy.substr(at + suffix.size());
     for (const auto& b : rows) {
-      if (b.text != r.text || b.policy != base || !b.variant.empty() || !b.precision.empty() ||
+      if (b.model != r.model || b.text != r.text || b.policy != base || !b.variant.empty() || !b.precision.empty() ||
           std::abs(b.budget - r.budget) > 1e-12 || b.chunks.size() != r.chunks.size()) {
         continue;
       }
@@ -111,18 +112,21 @@ inline std::string budget_label(double b) {
   return fixed(b, 3);
 }
 
+// The table a row belongs to: model and text.
+inline std::string table_of(const result_row& r) { return r.model.empty() ? r.text : r.model + ": " + r.text; }
+
 inline std::string markdown(const std::vector<result_row>& rows, bool with_variant) {
   std::ostringstream out;
   std::vector<std::string> texts;
   for (const auto& r : rows)
-    if (std::find(texts.begin(), texts.end(), r.text) == texts.end()) texts.push_back(r.text);
+    if (std::find(texts.begin(), texts.end(), table_of(r)) == texts.end()) texts.push_back(table_of(r));
   for (const auto& text : texts) {
     out << "### " << text << "\n\n";
     out << "| policy |" << (with_variant ? " variant |" : "")
         << " budget | tokens kept | perplexity | Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
     out << "|---|" << (with_variant ? "---|" : "") << "---|---:|---:|---:|---:|---:|\n";
     for (const auto& r : rows) {
-      if (r.text != text || !r.precision.empty()) continue;
+      if (table_of(r) != text || !r.precision.empty()) continue;
       out << "| " << r.policy << " |" << (with_variant ? " " + r.variant + " |" : "") << " " << budget_label(r.budget)
           << " | " << r.budget_tokens << " | " << fixed(r.acc.perplexity(), 3) << " | "
           << signed_percent(r.acc.perplexity_change()) << " " << percent_interval(r.ci.perplexity_change, true)
@@ -130,7 +134,7 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
           << fixed(r.acc.mean_kl(), 4) << " " << plain_interval(r.ci.kl, 4) << " |\n";
     }
     const bool any_pair = std::any_of(rows.begin(), rows.end(),
-                                      [&](const result_row& r) { return r.text == text && !r.paired_with.empty(); });
+                                      [&](const result_row& r) { return table_of(r) == text && !r.paired_with.empty(); });
     if (any_pair) {
       out << "\nKVCrush against its base policy on the same chunks and tokens (X+kvcrush minus X; 95% paired "
              "bootstrap intervals over chunks):\n\n";
@@ -138,7 +142,7 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
           << " budget | Δ top-1 (points) | Δ KL | Δ of Δ perplexity (points) |\n";
       out << "|---|" << (with_variant ? "---|" : "") << "---|---:|---:|---:|\n";
       for (const auto& r : rows) {
-        if (r.text != text || r.paired_with.empty()) continue;
+        if (table_of(r) != text || r.paired_with.empty()) continue;
         out << "| " << r.policy << " − " << r.paired_with << " |" << (with_variant ? " " + r.variant + " |" : "")
             << " " << budget_label(r.budget) << " | " << signed_points(r.paired.agreement) << " "
             << points_interval(r.paired_ci.agreement) << " | " << signed_fixed(r.paired.kl, 4) << " "
@@ -147,14 +151,14 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
       }
     }
     const bool any_bytes =
-        std::any_of(rows.begin(), rows.end(), [&](const result_row& r) { return r.text == text && !r.precision.empty(); });
+        std::any_of(rows.begin(), rows.end(), [&](const result_row& r) { return table_of(r) == text && !r.precision.empty(); });
     if (any_bytes) {
       out << "\nAt equal bytes (fraction of the full cache's float16 K/V bytes, per layer):\n\n";
       out << "| policy | storage | bytes | budget (bytes) | most tokens held (float16 + quantized) | peak bytes | perplexity "
              "| Δ perplexity | top-1 agreement | KL(full‖policy) |\n";
       out << "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
       for (const auto& r : rows) {
-        if (r.text != text || r.precision.empty()) continue;
+        if (table_of(r) != text || r.precision.empty()) continue;
         out << "| " << r.policy << " | " << storage_label(r) << " | " << budget_label(r.budget) << " | " << r.budget_bytes
             << " | " << r.budget_tokens;
         if (r.low_tokens > 0) out << " (" << r.high_tokens << " + " << r.low_tokens << ")";
@@ -165,7 +169,7 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
     }
     if (!rows.empty()) {
       for (const auto& r : rows) {
-        if (r.text == text) {
+        if (table_of(r) == text) {
           out << "\nFull-cache perplexity " << fixed(r.acc.perplexity_full(), 3) << " over " << r.acc.positions
               << " predicted tokens in " << r.chunks.size()
               << " chunks. Brackets: 95% percentile-bootstrap intervals over chunks (" << bootstrap_resamples
@@ -180,13 +184,13 @@ inline std::string markdown(const std::vector<result_row>& rows, bool with_varia
 
 inline std::string csv(const std::vector<result_row>& rows) {
   std::ostringstream out;
-  out << "text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,"
+  out << "model,text,policy,variant,budget,budget_tokens,peak_tokens,over_budget,positions,perplexity_full,perplexity,"
          "perplexity_change,top1_agreement,kl,precision,budget_bytes,high_tokens,low_tokens,peak_bytes,chunks,"
          "perplexity_change_low,perplexity_change_high,top1_low,top1_high,kl_low,kl_high,paired_with,"
          "perplexity_change_diff,perplexity_change_diff_low,perplexity_change_diff_high,top1_diff,top1_diff_low,"
          "top1_diff_high,kl_diff,kl_diff_low,kl_diff_high\n";
   for (const auto& r : rows) {
-    out << r.text << "," << r.policy << "," << r.variant << "," << fixed(r.budget, 6) << "," << r.budget_tokens << ","
+    out << r.model << "," << r.text << "," << r.policy << "," << r.variant << "," << fixed(r.budget, 6) << "," << r.budget_tokens << ","
         << fixed(r.peak_tokens, 2) << "," << fixed(r.over_budget, 2) << "," << r.acc.positions << "," << fixed(r.acc.perplexity_full(), 6) << ","
         << fixed(r.acc.perplexity(), 6) << "," << fixed(r.acc.perplexity_change(), 6) << ","
         << fixed(r.acc.agreement(), 6) << "," << fixed(r.acc.mean_kl(), 6) << "," << r.precision << ","
@@ -215,7 +219,7 @@ inline std::string svg_plot(const std::vector<result_row>& rows) {
   std::vector<std::string> texts, policies;
   for (const auto& r : rows) {
     if (!r.precision.empty()) continue;  // equal-byte rows have their own axis
-    if (std::find(texts.begin(), texts.end(), r.text) == texts.end()) texts.push_back(r.text);
+    if (std::find(texts.begin(), texts.end(), table_of(r)) == texts.end()) texts.push_back(table_of(r));
     if (r.policy != "full" && std::find(policies.begin(), policies.end(), r.policy) == policies.end())
       policies.push_back(r.policy);
   }
@@ -264,7 +268,7 @@ inline std::string svg_plot(const std::vector<result_row>& rows) {
     for (const auto& policy : policies) {
       std::vector<std::pair<double, double>> points;
       for (const auto& r : rows)
-        if (r.text == texts[p] && r.policy == policy && r.variant.empty() && r.precision.empty()) points.push_back({r.budget, 100.0 * r.acc.agreement()});
+        if (table_of(r) == texts[p] && r.policy == policy && r.variant.empty() && r.precision.empty()) points.push_back({r.budget, 100.0 * r.acc.agreement()});
       points.push_back({1.0, 100.0});  // every policy keeps everything at budget 1
       std::sort(points.begin(), points.end());
       const std::string base = policy.substr(0, policy.find('+'));
