@@ -125,7 +125,7 @@ inline void check_crush_options(const policy_config& cfg) {
                   "mass); policy '", to_string(cfg.base), "' scores are signed: use the fixed split");
   detail::require(cfg.base != base_policy::streaming,
                   "the adaptive KVCrush split needs importance scores; 'streaming' ranks no tokens");
-  detail::require(cfg.crush.mass > 0.0 && cfg.crush.mass <= 1.0, "crush mass must be in (0, 1] (got ",
+  detail::require(cfg.crush.mass > 0.0 && cfg.crush.mass <= 1.0, "crush_mass must be in (0, 1] (got ",
                   cfg.crush.mass, ")");
 }
 
