@@ -116,34 +116,58 @@ enum class selection_status { ok, nan_in_scores, nan_in_signature_scores, negati
 
 enum class mass_status { ok, nan, negative };
 
-// The adaptive split of one row (docs/SEMANTICS.md, "Adaptive KVCrush
-// split"): the number of importance picks among the n evictable units with
-// scores v, at most `rest`. The units are ranked as the selection ranks them
-// (score descending, ties by smaller position), every +inf unit counts as
-// needed, and then the fewest finite units whose double sum, accumulated in
-// rank order, reaches mass * (the double sum of all finite units, in rank
-// order). Plain scalar double arithmetic in one fixed order: the same bits in
-// every ISA build. order: room for n indices.
+// The adaptive split of one row (docs/SEMANTICS.md 4.5): the number of
+// importance picks among the n evictable units with scores v, at most
+// `rest`. The units are ranked as the selection ranks them (score
+// descending, ties by smaller position), every +inf unit counts as needed,
+// and then the fewest finite units whose double sum, accumulated in rank
+// order, reaches mass * (the double sum of all finite units, in rank order).
+// Plain scalar double arithmetic in one fixed order: the same bits in every
+// ISA build. order, spare: room for n indices each.
+//
+// The ranking is a stable radix sort of the positions by one integer key per
+// unit: a non-negative float's bits order like its value, so 0x7f800000 -
+// bits, ascending, is score descending (-0.0 is taken as +0.0, its equal),
+// and stability keeps equal scores in position order. Four passes of eight
+// bits, each skipped when every key has the same digit there.
 inline mass_status mass_cover_count(const float* v, index_t n, index_t rest, double mass, index_t* order,
-                                    index_t& picks) noexcept {
+                                    index_t* spare, index_t& picks) noexcept {
   picks = 0;
   for (index_t i = 0; i < n; ++i) {
     if (v[i] != v[i]) return mass_status::nan;
     if (v[i] < 0.0f) return mass_status::negative;
   }
   if (rest <= 0) return mass_status::ok;
-  for (index_t i = 0; i < n; ++i) order[i] = i;
-  std::sort(order, order + n, [v](index_t a, index_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+  auto key = [v](index_t i) {
+    std::uint32_t b;
+    std::memcpy(&b, &v[i], sizeof b);
+    return 0x7f800000u - (b & 0x7fffffffu);  // b & 0x7fffffff: -0.0 -> +0.0
+  };
+  index_t* src = order;
+  index_t* dst = spare;
+  for (index_t i = 0; i < n; ++i) src[i] = i;
+  for (unsigned shift = 0; shift < 32; shift += 8) {
+    index_t start[257] = {};
+    for (index_t i = 0; i < n; ++i) ++start[((key(src[i]) >> shift) & 0xffu) + 1];
+    bool one_digit = false;
+    for (unsigned d = 1; d <= 256; ++d) one_digit |= start[d] == n;
+    if (one_digit) continue;
+    for (unsigned d = 0; d < 256; ++d) start[d + 1] += start[d];
+    for (index_t i = 0; i < n; ++i) dst[start[(key(src[i]) >> shift) & 0xffu]++] = src[i];
+    index_t* sorted = dst;
+    dst = src;
+    src = sorted;
+  }
   constexpr float inf = std::numeric_limits<float>::infinity();
   index_t infinite = 0;
-  while (infinite < n && v[order[infinite]] == inf) ++infinite;
+  while (infinite < n && v[src[infinite]] == inf) ++infinite;
   double total = 0.0;
-  for (index_t i = infinite; i < n; ++i) total += static_cast<double>(v[order[i]]);
+  for (index_t i = infinite; i < n; ++i) total += static_cast<double>(v[src[i]]);
   const double target = mass * total;
   index_t k = infinite;
   double covered = 0.0;
   for (index_t i = infinite; i < n && k < rest && !(covered >= target); ++i) {
-    covered += static_cast<double>(v[order[i]]);
+    covered += static_cast<double>(v[src[i]]);
     ++k;
   }
   picks = k < rest ? k : rest;
@@ -216,8 +240,9 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   }
   auto decide_split = [&](const float* importance, index_t row) {
     if (!adaptive) return selection_status::ok;
-    const mass_status m = mass_cover_count(importance, n, rest_of(row), cfg.crush_mass,
-                                           ws.order(static_cast<std::size_t>(n) + 1), adaptive_picks[row]);
+    const mass_status m =
+        mass_cover_count(importance, n, rest_of(row), cfg.crush_mass, ws.order(static_cast<std::size_t>(n) + 1),
+                         ws.split_order(static_cast<std::size_t>(n) + 1), adaptive_picks[row]);
     if (m == mass_status::nan) return selection_status::nan_in_scores;
     if (m == mass_status::negative) return selection_status::negative_mass;
     return selection_status::ok;
