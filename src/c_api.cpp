@@ -16,6 +16,7 @@
 #include "kvcrush/c_api.h"
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -146,7 +147,7 @@ struct resolved_selection {
 // field the same way whether the call is a shape query or a selection.
 resolved_selection resolve(const kvcrush_select_options* o, input_kind kind, index_t window) {
   require_pointer(o, "select", "options");
-  require(o->struct_size >= sizeof(kvcrush_select_options),
+  require(o->struct_size >= offsetof(kvcrush_select_options, crush_split),
           "select: options are not initialised (call kvcrush_select_options_init first)");
   resolved_selection r;
   const bool from_scores = kind == input_kind::scores;
@@ -200,6 +201,17 @@ resolved_selection resolve(const kvcrush_select_options* o, input_kind kind, ind
     // As the CLI's --crush: asking for representatives turns KVCrush on.
     if (o->crush > 0.0) cfg.kvcrush = true;
   }
+  // Fields added later are read only from callers whose struct has them.
+  const bool has_split = o->struct_size >= sizeof(kvcrush_select_options);
+  cfg.crush.split = has_split ? parse_or(o->crush_split, kvcrush::crush_split::fixed, kvcrush::parse_crush_split)
+                              : kvcrush::crush_split::fixed;
+  cfg.crush.mass = has_split ? o->crush_mass : 0.9;
+  require(!std::isnan(cfg.crush.mass) && cfg.crush.mass > 0.0 && cfg.crush.mass <= 1.0,
+          "select: crush_mass must be in (0, 1] (got ", cfg.crush.mass, ")");
+  if (cfg.crush.split == kvcrush::crush_split::adaptive) {
+    require(o->crush == -1.0, "select: crush applies to the fixed split; leave it -1 with crush_split 'adaptive'");
+    cfg.kvcrush = true;
+  }
   require(!(cfg.base == base_policy::full && cfg.kvcrush), "select: policy 'full' keeps everything; crush must be 0");
   cfg.crush.anchor = parse_or(o->anchor, kvcrush::anchor_mode::mean, kvcrush::parse_anchor_mode);
   cfg.crush.representative =
@@ -238,6 +250,8 @@ resolved_selection resolve(const kvcrush_select_options* o, input_kind kind, ind
   kc.sink = r.budget.sink;
   kc.recent = r.budget.recent;
   kc.crush_fraction = cfg.kvcrush ? cfg.crush.fraction : 0.0;
+  kc.split = cfg.kvcrush ? cfg.crush.split : kvcrush::crush_split::fixed;
+  kc.crush_mass = cfg.crush.mass;
   kc.block_size = cfg.layout.block_size;
   kc.rank_importance = cfg.base != base_policy::streaming;
   if (cfg.base != base_policy::full) kvcrush::validate(kc);
@@ -403,6 +417,8 @@ void kvcrush_select_options_init(kvcrush_select_options* o) {
   o->kv_heads = 0;
   o->window = 0;
   o->kernel = 7;
+  o->crush_split = nullptr;
+  o->crush_mass = 0.9;
 }
 
 kvcrush_status kvcrush_keep_shape(const kvcrush_select_options* options, int64_t heads, int64_t tokens,

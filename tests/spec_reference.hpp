@@ -95,6 +95,37 @@ inline long representative(kvcrush::representative_rule rule, long i, long n, lo
   return -1;
 }
 
+// docs/SEMANTICS.md "Adaptive KVCrush split": the importance picks of one
+// row, from the unit scores v of E (non-negative, no NaN): rank them (score
+// descending, ties by smaller position); every +inf unit is needed; then
+// the fewest finite units whose double sum in rank order reaches mass times
+// the double sum of all finite units in rank order; at most rest.
+inline long adaptive_importance(const std::vector<float>& v, long rest, double mass) {
+  std::vector<long> ranked = range(0, static_cast<long>(v.size()));
+  std::sort(ranked.begin(), ranked.end(), [&](long a, long b) {
+    if (v[a] != v[b]) return v[a] > v[b];
+    return a < b;
+  });
+  std::vector<double> finite;
+  long needed = 0;
+  for (long i : ranked) {
+    if (std::isinf(v[i])) {
+      ++needed;
+    } else {
+      finite.push_back(static_cast<double>(v[i]));
+    }
+  }
+  double total = 0.0;
+  for (double x : finite) total += x;
+  double covered = 0.0;
+  for (double x : finite) {
+    if (covered >= mass * total) break;
+    covered += x;
+    ++needed;
+  }
+  return std::min(needed, rest);
+}
+
 // SPEC 1-4 (4.4 when block_size > 1): keep sets, one per row (one row in
 // shared mode). S: per-KV-head scores; sig_rows: the rows signatures come
 // from (S itself unless signature heads are separate).
@@ -141,13 +172,18 @@ inline std::vector<std::vector<long>> keep(const Rows& S, const Rows& sig_rows, 
   };
   for (long row = 0; row < rows; ++row) {
     const long rest = rest_of(row);
-    const long crush = static_cast<long>(std::floor(cfg.crush_fraction * static_cast<double>(rest)));
-    const long imp_budget = rest - crush;
     auto unit_importance = [&](long u) {
       float sum = token_importance(row, u * b);
       for (long i = 1; i < b; ++i) sum += token_importance(row, u * b + i);
       return sum;
     };
+    long crush = static_cast<long>(std::floor(cfg.crush_fraction * static_cast<double>(rest)));
+    if (cfg.split == kvcrush::crush_split::adaptive) {
+      std::vector<float> units_of_e;
+      for (long u = first; u < last; ++u) units_of_e.push_back(unit_importance(u));
+      crush = rest - adaptive_importance(units_of_e, rest, cfg.crush_mass);
+    }
+    const long imp_budget = rest - crush;
     std::vector<long> I;
     if (cfg.rank_importance) I = top_k(range(first, last), unit_importance, imp_budget);
     std::vector<long> C;

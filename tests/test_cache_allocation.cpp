@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <string_view>
 #include <vector>
 
 #include "cache_test_support.hpp"
@@ -211,12 +212,17 @@ TEST(CacheAllocation, HookCountsOnlyInsideTheScope) {
 
 TEST(CacheAllocation, ContiguousDecodeSteadyStateAllocatesNothing) {
   const decode_shape s;
-  for (const char* name : {"h2o+kvcrush", "snapkv+kvcrush", "tova"}) {
+  for (const char* name : {"h2o+kvcrush", "snapkv+kvcrush", "tova", "snapkv+kvcrush adaptive"}) {
     for (bool per_head : {false, true}) {
       kvcrush::contiguous_cache<kvcrush::float16> cache(s.layers, s.heads, s.d, s.budget.budget + s.slack,
                                                         kvcrush::kv_layout::token_head_dim);
       kvcrush::eviction_settings settings;
-      settings.policy = kvcrush::policy_config::parse(name);
+      const std::string_view spelled(name);
+      const bool adaptive = spelled.find(' ') != std::string_view::npos;
+      settings.policy = kvcrush::policy_config::parse(spelled.substr(0, spelled.find(' ')));
+      // The adaptive KVCrush split sorts each row's scores at each event:
+      // in the workspace, like everything else.
+      if (adaptive) settings.policy.crush.split = kvcrush::crush_split::adaptive;
       settings.policy.layout.per_head = per_head;
       settings.policy.window.kernel = 5;
       settings.window = 8;

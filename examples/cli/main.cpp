@@ -108,6 +108,12 @@ INPUT, by policy (exactly one):
                       (default 0.2).
 --crush F             +kvcrush: share of the unprotected budget kept as KVCrush
                       representatives, in [0, 1] (default 0.5; without --policy default 0).
+--crush-split fixed|adaptive
+                      +kvcrush: fixed (default) gives --crush of the unprotected budget to
+                      KVCrush; adaptive lets the importance policy keep the fewest evictable
+                      tokens covering --crush-mass of their (non-negative) score mass, within
+                      the budget, and gives the rest to KVCrush, per layer and head row.
+--crush-mass M        adaptive split: the mass share to cover, in (0, 1] (default 0.9).
 --anchor mean|inv_mean|zeros|ones|alternating|random, --representative
 bucket_center|bucket_start|linspace|stride, --threshold median|mean
                       KVCrush options (defaults: mean, bucket_center, median).
@@ -213,7 +219,7 @@ int run_select(int argc, char** argv) {
   const arguments args(argc, argv, 2,
                        {"policy", "scores", "attention", "keys", "queries", "values", "tokens", "kv-heads",
                         "window", "pool", "kernel", "gqa", "signature-heads", "budget", "sink", "recent", "crush",
-                        "alpha", "anchor", "seed", "representative", "threshold", "block-size", "out", "counts",
+                        "crush-split", "crush-mass", "alpha", "anchor", "seed", "representative", "threshold", "block-size", "out", "counts",
                         "future-positions", "rope-theta", "lambda", "similarity", "comparison-tokens"},
                        {"per-head", "h2o-normalised", "no-vnorm", "no-covariance", "rope-interleaved"});
   // The policy: explicit, or today's behaviour (scores used directly, or
@@ -240,7 +246,7 @@ int run_select(int argc, char** argv) {
     policy.base = given[0] == input_kind::scores ? kvcrush::base_policy::precomputed : kvcrush::base_policy::snapkv;
     // Any nonzero --crush turns KVCrush on, so that the library checks the
     // fraction's range (a negative one is refused, not ignored).
-    policy.kvcrush = args.real("crush", 0.0) != 0.0;
+    policy.kvcrush = args.real("crush", 0.0) != 0.0 || args.text("crush-split", "fixed") == "adaptive";
   }
   const kvcrush::base_policy base = policy.base;
   const std::string name = policy.name();
@@ -284,16 +290,29 @@ int run_select(int argc, char** argv) {
   if (base == kvcrush::base_policy::tova) forbid(args, {"gqa"}, "does not apply to tova (it averages every query head)");
   if (!policy.adakv) forbid(args, {"alpha"}, "applies to +adakv policies only");
   if (explicit_policy && !policy.kvcrush) {
-    forbid(args, {"crush", "anchor", "representative", "threshold", "signature-heads"},
+    forbid(args, {"crush", "crush-split", "crush-mass", "anchor", "representative", "threshold", "signature-heads"},
            "applies to +kvcrush policies only (policy '" + name + "')");
   }
   if (base == kvcrush::base_policy::full) {
-    forbid(args, {"budget", "sink", "recent", "crush"}, "does not apply to policy 'full', which keeps every token");
+    forbid(args, {"budget", "sink", "recent", "crush", "crush-split", "crush-mass"},
+           "does not apply to policy 'full', which keeps every token");
+  }
+  const kvcrush::crush_split split = kvcrush::parse_crush_split(args.text("crush-split", "fixed"));
+  if (split == kvcrush::crush_split::adaptive) {
+    forbid(args, {"crush"}, "applies to --crush-split fixed (the adaptive split decides the share)");
+  } else {
+    forbid(args, {"crush-mass"}, "applies to --crush-split adaptive only");
+  }
+  const double mass = args.real("crush-mass", 0.9);
+  if (!(mass > 0.0 && mass <= 1.0)) {
+    throw cli_error("--crush-mass must be in (0, 1], got " + args.text("crush-mass"));
   }
 
   // Options into the policy.
   if (policy.kvcrush) {
     policy.crush.fraction = args.real("crush", policy.crush.fraction);
+    policy.crush.split = split;
+    policy.crush.mass = mass;
     policy.crush.anchor = kvcrush::parse_anchor_mode(args.text("anchor", "mean"));
     policy.crush.representative = kvcrush::parse_representative_rule(args.text("representative", "bucket_center"));
     policy.crush.threshold = kvcrush::parse_threshold_mode(args.text("threshold", "median"));

@@ -184,6 +184,42 @@ TEST_F(Cli, SelectFromScoresMatchesSpec) {
   EXPECT_EQ(kvcrush::io::read_npy(path("all.npy")).values<std::int64_t>(), (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
 }
 
+TEST_F(Cli, SelectWithTheAdaptiveSplitMatchesSpec) {
+  const index_t h = 3, n = 150;
+  const auto scores = kvcrush_test::random_floats(static_cast<std::size_t>(h * n), 21, 0.0f, 1.0f);
+  const auto file = write_scores("s.npy", scores, {h, n});
+  kvcrush::keep_config base;
+  base.budget = 48;
+  base.sink = 4;
+  base.recent = 8;
+  base.split = kvcrush::crush_split::adaptive;
+  base.crush_mass = 0.9;
+  struct variant {
+    std::string flags;
+    kvcrush::keep_config cfg;
+  };
+  std::vector<variant> variants;
+  variants.push_back({"--crush-split adaptive", base});
+  auto low = base;
+  low.crush_mass = 0.3;
+  variants.push_back({"--policy precomputed+kvcrush --crush-split adaptive --crush-mass 0.3", low});
+  auto per_head = low;
+  per_head.per_head = true;
+  variants.push_back({"--crush-split adaptive --crush-mass 0.3 --per-head", per_head});
+  auto blocks = low;
+  blocks.block_size = 4;
+  variants.push_back({"--crush-split adaptive --crush-mass 0.3 --block-size 4", blocks});
+  for (const auto& v : variants) {
+    const auto o = run("select --scores " + file + " --budget 48 --sink 4 --recent 8 " + v.flags + " --out " + path("keep.npy"));
+    ASSERT_EQ(o.code, 0) << v.flags << ": " << o.err;
+    const auto values = kvcrush::io::read_npy(path("keep.npy")).values<std::int64_t>();
+    const auto expected = spec::keep(rows_of(scores, h, n), rows_of(scores, h, n), v.cfg);
+    std::vector<long> flat;
+    for (const auto& row : expected) flat.insert(flat.end(), row.begin(), row.end());
+    EXPECT_EQ(as_longs(values), flat) << v.flags;
+  }
+}
+
 TEST_F(Cli, SelectFromAttentionIsSnapKV) {
   const index_t hq = 8, h = 2, rows = 6, n = 120;
   auto attention = kvcrush_test::random_floats(static_cast<std::size_t>(hq * rows * n), 9, 0.0f, 1.0f);
@@ -685,6 +721,16 @@ TEST_F(Cli, EveryBadInputExitsTwoWithOneLine) {
       {"select --scores " + scores + " --budget 10 --crush 1.5" + out, "crush_fraction"},
       {"select --scores " + scores + " --budget 10 --crush abc" + out, "expects a number"},
       {"select --scores " + scores + " --budget 10 --crush -0.5" + out, "crush_fraction must be in [0, 1]"},
+      {"select --scores " + scores + " --budget 10 --crush-split sometimes" + out, "unknown crush split 'sometimes' (expected one of: fixed, adaptive)"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive --crush-mass 0" + out, "--crush-mass must be in (0, 1], got 0"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive --crush-mass 1.5" + out, "--crush-mass must be in (0, 1]"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive --crush-mass nan" + out, "--crush-mass must be in (0, 1]"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive --crush-mass x" + out, "--crush-mass expects a number"},
+      {"select --scores " + scores + " --budget 10 --crush 0.5 --crush-mass 0.5" + out, "--crush-mass applies to --crush-split adaptive only"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive --crush 0.5" + out, "--crush applies to --crush-split fixed"},
+      {"select --policy snapkv --attention " + attention + " --kv-heads 2 --budget 10 --crush-split adaptive" + out, "--crush-split applies to +kvcrush policies only"},
+      {"select --policy knorm+kvcrush --keys " + keys + " --budget 10 --crush-split adaptive" + out, "policy 'knorm' scores are signed"},
+      {"select --scores " + scores + " --budget 10 --crush-split adaptive" + out, "needs non-negative importance scores"},
       {"select --scores " + scores + " --budget 10x" + out, "expects an integer"},
       {"select --scores " + scores + " --budget 10 --budget 12" + out, "given twice"},
       {"select --scores " + scores + " --budget" , "needs a value"},

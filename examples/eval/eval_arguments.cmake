@@ -5,7 +5,10 @@ foreach(args "--budgets;1.5" "--budgets;abc" "--policies;snapkv+magic" "--crush;
              "--wat" "--model" "--anchor;middle" "--context;8" "--prefill;-1" "--byte-budgets;0"
              "--precisions;int3" "--precisions;mixed-fp8" "--byte-policies;knorm" "--quant-group;20"
              "--quant-eviction;never" "--high-fraction;0" "--byte-policies;streaming" "--context;0" "--budgets=abc"
-             "--quiet=yes" "--chunks="
+             "--quiet=yes" "--chunks=" "--crush-split;sometimes" "--crush-mass;0.5" "--crush-split;adaptive;--crush-mass;0"
+             "--crush-split;adaptive;--crush-mass;1.5" "--crush-split;adaptive;--crush-mass;abc" "--crush-split;adaptive;--crush;0.5"
+             "--crush-split;adaptive;--ablation" "--crush-split;adaptive;--policies;keydiff+kvcrush"
+             "--crush-split;adaptive;--precisions;crush-int4"
              "--model;/nonexistent.bin")
   execute_process(COMMAND "${EVAL}" ${args} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT result EQUAL 2)

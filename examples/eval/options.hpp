@@ -133,6 +133,12 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
                         keydiff/expected_attention/rkv+kvcrush)
   --budgets LIST        fractions of the context (default 0.5,0.25,0.125)
   --crush F             KVCrush share of the unprotected budget (default 0.5)
+  --crush-split S       fixed (--crush's share) or adaptive: per layer and compression,
+                        the policy keeps the fewest evictable tokens covering --crush-mass
+                        of their score mass (within the budget), KVCrush the rest; the
+                        default rows then leave out the signed-score knorm/keydiff/rkv+kvcrush
+                        and crush-intN rows (default fixed)
+  --crush-mass M        adaptive split: the mass share to cover, in (0, 1] (default 0.9)
   --anchor A            mean inv_mean zeros ones alternating random (default mean)
   --representative R    bucket_center bucket_start linspace stride (default bucket_center)
   --threshold T         median mean (default median)
@@ -218,6 +224,7 @@ inline long parse_integer(const std::string& option, const std::string& value) {
 inline options parse_options(int argc, char** argv) {
   options o;
   bool rows_chosen = false, byte_option = false;
+  bool policies_chosen = false, precisions_chosen = false, crush_given = false, mass_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     // "--name=value" is the same as "--name value", as in the other tools.
@@ -247,12 +254,19 @@ inline options parse_options(int argc, char** argv) {
     } else if (arg == "--policies") {
       o.policies = split_list(value());
       rows_chosen = true;
+      policies_chosen = true;
     } else if (arg == "--budgets") {
       o.budgets.clear();
       for (const auto& b : split_list(value())) o.budgets.push_back(parse_real("--budgets", b));
       rows_chosen = true;
     } else if (arg == "--crush") {
       o.crush.fraction = parse_real(arg, value());
+      crush_given = true;
+    } else if (arg == "--crush-split") {
+      o.crush.split = kvcrush::parse_crush_split(value());
+    } else if (arg == "--crush-mass") {
+      o.crush.mass = parse_real(arg, value());
+      mass_given = true;
     } else if (arg == "--anchor") {
       o.crush.anchor = kvcrush::parse_anchor_mode(value());
     } else if (arg == "--representative") {
@@ -288,6 +302,7 @@ inline options parse_options(int argc, char** argv) {
     } else if (arg == "--precisions") {
       o.precisions = split_list(value());
       byte_option = true;
+      precisions_chosen = true;
     } else if (arg == "--byte-policies") {
       o.byte_policies = split_list(value());
       byte_option = true;
@@ -328,6 +343,39 @@ inline options parse_options(int argc, char** argv) {
   }
   if (!(o.crush.fraction >= 0.0 && o.crush.fraction <= 1.0)) throw usage_error("--crush must be in [0, 1]");
   for (const auto& p : o.policies) (void)kvcrush::policy_config::parse(p);  // unknown names fail here
+  if (!(o.crush.mass > 0.0 && o.crush.mass <= 1.0)) throw usage_error("--crush-mass must be in (0, 1]");
+  if (o.crush.split == kvcrush::crush_split::adaptive) {
+    if (crush_given) throw usage_error("--crush applies to --crush-split fixed (the adaptive split decides the share)");
+    if (o.ablation) throw usage_error("--ablation varies the fixed split's fraction; it takes --crush-split fixed");
+    // Policies whose KVCrush rows cannot take the adaptive split: signed
+    // scores, or nothing ranked (streaming).
+    auto refuses = [](const std::string& name) {
+      const auto cfg = kvcrush::policy_config::parse(name);
+      return cfg.kvcrush && (kvcrush::signed_scores(cfg.base) || cfg.base == kvcrush::base_policy::streaming);
+    };
+    std::vector<std::string> kept;
+    for (const auto& p : o.policies) {
+      if (!refuses(p)) {
+        kept.push_back(p);
+      } else if (policies_chosen) {
+        throw usage_error("--crush-split adaptive needs non-negative importance scores; policy '" + p +
+                          "' cannot take it (use --crush-split fixed)");
+      }
+    }
+    o.policies = kept;
+    // crush-intN rows plan their KVCrush share from the bytes (a fixed split).
+    std::vector<std::string> precisions;
+    for (const auto& p : o.precisions) {
+      if (p.rfind("crush-", 0) != 0) {
+        precisions.push_back(p);
+      } else if (precisions_chosen) {
+        throw usage_error("--precisions " + p + " plans its KVCrush share from the bytes; it takes --crush-split fixed");
+      }
+    }
+    o.precisions = precisions;
+  } else if (mass_given) {
+    throw usage_error("--crush-mass applies to --crush-split adaptive only");
+  }
   for (double b : o.byte_budgets) {
     if (!(b > 0.0 && b <= 1.0)) throw usage_error("--byte-budgets are fractions in (0, 1]");
   }

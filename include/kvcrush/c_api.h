@@ -127,6 +127,15 @@ typedef struct kvcrush_select_options {
   const char* pool; /* avg|max */
   int64_t kernel;   /* odd pooling kernel, default 7 */
   const char* gqa;  /* mean|max|sum */
+
+  /* KVCrush split (docs/SEMANTICS.md 4.5), after every older field so that
+   * callers built before it (a smaller struct_size) keep working with the
+   * fixed split. "adaptive": the importance policy keeps the fewest
+   * evictable tokens covering crush_mass of their (non-negative) score mass,
+   * within the budget, and KVCrush the rest; it turns KVCrush on, as
+   * crush > 0 does, and `crush` must then stay -1. NULL: "fixed". */
+  const char* crush_split; /* fixed|adaptive */
+  double crush_mass;       /* in (0, 1], default 0.9 */
 } kvcrush_select_options;
 
 KVCRUSH_C_EXPORT void kvcrush_select_options_init(kvcrush_select_options* options);

@@ -61,6 +61,8 @@ class _SelectOptions(ctypes.Structure):
         ("pool", _str),
         ("kernel", _i64),
         ("gqa", _str),
+        ("crush_split", _str),
+        ("crush_mass", ctypes.c_double),
     ]
 
 
@@ -216,7 +218,8 @@ def _ptr(array, ctype):
 
 def select(scores=None, *, attention=None, budget, sink=0, recent=None, crush=None, anchor=None, seed=0,
            representative=None, threshold=None, per_head=False, block_size=1, policy=None, adakv_alpha=0.2,
-           signature_heads=None, kv_heads=None, window=None, pool=None, kernel=7, gqa=None):
+           signature_heads=None, kv_heads=None, window=None, pool=None, kernel=7, gqa=None, crush_split=None,
+           crush_mass=0.9):
     """Keep sets of one layer, as ``kvcrush select``.
 
     Give exactly one of ``scores`` (H, N) per-KV-head scores, or
@@ -230,6 +233,10 @@ def select(scores=None, *, attention=None, budget, sink=0, recent=None, crush=No
     default is "precomputed" for scores and "snapkv" for attention.
     ``crush`` > 0 adds KVCrush representatives as the CLI's ``--crush``;
     left as None it is 0.5 with "+kvcrush" in the policy, else 0.
+    ``crush_split="adaptive"`` (with ``crush`` left None) instead lets the
+    importance policy keep the fewest evictable tokens covering
+    ``crush_mass`` (in (0, 1], default 0.9) of their non-negative score
+    mass, within the budget, and gives KVCrush the rest (SEMANTICS 4.5).
 
     Returns int64 positions (block indices with ``block_size`` > 1): shape
     (B,) shared, (H, B) with ``per_head``, and for "+adakv" policies (whose
@@ -249,6 +256,8 @@ def select(scores=None, *, attention=None, budget, sink=0, recent=None, crush=No
     o.crush = -1.0 if crush is None else float(crush)
     if crush is not None and not (o.crush >= 0.0):  # also catches NaN
         raise ValueError("crush must be in [0, 1] (got %r)" % crush)
+    o.crush_split = _text(crush_split, "crush_split")
+    o.crush_mass = float(crush_mass)
     o.anchor = _text(anchor, "anchor")
     o.seed = _integer(seed, "seed")
     o.representative = _text(representative, "representative")

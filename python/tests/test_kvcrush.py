@@ -153,6 +153,22 @@ def test_kvcrush_representatives_fill_their_share():
     np.testing.assert_array_equal(via_policy, crushed)
 
 
+def test_adaptive_split_covers_the_mass_then_crushes():
+    # E = positions 1..8 with scores 4 1 2 1 0 3 0 5 (mass 16), B_rest = 4:
+    # mass 0.5 is covered by positions 8 and 1 (5 + 4 >= 8), KVCrush adds two.
+    s = np.array([[9, 4, 1, 2, 1, 0, 3, 0, 5, 9]], dtype=np.float32)
+    adaptive = kvcrush.select(scores=s, budget=6, sink=1, recent=1, crush_split="adaptive", crush_mass=0.5)
+    fixed = kvcrush.select(scores=s, budget=6, sink=1, recent=1, crush=0.5)
+    np.testing.assert_array_equal(adaptive, fixed)
+    assert {1, 8} <= set(adaptive)
+    with pytest.raises(ValueError, match="crush applies to the fixed split"):
+        kvcrush.select(scores=s, budget=6, sink=1, recent=1, crush=0.5, crush_split="adaptive")
+    with pytest.raises(ValueError, match="crush_mass must be in"):
+        kvcrush.select(scores=s, budget=6, sink=1, recent=1, crush_split="adaptive", crush_mass=0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        kvcrush.select(scores=-s, budget=6, sink=1, recent=1, crush_split="adaptive")
+
+
 def test_adakv_gives_ragged_per_head_keep_sets():
     s = rng(3).random((8, 300)).astype(np.float32) * (1 + np.arange(8, dtype=np.float32)[:, None] ** 2)
     keep = kvcrush.select(scores=s, budget=64, sink=4, recent=16, policy="precomputed+adakv+kvcrush")
@@ -367,6 +383,9 @@ SCORE_CASES = [
     dict(budget=64, sink=4, recent=16, crush=0.25, anchor="random", seed=7, per_head=True),
     dict(budget=64, sink=4, recent=8, crush=0.5, anchor="inv_mean", representative="stride", block_size=4),
     dict(budget=48, crush=0.75, anchor="alternating", representative="bucket_start", per_head=True),
+    dict(budget=64, sink=4, recent=16, crush_split="adaptive"),
+    dict(budget=64, sink=4, recent=16, crush_split="adaptive", crush_mass=0.5, per_head=True),
+    dict(budget=64, sink=4, recent=8, crush_split="adaptive", crush_mass=0.3, block_size=4),
 ]
 
 

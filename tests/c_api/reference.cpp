@@ -47,6 +47,21 @@ int64_t ref_select_keep(const float* scores, int64_t heads, int64_t tokens, cons
   }
 }
 
+int64_t ref_select_adaptive(const float* scores, int64_t heads, int64_t tokens, const ref_keep_options* o,
+                            double mass, int64_t* out, int64_t width) {
+  try {
+    auto cfg = to_config(o);
+    cfg.split = kvcrush::crush_split::adaptive;
+    cfg.crush_mass = mass;
+    kvcrush::workspace ws;
+    const index_t rows = cfg.per_head ? heads : 1;
+    return kvcrush::select_keep(kvcrush::make_matrix_view(scores, heads, tokens), cfg,
+                                kvcrush::make_matrix_view(out, rows, width), ws);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
 int ref_select_adakv(const float* scores, int64_t heads, int64_t tokens, int64_t budget, int64_t sink,
                      int64_t recent, double crush, double alpha, int64_t* out, int64_t width, int64_t* counts) {
   try {

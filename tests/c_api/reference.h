@@ -27,6 +27,11 @@ typedef struct ref_keep_options {
 int64_t ref_select_keep(const float* scores, int64_t heads, int64_t tokens, const ref_keep_options* o,
                         const float* signature_rows, int64_t signature_heads, int64_t* out, int64_t width);
 
+/* ref_select_keep with the adaptive KVCrush split of mass `mass` (o->crush
+ * unused). */
+int64_t ref_select_adaptive(const float* scores, int64_t heads, int64_t tokens, const ref_keep_options* o,
+                            double mass, int64_t* out, int64_t width);
+
 /* select() with with_kvcrush<adakv<precomputed>> (crush > 0) or
  * adakv<precomputed>: ragged rows of `width` entries and counts. */
 int ref_select_adakv(const float* scores, int64_t heads, int64_t tokens, int64_t budget, int64_t sink,

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,82 @@ static void test_select_scores(kvcrush_workspace* ws) {
     CHECK(kvcrush_keep_shape(&o, 3, 20, 0, &rows, &width) == KVCRUSH_OK && rows == 1 && width == 20);
     CHECK(kvcrush_select_scores(ws, scores, 3, 20, &o, keep, 1, 20, &count) == KVCRUSH_OK);
     CHECK(count == 20 && keep[0] == 0 && keep[19] == 19);
+  }
+}
+
+/* The adaptive KVCrush split (crush_split, crush_mass) against the C++ API,
+ * its errors, and callers built before the two fields existed. */
+static void test_select_adaptive(kvcrush_workspace* ws) {
+  static const double masses[] = {0.3, 0.9, 1.0};
+  enum { max_heads = 8, tokens = 203 };
+  static float scores[max_heads * tokens];
+  static int64_t got[max_heads * tokens], want[max_heads * tokens], counts[max_heads];
+  for (int64_t heads = 3; heads <= max_heads; heads += 5) {
+    fill_scores(scores, heads * tokens);
+    for (int block = 1; block <= 4; block += 3) {
+      for (int per_head = 0; per_head <= 1; ++per_head) {
+        for (int mi = 0; mi < 3; ++mi) {
+          kvcrush_select_options o;
+          kvcrush_select_options_init(&o);
+          CHECK(o.crush_split == NULL && o.crush_mass == 0.9);
+          o.budget = 32;
+          o.sink = 4;
+          o.recent = 8;
+          o.per_head = per_head;
+          o.block_size = block;
+          o.crush_split = "adaptive";
+          o.crush_mass = masses[mi];
+          ref_keep_options r = {32, 4, 8, 0.0, "mean", 0, "bucket_center", "median", per_head, block};
+          int64_t rows = 0, width = 0;
+          CHECK(kvcrush_keep_shape(&o, heads, tokens, 0, &rows, &width) == KVCRUSH_OK);
+          const int64_t count = ref_select_adaptive(scores, heads, tokens, &r, masses[mi], want, width);
+          CHECK(count == width);
+          CHECK(kvcrush_select_scores(ws, scores, heads, tokens, &o, got, rows, width, counts) == KVCRUSH_OK);
+          CHECK(all_equal_i64(counts, rows, count));
+          CHECK(same_i64(got, want, rows * width));
+        }
+      }
+    }
+  }
+  {
+    kvcrush_select_options o;
+    kvcrush_select_options_init(&o);
+    o.budget = 32;
+    o.sink = 4;
+    o.recent = 8;
+    o.crush_split = "adaptive";
+    int64_t keep[32], count = -1;
+    fill_scores(scores, 2 * 100);
+    o.crush = 0.5;
+    CHECK_FAILS(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count), KVCRUSH_INVALID_ARGUMENT,
+                "crush applies to the fixed split");
+    o.crush = -1.0;
+    o.crush_mass = 0.0;
+    CHECK_FAILS(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count), KVCRUSH_INVALID_ARGUMENT,
+                "crush_mass must be in (0, 1]");
+    o.crush_mass = 0.9;
+    o.crush_split = "sometimes";
+    CHECK_FAILS(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count), KVCRUSH_INVALID_ARGUMENT,
+                "unknown crush split 'sometimes'");
+    o.crush_split = "adaptive";
+    o.policy = "streaming";
+    CHECK_FAILS(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count), KVCRUSH_INVALID_ARGUMENT,
+                "StreamingLLM");
+    o.policy = NULL;
+    scores[150] = -1.0f; /* head 1, token 50: evictable */
+    CHECK_FAILS(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count), KVCRUSH_INVALID_ARGUMENT,
+                "non-negative");
+    CHECK(count == -1);
+    /* A caller built before crush_split existed: the fixed split. */
+    scores[150] = 1.0f;
+    int64_t want_keep[32];
+    ref_keep_options r = {32, 4, 8, 0.5, "mean", 0, "bucket_center", "median", 0, 1};
+    CHECK(ref_select_keep(scores, 2, 100, &r, NULL, 0, want_keep, 32) == 32);
+    o.struct_size = offsetof(kvcrush_select_options, crush_split);
+    o.policy = "precomputed+kvcrush";
+    o.crush_mass = -5.0; /* beyond the old struct: never read */
+    CHECK(kvcrush_select_scores(ws, scores, 2, 100, &o, keep, 1, 32, &count) == KVCRUSH_OK);
+    CHECK(count == 32 && same_i64(keep, want_keep, 32));
   }
 }
 
@@ -648,6 +725,7 @@ int main(void) {
   test_use_isa();
   test_select_scores(ws);
   test_select_scores(NULL); /* the thread's own workspace */
+  test_select_adaptive(ws);
   test_policies(ws);
   test_attention(ws);
   test_signatures_and_budgets(ws);

@@ -27,7 +27,7 @@ struct option_sets {
 // examples/cli/main.cpp declares them.
 const option_sets subcommands[] = {
     {{"scores", "attention", "kv-heads", "window", "pool", "kernel", "gqa", "signature-heads", "budget", "sink",
-      "recent", "crush", "anchor", "seed", "representative", "threshold", "block-size", "out"},
+      "recent", "crush", "crush-split", "crush-mass", "anchor", "seed", "representative", "threshold", "block-size", "out"},
      {"per-head"}},
     {{"scores", "sink", "recent", "threshold", "out"}, {}},
     {{"budget", "window", "layers", "tokens", "beta"}, {"pyramid"}},
@@ -79,6 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     parse_value(w, kvcrush::parse_pooling_mode);
     parse_value(w, kvcrush::parse_gqa_reduction);
     parse_value(w, kvcrush::parse_signature_heads);
+    parse_value(w, kvcrush::parse_crush_split);
   }
 
   // argv as main() gets it: program name and subcommand first.

@@ -51,7 +51,13 @@ inline signature_heads parse_signature_heads(std::string_view text) {
 inline std::string_view to_string(signature_heads h) { return h == signature_heads::kv ? "kv" : "query"; }
 
 struct crush_options {
-  double fraction = 0.5;  // share of the unprotected budget for representatives
+  double fraction = 0.5;  // share of the unprotected budget for representatives (split = fixed)
+  // adaptive: per layer, row and compression event, the importance policy
+  // keeps the fewest evictable tokens covering `mass` of their score mass
+  // (within the budget) and the representatives take the rest; `fraction` is
+  // then unused (docs/SEMANTICS.md, "Adaptive KVCrush split").
+  crush_split split = crush_split::fixed;
+  double mass = 0.9;  // in (0, 1]
   anchor_mode anchor = anchor_mode::mean;
   representative_rule representative = representative_rule::bucket_center;
   threshold_mode threshold = threshold_mode::median;

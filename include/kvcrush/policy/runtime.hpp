@@ -111,6 +111,24 @@ struct policy_config {
   }
 };
 
+// Base policies whose scores are signed (not an attention mass): the
+// adaptive KVCrush split is refused for them up front.
+inline bool signed_scores(base_policy p) noexcept {
+  return p == base_policy::knorm || p == base_policy::keydiff || p == base_policy::rkv;
+}
+
+// Throws std::invalid_argument when the KVCrush options cannot work with
+// the base policy (checked by select() before any scoring).
+inline void check_crush_options(const policy_config& cfg) {
+  if (!cfg.kvcrush || cfg.crush.split != crush_split::adaptive) return;
+  detail::require(!signed_scores(cfg.base), "the adaptive KVCrush split needs non-negative scores (an attention "
+                  "mass); policy '", to_string(cfg.base), "' scores are signed: use the fixed split");
+  detail::require(cfg.base != base_policy::streaming,
+                  "the adaptive KVCrush split needs importance scores; 'streaming' ranks no tokens");
+  detail::require(cfg.crush.mass > 0.0 && cfg.crush.mass <= 1.0, "crush_mass must be in (0, 1] (got ",
+                  cfg.crush.mass, ")");
+}
+
 // Per-layer budgets for this policy: PyramidKV's pyramid, uniform otherwise.
 inline std::vector<index_t> layer_budgets(const policy_config& cfg, index_t budget, index_t window, index_t layers,
                                           index_t tokens) {
@@ -142,6 +160,7 @@ void select_wrapped(const policy_config& cfg, const Base& base, const layer_inpu
 template <class Isa = isa::active>
 void select(const policy_config& cfg, const layer_inputs& in, const layer_budget& budget, keep_sets out,
             workspace& ws) {
+  check_crush_options(cfg);
   switch (cfg.base) {
     case base_policy::full: {
       const index_t rows = cfg.layout.per_head ? in.kv_heads : 1;

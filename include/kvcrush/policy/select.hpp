@@ -27,6 +27,8 @@ inline keep_config request_config(const layer_budget& budget, const selection_la
   cfg.sink = budget.sink;
   cfg.recent = budget.recent;
   cfg.crush_fraction = crush.fraction;
+  cfg.split = crush.split;
+  cfg.crush_mass = crush.mass;
   cfg.anchor = crush.anchor;
   cfg.representative = crush.representative;
   cfg.threshold = crush.threshold;
@@ -76,7 +78,8 @@ void select(const Policy& p, const layer_inputs& in, const layer_budget& budget,
   const crush_options crush = policy::traits<Policy>::crush(p);
   const score_set scores = policy::impl::run_scores<Isa>(p, in, budget, ws);
   const keep_config cfg = request_config(budget, layout, crush, scores.ranks);
-  const selection_rows rows = rows_for_selection(scores, layout.per_head, crush.heads, crush.fraction > 0.0, "select");
+  const selection_rows rows = rows_for_selection(scores, layout.per_head, crush.heads,
+                                                 crush.split == crush_split::adaptive || crush.fraction > 0.0, "select");
   const index_t row_count = layout.per_head ? rows.importance.extent(0) : 1;
   require(out.counts.extent(0) == row_count, "select: counts need ", row_count, " entries");
   const index_t heads = rows.importance.extent(0), tokens = rows.importance.extent(1);

@@ -8,6 +8,7 @@
 // scores, SPEC 4.1 "signature heads"). Output positions are sorted ascending.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -32,8 +33,16 @@ struct keep_config {
   index_t budget = 0;  // B: tokens kept per KV head, protected ones included
   index_t sink = 0;    // s: first tokens always kept
   index_t recent = 0;  // r: last tokens always kept
-  // Share of the unprotected budget given to KVCrush representatives.
+  // Share of the unprotected budget given to KVCrush representatives
+  // (split = fixed; ignored by the adaptive split).
   double crush_fraction = 0.0;
+  // fixed: SPEC 1's floor(crush_fraction * B_rest). adaptive: per row, the
+  // importance selection keeps the fewest evictable units whose scores cover
+  // crush_mass of the row's evictable score mass (at most B_rest), and the
+  // representatives take the rest (docs/SEMANTICS.md, "Adaptive KVCrush
+  // split"). The scores must then be non-negative (an attention mass).
+  crush_split split = crush_split::fixed;
+  double crush_mass = 0.9;  // in (0, 1]
   anchor_mode anchor = anchor_mode::mean;
   representative_rule representative = representative_rule::bucket_center;
   threshold_mode threshold = threshold_mode::median;
@@ -78,12 +87,18 @@ inline void validate(const keep_config& cfg) {
           cfg.sink + cfg.recent);
   require(cfg.crush_fraction >= 0.0 && cfg.crush_fraction <= 1.0, "crush_fraction must be in [0, 1] (got ",
           cfg.crush_fraction, ")");
+  require(cfg.crush_mass > 0.0 && cfg.crush_mass <= 1.0, "crush_mass must be in (0, 1] (got ", cfg.crush_mass,
+          ")");
+  require(cfg.split == crush_split::fixed || cfg.split == crush_split::adaptive, "crush split ",
+          static_cast<int>(cfg.split), " is neither fixed nor adaptive");
   require(cfg.block_size >= 1, "block_size must be >= 1 (got ", cfg.block_size, ")");
   if (cfg.block_size > 1) {
     const index_t b = cfg.block_size;
     require(cfg.sink % b == 0 && cfg.recent % b == 0 && cfg.budget % b == 0, "block mode: sink (", cfg.sink,
             "), recent (", cfg.recent, ") and budget (", cfg.budget, ") must be multiples of the block size ", b);
   }
+  require(cfg.rank_importance || cfg.split == crush_split::fixed,
+          "the adaptive KVCrush split needs importance scores; StreamingLLM ranks no tokens (use the fixed split)");
   if (!cfg.rank_importance) {
     const index_t b = cfg.block_size;
     const auto split = split_budget((cfg.budget - cfg.sink - cfg.recent) / b, cfg.crush_fraction);
@@ -97,7 +112,67 @@ namespace impl {
 
 enum : std::uint8_t { flag_evict = 0, flag_important = 1, flag_representative = 2 };
 
-enum class selection_status { ok, nan_in_scores, nan_in_signature_scores };
+enum class selection_status { ok, nan_in_scores, nan_in_signature_scores, negative_mass };
+
+enum class mass_status { ok, nan, negative };
+
+// The adaptive split of one row (docs/SEMANTICS.md 4.5): the number of
+// importance picks among the n evictable units with scores v, at most
+// `rest`. The units are ranked as the selection ranks them (score
+// descending, ties by smaller position), every +inf unit counts as needed,
+// and then the fewest finite units whose double sum, accumulated in rank
+// order, reaches mass * (the double sum of all finite units, in rank order).
+// Plain scalar double arithmetic in one fixed order: the same bits in every
+// ISA build. order, spare: room for n indices each.
+//
+// The ranking is a stable radix sort of the positions by one integer key per
+// unit: a non-negative float's bits order like its value, so 0x7f800000 -
+// bits, ascending, is score descending (-0.0 is taken as +0.0, its equal),
+// and stability keeps equal scores in position order. Four passes of eight
+// bits, each skipped when every key has the same digit there.
+inline mass_status mass_cover_count(const float* v, index_t n, index_t rest, double mass, index_t* order,
+                                    index_t* spare, index_t& picks) noexcept {
+  picks = 0;
+  for (index_t i = 0; i < n; ++i) {
+    if (v[i] != v[i]) return mass_status::nan;
+    if (v[i] < 0.0f) return mass_status::negative;
+  }
+  if (rest <= 0) return mass_status::ok;
+  auto key = [v](index_t i) {
+    std::uint32_t b;
+    std::memcpy(&b, &v[i], sizeof b);
+    return 0x7f800000u - (b & 0x7fffffffu);  // b & 0x7fffffff: -0.0 -> +0.0
+  };
+  index_t* src = order;
+  index_t* dst = spare;
+  for (index_t i = 0; i < n; ++i) src[i] = i;
+  for (unsigned shift = 0; shift < 32; shift += 8) {
+    index_t start[257] = {};
+    for (index_t i = 0; i < n; ++i) ++start[((key(src[i]) >> shift) & 0xffu) + 1];
+    bool one_digit = false;
+    for (unsigned d = 1; d <= 256; ++d) one_digit |= start[d] == n;
+    if (one_digit) continue;
+    for (unsigned d = 0; d < 256; ++d) start[d + 1] += start[d];
+    for (index_t i = 0; i < n; ++i) dst[start[(key(src[i]) >> shift) & 0xffu]++] = src[i];
+    index_t* sorted = dst;
+    dst = src;
+    src = sorted;
+  }
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  index_t infinite = 0;
+  while (infinite < n && v[src[infinite]] == inf) ++infinite;
+  double total = 0.0;
+  for (index_t i = infinite; i < n; ++i) total += static_cast<double>(v[src[i]]);
+  const double target = mass * total;
+  index_t k = infinite;
+  double covered = 0.0;
+  for (index_t i = infinite; i < n && k < rest && !(covered >= target); ++i) {
+    covered += static_cast<double>(v[src[i]]);
+    ++k;
+  }
+  picks = k < rest ? k : rest;
+  return mass_status::ok;
+}
 
 
 // sums[j] = float32 sum of v[j*b .. j*b+b) in position order. Eight blocks
@@ -140,15 +215,38 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   const index_t n_tokens = token_end - token_begin;
   const index_t rows = cfg.per_head ? s.rows : 1;
   const index_t uniform_rest = cfg.budget / b - first - cfg.recent / b;
+  const bool adaptive = cfg.split == crush_split::adaptive;
+  // Adaptive split: each row's importance picks, decided in step 2.
+  index_t* adaptive_picks = adaptive ? ws.split_picks(static_cast<std::size_t>(rows)) : nullptr;
+  auto rest_of = [&](index_t row) { return row_rest ? row_rest[row] : uniform_rest; };
   auto split_of = [&](index_t row) {
-    return split_budget(row_rest ? row_rest[row] : uniform_rest, cfg.crush_fraction);
+    if (!adaptive) return split_budget(rest_of(row), cfg.crush_fraction);
+    return budget_split{rest_of(row), rest_of(row) - adaptive_picks[row], adaptive_picks[row]};
   };
   bool need_signatures = false;
   bool ranks = false;
   for (index_t row = 0; row < rows; ++row) {
-    need_signatures |= split_of(row).crush > 0;
-    ranks |= cfg.rank_importance && split_of(row).importance > 0;
+    if (adaptive) {
+      // The split is not known before the scores are ranked: signatures are
+      // built whenever there is an unprotected budget, and the scores are
+      // always ranked (their mass is checked even when the budget is 0).
+      need_signatures |= rest_of(row) > 0;
+      ranks = true;
+      adaptive_picks[row] = 0;
+    } else {
+      need_signatures |= split_of(row).crush > 0;
+      ranks |= cfg.rank_importance && split_of(row).importance > 0;
+    }
   }
+  auto decide_split = [&](const float* importance, index_t row) {
+    if (!adaptive) return selection_status::ok;
+    const mass_status m =
+        mass_cover_count(importance, n, rest_of(row), cfg.crush_mass, ws.order(static_cast<std::size_t>(n) + 1),
+                         ws.split_order(static_cast<std::size_t>(n) + 1), adaptive_picks[row]);
+    if (m == mass_status::nan) return selection_status::nan_in_scores;
+    if (m == mass_status::negative) return selection_status::negative_mass;
+    return selection_status::ok;
+  };
   const bool shared_importance = !cfg.per_head && ranks;
 
   for (index_t i = 0; i < rows * n; ++i) flags[i] = flag_evict;
@@ -180,6 +278,16 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   float* buf_a = ws.floats_a(static_cast<std::size_t>(n_tokens) + 64);
   float* buf_b = ws.floats_b(static_cast<std::size_t>(n_tokens) + 64);
   if (ranks) {
+    if (adaptive) {
+      // The mass is an attention mass: every score of E, in every head, is
+      // non-negative (so are the sums the selection ranks).
+      for (index_t h = 0; h < s.rows; ++h) {
+        const float* row = s.row(h);
+        for (index_t t = token_begin; t < token_end; ++t) {
+          if (row[t] < 0.0f) return selection_status::negative_mass;
+        }
+      }
+    }
     if (!cfg.per_head) {
       const float* importance = token_importance;
       if (b > 1) {
@@ -187,6 +295,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
         block_sums(token_importance, n, b, sums);
         importance = sums;
       }
+      if (const auto status = decide_split(importance, 0); status != selection_status::ok) return status;
       if (!mark_top_k<Isa>(importance, n, split_of(0).importance, flags, flag_important, buf_a, buf_b)) {
         return selection_status::nan_in_scores;
       }
@@ -198,6 +307,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
           block_sums(importance, n, b, sums);
           importance = sums;
         }
+        if (const auto status = decide_split(importance, h); status != selection_status::ok) return status;
         // Rows without importance picks still get their NaN check here.
         const index_t picks = split_of(h).importance > 0 ? split_of(h).importance : 0;
         if (!mark_top_k<Isa>(importance, n, picks, flags + h * n, flag_important, buf_a, buf_b) ||
@@ -326,6 +436,11 @@ void select_keep_validated(matrix_view<const float> importance, const keep_confi
   }
   if (status == impl::selection_status::nan_in_signature_scores) {
     kvcrush::detail::throw_invalid("select_keep: signature scores contain NaN");
+  }
+  if (status == impl::selection_status::negative_mass) {
+    kvcrush::detail::throw_invalid("select_keep: the adaptive KVCrush split needs non-negative importance scores "
+                                   "(an attention mass) over the evictable tokens, and one is negative; signed "
+                                   "scores (knorm, keydiff, rkv) take the fixed split");
   }
   for (index_t h = 0; h < rows; ++h) {
     const std::uint8_t* row_flags = flags + h * n;

@@ -52,6 +52,8 @@ class selection_scratch {
     flags(n * h + 1);
     flags_b(n * h + 1);
     order(n + 1);
+    split_picks(h);
+    split_order(n + 1);
     histogram(representative_histogram_size(unit_bits));
     head_bits(static_cast<std::size_t>(simd::head_bits_size(static_cast<index_t>(hs), static_cast<index_t>(n)) +
                                        32 * simd::head_bits_stride(static_cast<index_t>(hs))));
@@ -66,6 +68,7 @@ class selection_scratch {
            unit_counts_.capacity() * 8 + thresholds_.capacity() * 4 + ties_.capacity() * 8 +
            bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 +
            distances_.capacity() * 4 + flags_.capacity() + flags_b_.capacity() + order_.capacity() * 8 +
+           split_picks_.capacity() * 8 + split_order_.capacity() * 8 +
            histogram_.capacity() * 8 + block_signatures_.capacity() * 8 + head_bits_.capacity() * 2;
   }
 
@@ -87,6 +90,8 @@ class selection_scratch {
   std::uint8_t* flags(std::size_t n) { return flags_.ensure(n, allocations_); }
   std::uint8_t* flags_b(std::size_t n) { return flags_b_.ensure(n, allocations_); }
   index_t* order(std::size_t n) { return order_.ensure(n, allocations_); }
+  index_t* split_picks(std::size_t n) { return split_picks_.ensure(n, allocations_); }
+  index_t* split_order(std::size_t n) { return split_order_.ensure(n, allocations_); }
   index_t* histogram(std::size_t n) { return histogram_.ensure(n, allocations_); }
   std::uint16_t* head_bits(std::size_t n) { return head_bits_.ensure(n, allocations_); }
 
@@ -94,7 +99,7 @@ class selection_scratch {
   std::size_t allocations_ = 0;
   detail::scratch<float> floats_a_, floats_b_, row_copy_, signature_copy_, importance_, unit_importance_,
       thresholds_;
-  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, order_, histogram_;
+  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, order_, split_picks_, split_order_, histogram_;
   detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_;
   detail::scratch<std::uint32_t> distances_;
   detail::scratch<std::uint8_t> flags_, flags_b_;
