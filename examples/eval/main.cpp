@@ -55,24 +55,37 @@ std::vector<job> plan(const options& o) {
     }
     return jobs;
   }
-  // The KVCrush ablation: snapkv, then snapkv+kvcrush over every anchor x
-  // representative x crush fraction x signature heads, at one budget.
+  // The KVCrush ablation, at one budget, for each base X of
+  // --ablation-bases: X, then X+kvcrush over signature heads x split (crush
+  // fraction 0.25, 0.5, or the adaptive split) x anchor x representative.
   jobs.push_back({"full", "", configure("full", o), 1.0});
-  jobs.push_back({"snapkv", "", configure("snapkv", o), o.ablation_budget});
-  for (auto heads : {kvcrush::signature_heads::kv, kvcrush::signature_heads::query}) {
-    for (double fraction : {0.25, 0.5, 0.75}) {
-      for (auto anchor : {kvcrush::anchor_mode::mean, kvcrush::anchor_mode::inv_mean, kvcrush::anchor_mode::zeros,
-                          kvcrush::anchor_mode::ones, kvcrush::anchor_mode::alternating, kvcrush::anchor_mode::random}) {
-        for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
-                          kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
-          job j{"snapkv+kvcrush", "", configure("snapkv+kvcrush", o), o.ablation_budget};
-          j.config.crush.heads = heads;
-          j.config.crush.fraction = fraction;
-          j.config.crush.anchor = anchor;
-          j.config.crush.representative = rule;
-          j.variant = std::string(kvcrush::to_string(heads)) + " heads, crush " + fixed(fraction, 2) + ", " +
-                      std::string(kvcrush::to_string(anchor)) + ", " + std::string(kvcrush::to_string(rule));
-          jobs.push_back(j);
+  for (const auto& base : o.ablation_bases) {
+    jobs.push_back({base, "", configure(base, o), o.ablation_budget});
+    const std::string composed = base + "+kvcrush";
+    for (auto heads : {kvcrush::signature_heads::kv, kvcrush::signature_heads::query}) {
+      for (double fraction : {0.25, 0.5, -1.0}) {  // -1: adaptive
+        for (auto anchor : {kvcrush::anchor_mode::mean, kvcrush::anchor_mode::inv_mean, kvcrush::anchor_mode::zeros,
+                            kvcrush::anchor_mode::ones, kvcrush::anchor_mode::alternating,
+                            kvcrush::anchor_mode::random}) {
+          for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
+                            kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
+            job j{composed, "", configure(composed, o), o.ablation_budget};
+            j.config.crush.heads = heads;
+            j.config.crush.anchor = anchor;
+            j.config.crush.representative = rule;
+            std::string split;
+            if (fraction < 0) {
+              j.config.crush.split = kvcrush::crush_split::adaptive;
+              split = "adaptive " + fixed(j.config.crush.mass, 2);
+            } else {
+              j.config.crush.split = kvcrush::crush_split::fixed;
+              j.config.crush.fraction = fraction;
+              split = "crush " + fixed(fraction, 2);
+            }
+            j.variant = std::string(kvcrush::to_string(heads)) + " heads, " + split + ", " +
+                        std::string(kvcrush::to_string(anchor)) + ", " + std::string(kvcrush::to_string(rule));
+            jobs.push_back(j);
+          }
         }
       }
     }

@@ -63,6 +63,7 @@ struct options {
   std::string output;    // table file, empty: stdout
   bool ablation = false;
   double ablation_budget = 0.25;
+  std::vector<std::string> ablation_bases = {"snapkv", "h2o"};
   bool paged = false;    // run the engine on the paged cache
   bool progress = true;
   long batch = 256;    // most runs decoded together (whole chunks: at least one chunk's runs)
@@ -171,9 +172,12 @@ only those rows run. --ablation runs the ablation alone. Options take "--name va
                         (group: blocks of G, sink and recent rounded up to G, no
                         requantization) (default token)
   --high-fraction F     mixed precision: share of the bytes for float16 (default 0.5)
-  --ablation            instead: the KVCrush ablation (anchor x representative x crush
-                        fraction x signature heads) for snapkv+kvcrush at --ablation-budget
+  --ablation            instead: the KVCrush ablation (signature heads x split: crush 0.25,
+                        0.5 or adaptive x anchor x representative) of each base at
+                        --ablation-budget
   --ablation-budget F   (default 0.25)
+  --ablation-bases LIST the ablation's base policies, each run alone and as X+kvcrush
+                        (default snapkv,h2o)
   --format md|csv       table format (default md)
   --output FILE         write the table there instead of stdout
   --plot FILE.svg       accuracy-against-budget plot
@@ -285,6 +289,7 @@ inline options parse_options(int argc, char** argv) {
       o.prefill = parse_real(arg, value());
     } else if (arg == "--chunks") {
       o.chunks = parse_integer(arg, value());
+      if (o.chunks < 1) throw usage_error("--chunks must be >= 1");
         } else if (arg == "--sink") {
       o.sink = parse_integer(arg, value());
     } else if (arg == "--window") {
@@ -314,6 +319,15 @@ inline options parse_options(int argc, char** argv) {
       o.high_fraction = parse_real(arg, value());
     } else if (arg == "--ablation") {
       o.ablation = true;
+    } else if (arg == "--ablation-bases") {
+      o.ablation_bases = split_list(value());
+      for (const auto& b : o.ablation_bases) {
+        const kvcrush::policy_config parsed = kvcrush::policy_config::parse(b);
+        if (parsed.kvcrush || parsed.adakv || parsed.base == kvcrush::base_policy::full ||
+            parsed.base == kvcrush::base_policy::streaming || parsed.base == kvcrush::base_policy::random) {
+          throw usage_error("--ablation-bases takes ranking base policies (snapkv, h2o, tova, ...), not '" + b + "'");
+        }
+      }
     } else if (arg == "--ablation-budget") {
       o.ablation_budget = parse_real(arg, value());
     } else if (arg == "--format") {
