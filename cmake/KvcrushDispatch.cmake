@@ -58,8 +58,8 @@ endif()
 # this machine lacks, is one line on stderr ("<name>: error: ...") and exit
 # code 2. Levels left out of LEVELS fall back to the best one built below.
 #
-# The executable's properties KVCRUSH_DISPATCH_LEVELS (levels built),
-# KVCRUSH_DISPATCH_TARGETS (the per-level object libraries, for extra
+# The executable's properties KVCRUSH_DISPATCH_LEVELS (levels built, best
+# first), KVCRUSH_DISPATCH_ENTRY (ENTRY), KVCRUSH_DISPATCH_TARGETS (the per-level object libraries, for extra
 # options) and KVCRUSH_DISPATCH_OBJECTS (the rewritten objects) describe it.
 # Needs GCC or Clang with binutils (objcopy, ld); no LTO for the levels.
 function(kvcrush_add_dispatched_executable name)
@@ -167,6 +167,7 @@ function(kvcrush_add_dispatched_executable name)
   target_compile_options(${name} PRIVATE ${KVCRUSH_ISA_FLAGS_scalar})
   set_target_properties(${name} PROPERTIES
     KVCRUSH_DISPATCH_LEVELS "${levels}"
+    KVCRUSH_DISPATCH_ENTRY ${arg_ENTRY}
     KVCRUSH_DISPATCH_TARGETS "${targets}"
     KVCRUSH_DISPATCH_OBJECTS "${objects}")
 endfunction()
