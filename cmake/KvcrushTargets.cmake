@@ -1,25 +1,10 @@
 # Helpers for kvcrush's own targets (tests, benchmarks, examples). Nothing in
 # here touches the exported kvcrush::kvcrush target.
 
-if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
-  set(KVCRUSH_X86 ON)
-else()
-  set(KVCRUSH_X86 OFF)
-endif()
-
-# Flags per ISA level. The scalar build also turns off auto-vectorisation so
-# that it really exercises (and measures) the scalar kernels.
-set(KVCRUSH_ISA_FLAGS_scalar -march=x86-64 -fno-tree-vectorize)
-set(KVCRUSH_ISA_FLAGS_avx2 -mavx2 -mfma -mbmi2 -mpopcnt)
-# GFNI and VBMI come with VPOPCNTDQ on every CPU that has it (Ice Lake,
-# Zen 4 and later); kernels use them when the flags allow and fall back
-# otherwise, so consumers may leave them out.
-set(KVCRUSH_ISA_FLAGS_avx512
-  -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq -mavx512vbmi -mgfni ${KVCRUSH_ISA_FLAGS_avx2})
-
-if(NOT KVCRUSH_X86)
-  set(KVCRUSH_ISA_FLAGS_scalar "")
-endif()
+# KVCRUSH_X86, the flags of each ISA level (KVCRUSH_ISA_FLAGS_<level>) and
+# kvcrush_add_dispatched_executable(): shared with consumers (installed with
+# the package).
+include(${CMAKE_CURRENT_LIST_DIR}/KvcrushDispatch.cmake)
 
 # Warnings (as errors when KVCRUSH_WERROR) and optional sanitizers.
 function(kvcrush_own_target target)
@@ -47,9 +32,11 @@ function(kvcrush_target_isa target isa)
   target_compile_definitions(${target} PRIVATE KVCRUSH_EXPECTED_ISA=${isa})
 endfunction()
 
-# The ISA the tools (CLI, evaluation) are built for: the best level this
-# build machine runs, found once by compiling and running a probe with that
-# level's flags. Override with -DKVCRUSH_TOOLS_ISA=scalar|avx2|avx512.
+# The best level this build machine runs, found once by compiling and running
+# a probe with that level's flags: the level of the benchmarks, the fuzzers
+# and the C API tests, and "host" in KVCRUSH_TOOLS_LEVELS (the CLI, the C API
+# and the evaluation tools themselves dispatch at run time). Override with
+# -DKVCRUSH_TOOLS_ISA=scalar|avx2|avx512.
 if(NOT DEFINED KVCRUSH_TOOLS_ISA)
   set(_kvcrush_host_isa scalar)
   if(KVCRUSH_X86)
@@ -66,9 +53,24 @@ if(NOT DEFINED KVCRUSH_TOOLS_ISA)
       endif()
     endforeach()
   endif()
-  set(KVCRUSH_TOOLS_ISA ${_kvcrush_host_isa} CACHE STRING "ISA level of the kvcrush CLI and evaluation tools")
-  message(STATUS "kvcrush: tools built for ${KVCRUSH_TOOLS_ISA}")
+  set(KVCRUSH_TOOLS_ISA ${_kvcrush_host_isa} CACHE STRING "Best ISA level of the build machine (benchmarks, fuzzers; host in KVCRUSH_TOOLS_LEVELS)")
+  message(STATUS "kvcrush: this machine runs ${KVCRUSH_TOOLS_ISA}")
 endif()
+
+# The levels compiled into kvcrush-eval and kvcrush-llama, which dispatch at
+# run time (kvcrush_add_dispatched_executable): each level is one more
+# compile of the whole tool. "host" stands for KVCRUSH_TOOLS_ISA, the best
+# level of the build machine; scalar is always built.
+set(KVCRUSH_TOOLS_LEVELS "scalar;avx2;avx512" CACHE STRING
+  "ISA levels compiled into the dispatched tools (scalar;avx2;avx512; host = KVCRUSH_TOOLS_ISA)")
+set(KVCRUSH_TOOLS_LEVELS_BUILT "")
+foreach(_level IN LISTS KVCRUSH_TOOLS_LEVELS)
+  if(_level STREQUAL "host")
+    set(_level ${KVCRUSH_TOOLS_ISA})
+  endif()
+  list(APPEND KVCRUSH_TOOLS_LEVELS_BUILT ${_level})
+endforeach()
+list(REMOVE_DUPLICATES KVCRUSH_TOOLS_LEVELS_BUILT)
 
 # The test suite is built once per ISA level that this machine runs: a
 # native AVX-512 suite on a CPU without AVX-512 would only be compiled to

@@ -181,7 +181,7 @@ int run(const options& given) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int KVCRUSH_TOOL_ENTRY(int argc, char** argv) {
   options o;
   try {
     o = parse_options(argc, argv);

@@ -232,7 +232,7 @@ void report_error(const std::string& message) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int KVCRUSH_TOOL_ENTRY(int argc, char** argv) {
   options opts;
   std::unique_ptr<kvcrush_llama::eviction_plan> plan;
   try {
