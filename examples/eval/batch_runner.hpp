@@ -121,13 +121,18 @@ class corpus_runner {
   corpus_runner(const kvcrush_llama::model& m, const options& o, kvcrush::executor& ex)
       : model_(&m), options_(&o), executor_(&ex), batch_(m, ex), spaces_(ex) {}
 
-  void run(const text_chunks& corpus, const std::vector<job>& jobs, std::vector<result_row>& rows, progress_bar& bar) {
+  // `label` names the runs on the progress bar (model and text).
+  void run(const text_chunks& corpus, const std::vector<job>& jobs, std::vector<result_row>& rows, progress_bar& bar,
+           const std::string& label) {
     const std::size_t per_chunk = jobs.size() + 1;  // + the full cache
-    const std::size_t group =
-        std::max<std::size_t>(1, static_cast<std::size_t>(options_->batch) / per_chunk);
-    for (std::size_t first = 0; first < corpus.chunks.size(); first += group) {
-      const std::size_t last = std::min(corpus.chunks.size(), first + group);
-      run_group(corpus, first, last, jobs, rows, bar);
+    const std::size_t fit = std::max<std::size_t>(1, static_cast<std::size_t>(options_->batch) / per_chunk);
+    // Groups as even as can be: 4 chunks that fit 3 at a time run as 2 + 2.
+    const std::size_t n = corpus.chunks.size();
+    const std::size_t groups = (n + fit - 1) / fit;
+    for (std::size_t g = 0, first = 0; g < groups; ++g) {
+      const std::size_t last = first + (n - first + (groups - g) - 1) / (groups - g);
+      run_group(corpus, first, last, jobs, rows, bar, label);
+      first = last;
     }
   }
 
@@ -142,7 +147,7 @@ class corpus_runner {
   };
 
   void run_group(const text_chunks& corpus, std::size_t first, std::size_t last, const std::vector<job>& jobs,
-                 std::vector<result_row>& rows, progress_bar& bar) {
+                 std::vector<result_row>& rows, progress_bar& bar, const std::string& name) {
     const kvcrush_llama::model_config& c = model_->config();
     const options& o = *options_;
     std::vector<chunk_state> chunks(last - first);
@@ -160,7 +165,7 @@ class corpus_runner {
       for (const job& j : jobs) s.lanes.push_back(make_lane(c, o, j, s.length));
       longest = std::max(longest, s.length);
     }
-    const std::string label = corpus.name + " chunks " + std::to_string(first + 1) + "-" + std::to_string(last);
+    const std::string label = name + " chunks " + std::to_string(first + 1) + "-" + std::to_string(last);
 
     for (index_t p = 0; p + 1 < longest; ++p) {
       // Chunks still in their prefill: one batched step for their prefill

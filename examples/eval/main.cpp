@@ -158,7 +158,7 @@ int run(const options& given) {
     corpus_runner runner(*r.weights, o, executor);
     for (const auto& corpus : r.corpora) {
       std::vector<result_row> text_rows(jobs.size());
-      runner.run(corpus, jobs, text_rows, bar);
+      runner.run(corpus, jobs, text_rows, bar, r.name + ": " + corpus.name);
       for (auto& row : text_rows) row.model = r.name;
       rows.insert(rows.end(), text_rows.begin(), text_rows.end());
     }
