@@ -10,15 +10,21 @@
 // per token and reads all the weights again for each).
 //
 // Work runs on a kvcrush::executor: the products are cut into slices of
-// `slice_rows` output features (a fixed size, so that each sequence's
-// numbers do not depend on the number of threads), and attention runs one
-// task per sequence. The elementwise operations are engine.hpp's, in the
-// same order; the products sum in Eigen's matrix-matrix order, so logits
-// agree with the single-sequence engine's to float rounding, not bit for
-// bit (tests/test_batch_engine.cpp bounds the difference).
+// `slice_rows` output features, and attention runs one task per sequence.
+// Every dot product sums in one fixed order (16 partial sums), so a
+// sequence's numbers do not depend on the batch it is in or on the number
+// of threads. The elementwise operations are engine.hpp's, in the same
+// order; the products sum in another order than the single-sequence
+// engine's Eigen matrix-vector products, so logits agree with it to float
+// rounding, not bit for bit (tests/test_batch_engine.cpp bounds the
+// difference).
 #pragma once
 
 #include <Eigen/Core>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstddef>
@@ -172,9 +178,75 @@ class batch_engine {
     kvcrush::parallel_for(*executor_, static_cast<index_t>(slices_.size()), [&](index_t s) {
       const slice& piece = slices_[static_cast<std::size_t>(s)];
       const product& p = *piece.p;
-      const auto w = weight_matrix(p.weights + static_cast<std::ptrdiff_t>(piece.first) * p.in, piece.rows, p.in);
-      p.y->middleCols(piece.first, piece.rows).noalias() = (*p.x) * w.transpose();
+      const index_t lanes = p.x->rows();
+      index_t b = 0;
+      for (; b + 4 <= lanes; b += 4) rows_times_lanes<4>(p, piece, b);
+      for (; b < lanes; ++b) rows_times_lanes<1>(p, piece, b);
     });
+  }
+
+  // y[b][i] = w_i . x_b for the slice's weight rows i and lanes b..b+L-1.
+  // Each dot product runs in 16 partial sums (element j goes to sum j mod
+  // 16), added up in a fixed order at the end: the same bits whatever the
+  // batch, the lane's place in it and the number of threads. Four weight
+  // rows and L lanes at a time reuse every load; the weights are read
+  // straight from the checkpoint, with no packing (a general matrix
+  // product would copy them into its own layout at every step).
+  template <index_t L>
+  static void rows_times_lanes(const product& p, const slice& piece, index_t b) {
+    constexpr index_t width = 16;
+    const index_t in = p.in, body = in / width * width;
+    const float* x[L];
+    for (index_t l = 0; l < L; ++l) x[l] = p.x->row(b + l).data();
+    index_t i = piece.first;
+    const index_t end = piece.first + piece.rows;
+    auto finish = [&](const float (&acc)[width], index_t row, index_t lane) {
+      float sum = acc[0];
+      for (index_t k = 1; k < width; ++k) sum += acc[k];
+      (*p.y)(b + lane, row) = sum;
+    };
+    for (; i + 4 <= end; i += 4) {
+      const float* w[4];
+      for (index_t r = 0; r < 4; ++r) w[r] = p.weights + static_cast<std::ptrdiff_t>(i + r) * in;
+      float acc[4][L][width] = {};
+#if defined(__AVX512F__)
+      // The same sums, with the 16 partial sums in one register.
+      __m512 vacc[4][L];
+      for (index_t r = 0; r < 4; ++r)
+        for (index_t l = 0; l < L; ++l) vacc[r][l] = _mm512_setzero_ps();
+      for (index_t j = 0; j < body; j += width) {
+        __m512 xv[L];
+        for (index_t l = 0; l < L; ++l) xv[l] = _mm512_loadu_ps(x[l] + j);
+        for (index_t r = 0; r < 4; ++r) {
+          const __m512 wv = _mm512_loadu_ps(w[r] + j);
+          for (index_t l = 0; l < L; ++l) vacc[r][l] = _mm512_fmadd_ps(wv, xv[l], vacc[r][l]);
+        }
+      }
+      for (index_t r = 0; r < 4; ++r)
+        for (index_t l = 0; l < L; ++l) _mm512_storeu_ps(acc[r][l], vacc[r][l]);
+#else
+      for (index_t j = 0; j < body; j += width) {
+        for (index_t r = 0; r < 4; ++r)
+          for (index_t l = 0; l < L; ++l)
+            for (index_t k = 0; k < width; ++k) acc[r][l][k] += w[r][j + k] * x[l][j + k];
+      }
+#endif
+      for (index_t r = 0; r < 4; ++r)
+        for (index_t l = 0; l < L; ++l) {
+          for (index_t j = body; j < in; ++j) acc[r][l][j - body] += w[r][j] * x[l][j];
+          finish(acc[r][l], i + r, l);
+        }
+    }
+    for (; i < end; ++i) {
+      const float* w = p.weights + static_cast<std::ptrdiff_t>(i) * in;
+      for (index_t l = 0; l < L; ++l) {
+        float acc[width] = {};
+        for (index_t j = 0; j < body; j += width)
+          for (index_t k = 0; k < width; ++k) acc[k] += w[j + k] * x[l][j + k];
+        for (index_t j = body; j < in; ++j) acc[j - body] += w[j] * x[l][j];
+        finish(acc, i, l);
+      }
+    }
   }
 
   const model* model_;

@@ -235,3 +235,39 @@ TEST(BatchEngine, BadStepsAreRefusedAndChangeNothing) {
 }
 
 }  // namespace
+
+namespace {
+
+// A lane's numbers do not depend on the batch it runs in: alone, first or
+// last among others, the same bits.
+TEST(BatchEngine, ALaneGivesTheSameBitsInAnyBatch) {
+  model_config c = llama_test::small_config(false);
+  c.dim = 80;  // a tail after the 16-wide blocks, and 5 weight rows per 4-row block + 1
+  c.hidden_dim = 52;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 37;
+  const model m(c, llama_test::random_weights(c, 9));
+  kvcrush::thread_executor ex(2);
+  batch_engine batch(m, ex);
+  sequence alone(c, make_store(c, 0, 32));
+  std::vector<std::unique_ptr<sequence>> crowd;
+  for (int i = 0; i < 6; ++i) crowd.push_back(std::make_unique<sequence>(c, make_store(c, 0, 32)));
+  for (index_t step = 0; step < 20; ++step) {
+    const int token = token_at(0, step, c.vocab_size);
+    batch.forward({&alone}, {token});
+    const Eigen::VectorXf expected = batch.logits(0);
+    // The same tokens as `alone` in lane 0 of a batch of 6 and in lane 5.
+    std::vector<sequence*> lanes;
+    std::vector<int> tokens;
+    for (index_t i = 0; i < 6; ++i) {
+      lanes.push_back(crowd[static_cast<std::size_t>(i)].get());
+      tokens.push_back(i == 0 || i == 5 ? token : token_at(i, step, c.vocab_size));
+    }
+    batch.forward(lanes, tokens);
+    ASSERT_EQ(Eigen::VectorXf(batch.logits(0)), expected) << "step " << step;
+    ASSERT_EQ(Eigen::VectorXf(batch.logits(5)), expected) << "step " << step;
+  }
+}
+
+}  // namespace
