@@ -114,6 +114,13 @@ class prefill_recorder final : public kvcrush_llama::attention_observer {
   index_t heads_, kv_heads_, head_dim_;
 };
 
+// The progress bar's weight of one token of one run: layers x query heads
+// x context / 1024, the scale of a token's attention and eviction work
+// (a token of austen-kjv-14m costs about ten of stories260K).
+inline long work_per_token(const kvcrush_llama::model_config& c) {
+  return std::max<long>(1, static_cast<long>(c.n_layers * c.n_heads * c.seq_len) / 1024);
+}
+
 // Runs every job on every chunk of a corpus; rows[j] gets job j's results
 // chunk by chunk, in chunk order (so they do not depend on the batching).
 class corpus_runner {
@@ -192,7 +199,7 @@ class corpus_runner {
         kvcrush::parallel_for(*executor_, static_cast<index_t>(replays.size()), [&](index_t i) {
           replays[static_cast<std::size_t>(i)].first->replay(replays[static_cast<std::size_t>(i)].second->seq());
         });
-        bar.advance(static_cast<long>(replays.size()), label + ": prefill");
+        bar.advance(static_cast<long>(replays.size()) * work_per_token(c), label + ": prefill");
       }
       if (decoding.empty()) continue;
 
@@ -241,7 +248,7 @@ class corpus_runner {
         run_lane& lane = i == offsets[k] ? *s.full : *s.lanes[static_cast<std::size_t>(i - offsets[k] - 1)];
         lane.score(full[k], batch_.logits(i), target);
       });
-      bar.advance(static_cast<long>(at), label);
+      bar.advance(static_cast<long>(at) * work_per_token(c), label);
     }
 
     for (std::size_t k = 0; k < chunks.size(); ++k) {

@@ -144,7 +144,9 @@ int run(const options& given) {
   long total = 0;
   for (const auto& r : runs) {
     for (const auto& corpus : r.corpora) {
-      for (const auto& chunk : corpus.chunks) total += static_cast<long>((jobs.size() + 1) * (chunk.size() - 1));
+      for (const auto& chunk : corpus.chunks) {
+        total += static_cast<long>((jobs.size() + 1) * (chunk.size() - 1)) * work_per_token(r.weights->config());
+      }
     }
   }
   progress_bar bar(total, o.progress);

@@ -25,7 +25,9 @@ class progress_bar {
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     const long percent = total_ ? done_ * 100 / total_ : 100;
     const bool finished = done_ >= total_;
-    const std::string eta = done_ > 0 && !finished ? " ETA " + clock(elapsed * static_cast<double>(total_ - done_) /
+    // The time left once 2% is done: the first steps (prefill) say little
+    // about the pace of the rest.
+    const std::string eta = done_ * 50 >= total_ && !finished ? " ETA " + clock(elapsed * static_cast<double>(total_ - done_) /
                                                                     static_cast<double>(done_))
                                                    : "";
     if (tty_) {
