@@ -55,6 +55,9 @@ def kernels(rows):
     header += [f"of which thresholds, {isas[-1]} (× read)"]
     header += [f"Hamming {i} (G tok/s)" for i in isas]
     header += ["buckets (µs)"]
+    one_pass = any(k.startswith("bracket_pass/avx512/") for k in rows)
+    if one_pass:
+        header += ["bracket pass avx512 (× read)", "two-compare floor avx512 (× read)"]
     lines = []
     for h in (8, 32, 64, 128):
         for n in (4096, 32768, 131072):
@@ -74,6 +77,10 @@ def kernels(rows):
                 line.append(giga(r["tokens/s"]) if r else "—")
             buckets = [k for k in rows if k.startswith("buckets/") and k.endswith("/" + key)]
             line.append(fmt(micros(rows[buckets[0]])) if buckets else "—")
+            if one_pass:
+                for family in ("bracket_pass", "bracket_masks"):
+                    r = rows.get(f"{family}/avx512/{key}")
+                    line.append(fmt(micros(r) / read, 2) if r else "—")
             lines.append(line)
     return table(header, lines)
 
@@ -190,11 +197,60 @@ def quant(rows):
     return table(header, lines)
 
 
+def ratio(rows, row, base):
+    return micros(rows[row]) / micros(rows[base]) if row in rows and base in rows else None
+
+
+def span(values):
+    values = [v for v in values if v is not None]
+    return f"{min(values):.2f}–{max(values):.2f}×" if values else "—"
+
+
+def targets(rows):
+    """The issue's targets, each measured value a ratio of two rows of one run."""
+    policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
+    sizes = [(h, n) for h in (1, 8, 32) for n in (4096, 32768, 131072)]
+    lines = []
+    block = [ratio(rows, f"select/{p}/{m}/{h}/{n}", f"select/{p}/{h}/{n}")
+             for p in policies for m in ("block16", "block32") for h, n in sizes]
+    lines.append(["block mode (b = 16, 32) over token mode, H ∈ {1, 8, 32}, N ∈ {4K, 32K, 128K}", "≤ 1.25×",
+                  span(block), "yes" if block and max(v for v in block if v) <= 1.25 else "no"])
+    layers = sorted((int(k.split("/")[1]), k) for k in rows if k.startswith("evict_layers/"))
+    if len(layers) >= 2:
+        speed = micros(rows[layers[0][1]]) / micros(rows[layers[1][1]])
+        lines.append(["32 layers (H = 8, N = 32768), 2 threads over 1", "≥ 1.8× faster", f"{speed:.2f}×",
+                      "yes" if speed >= 1.8 else "no"])
+    for keys, limit in (([(32, 32768), (32, 131072)], 2.5), ([(8, 32768), (32, 4096)], 6.0)):
+        values = [ratio(rows, f"select/snapkv+kvcrush/{h}/{n}", f"read_pass/{h}/{n}") for h, n in keys]
+        where = ", ".join(f"H = {h}, N = {n}" for h, n in keys)
+        met = all(v is not None and v <= limit for v in values)
+        lines.append([f"SnapKV+KVCrush over the read pass, {where}", f"≤ {limit:g}×",
+                      " and ".join(f"{v:.2f}×" for v in values if v is not None), "yes" if met else "no"])
+    sig = ratio(rows, "signatures/avx512/32/32768", "read_pass/32/32768")
+    if sig is not None:
+        lines.append(["signature step over the read pass, H = 32, N = 32768", "≤ 1.5×", f"{sig:.2f}×",
+                      "yes" if sig <= 1.5 else "no"])
+    avx2 = {}
+    for k in rows:
+        if k.startswith("select_avx2/"):
+            fast = "select/" + k[len("select_avx2/"):]
+            if fast in rows:
+                avx2[k] = micros(rows[k]) / micros(rows[fast])
+    if avx2:
+        over = sorted((v, k) for k, v in avx2.items() if v > 1.6)
+        note = f"{span(avx2.values())}; {len(over)} of {len(avx2)} rows above 1.6×"
+        if over:
+            note += f", worst {over[-1][1]}"
+        lines.append(["AVX2 kernels over AVX-512, every select row (one binary)", "≤ 1.6×", note,
+                      "yes" if not over else "no"])
+    return table(["what", "target", "measured", "met"], lines)
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     rows, context = load(sys.argv[1:])
-    sections = [("KVCrush kernels", "signatures/", kernels), ("Selection, scores to keep set", "select/", select),
+    sections = [("Targets", "select/", targets), ("KVCrush kernels", "signatures/", kernels), ("Selection, scores to keep set", "select/", select),
                 ("Selection modes, time over token mode", "select/snapkv/block16/", select_modes),
                 ("AVX2 kernels, time over AVX-512 kernels", "select_avx2/", select_avx2),
                 ("Selection of many layers on an executor (SnapKV+KVCrush)", "evict_layers/", evict_layers),

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -14,6 +15,7 @@
 #include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/column_counts.hpp"
 #include "kvcrush/simd/head_bits.hpp"
+#include "kvcrush/simd/kept_positions.hpp"
 #include "kvcrush/simd/partition.hpp"
 #include "kvcrush/simd/signature.hpp"
 #if KVCRUSH_HAS_AVX2
@@ -408,6 +410,133 @@ TEST(MedianSignatures, EveryTransposeAgreesWithAPlainOne) {
   if (kernels_run == 0) GTEST_SKIP() << "this machine runs none of the compiled transposes";
 }
 #endif
+
+TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
+  // Rows of 2048 tokens and more take the one-pass route (bracketed_median.hpp)
+  // where the kernels have it: a sampled bracket, bits above it, the inside
+  // settled by its own order statistic. Every outcome of the bracket is
+  // forced: it holds the median (smooth scores), ties fill it (few levels,
+  // constant rows), the sample sees other scores than the rest of the row
+  // (both ways), infinities, and unaligned rows with the head-order sums.
+  enum class shape { smooth, few_levels, constant, sample_high, sample_low, ascending, heavy_tail };
+  kvcrush::workspace ws_scalar, ws_simd;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t heads : {1, 3, 32, 33}) {
+      for (index_t tokens : {2048, 2049, 2111, 4096, 5003, 16384, 16447, 40000}) {
+        if (heads > 3 && tokens > 16447) continue;
+        for (shape form : {shape::smooth, shape::few_levels, shape::constant, shape::sample_high, shape::sample_low,
+                           shape::ascending, shape::heavy_tail}) {
+          const index_t stride = tokens + 3;
+          const index_t begin = 1, end = tokens;
+          const index_t n = end - begin;
+          const index_t words = kvcrush::signature_words(heads);
+          const auto seed = static_cast<std::uint32_t>(heads * 7919 + tokens * 31 + static_cast<int>(form));
+          std::vector<float> flat =
+              form == shape::few_levels ? kvcrush_test::tricky_floats(static_cast<std::size_t>(heads * stride), seed, 3, 0.0)
+                                        : kvcrush_test::random_floats(static_cast<std::size_t>(heads * stride), seed);
+          // The sampled positions of a head's row (bracketed_median_bits):
+          // runs of 16 at a stride of n / runs.
+          const index_t runs = n >= 16384 ? 64 : 16, step = n / runs;
+          for (index_t h = 0; h < heads; ++h) {
+            float* row = flat.data() + h * stride + begin;
+            for (index_t t = 0; t < n; ++t) {
+              const bool sampled = t < runs * step && t % step < 16;
+              switch (form) {
+                case shape::constant: row[t] = 0.25f; break;
+                case shape::sample_high: row[t] = sampled ? 100.0f + row[t] : row[t]; break;
+                case shape::sample_low: row[t] = sampled ? -100.0f + row[t] : row[t]; break;
+                case shape::ascending: row[t] = static_cast<float>(t % 977) * 0.5f; break;
+                case shape::heavy_tail: row[t] = std::exp(8.0f * row[t]) * 1e-3f; break;
+                default: break;
+              }
+            }
+            if (form == shape::smooth && h > 0) {
+              row[n / 3] = h % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+              row[n / 2] = -std::numeric_limits<float>::infinity();
+            }
+          }
+          const kvcrush::impl::score_rows rows{flat.data(), stride, heads, tokens + 0};
+          for (bool with_sums : {false, true}) {
+            std::vector<std::uint64_t> es(static_cast<std::size_t>(n * words)), gs(es.size(), ~0ull);
+            std::vector<float> esum(static_cast<std::size_t>(n)), gsum(esum.size());
+            std::vector<index_t> ec(static_cast<std::size_t>(heads)), gc(ec.size());
+            const bool eok = kvcrush::impl::build_signatures<isa::scalar>(
+                rows, begin, end, kvcrush::threshold_mode::median, es.data(), ec.data(),
+                with_sums ? esum.data() : nullptr, ws_scalar);
+            const bool gok = kvcrush::impl::build_signatures<Isa>(rows, begin, end, kvcrush::threshold_mode::median,
+                                                                  gs.data(), gc.data(),
+                                                                  with_sums ? gsum.data() : nullptr, ws_simd);
+            // Opposite infinities in one token of two heads make its sum NaN.
+            const bool sum_nan = with_sums && form == shape::smooth && heads >= 3;
+            ASSERT_EQ(eok, !sum_nan) << "H=" << heads << " N=" << tokens << " sums=" << with_sums;
+            ASSERT_EQ(gok, eok) << Isa::name << " H=" << heads << " N=" << tokens;
+            if (!eok) continue;
+            ASSERT_EQ(gs, es) << Isa::name << " H=" << heads << " N=" << tokens << " shape " << static_cast<int>(form)
+                              << " sums=" << with_sums;
+            ASSERT_EQ(gc, ec);
+            if (with_sums) {
+              for (index_t t = 0; t < n; ++t) ASSERT_TRUE(same_bits(gsum[t], esum[t])) << Isa::name << " t=" << t;
+            }
+          }
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(MedianSignatures, BracketedPassReportsNaN) {
+  // NaN anywhere in a long row, inside or outside the sample, with and
+  // without sums, in the first, a middle and the last head.
+  kvcrush::workspace ws;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    const index_t heads = 5, tokens = 20000;
+    for (index_t at : {index_t{0}, index_t{5}, index_t{2 * tokens + 777}, index_t{4 * tokens + 19999}}) {
+      auto flat = kvcrush_test::random_floats(static_cast<std::size_t>(heads * tokens), 21);
+      flat[static_cast<std::size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+      const kvcrush::impl::score_rows rows{flat.data(), tokens, heads, tokens};
+      std::vector<std::uint64_t> sig(static_cast<std::size_t>(tokens));
+      std::vector<float> sums(static_cast<std::size_t>(tokens));
+      for (float* s : {static_cast<float*>(nullptr), sums.data()}) {
+        EXPECT_FALSE(kvcrush::impl::build_signatures<Isa>(rows, 0, tokens, kvcrush::threshold_mode::median,
+                                                          sig.data(), nullptr, s, ws))
+            << Isa::name << " at " << at;
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
+TEST(KeptPositions, EveryIsaMatchesScalarAndWritesNothingPastTheCount) {
+  // Flags to keep-set positions: sizes around the 32- and 64-flag steps,
+  // densities from none to all, odd offsets; guard entries after the count
+  // must stay untouched (the output row may be exactly as long as the count).
+  std::mt19937 rng(29);
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t n : {0, 1, 7, 31, 32, 33, 63, 64, 65, 127, 1000, 4099}) {
+      for (unsigned keep_one_in : {0u, 1u, 2u, 4u, 9u}) {
+        std::vector<std::uint8_t> flags(static_cast<std::size_t>(n));
+        for (auto& f : flags) f = keep_one_in == 0 ? 0 : static_cast<std::uint8_t>(rng() % keep_one_in == 0 ? 1 + rng() % 2 : 0);
+        const index_t offset = 3 + n % 5;
+        std::vector<index_t> expected(static_cast<std::size_t>(n) + 8, -7), got(expected.size(), -7);
+        const index_t e = kvcrush::simd::kept_positions_scalar(flags.data(), n, offset, expected.data());
+        index_t kept = 0;
+        for (auto f : flags) kept += f != 0;
+        ASSERT_EQ(e, kept);
+        std::vector<index_t> exact(static_cast<std::size_t>(kept) + 8, -7);
+        const index_t g = kvcrush::simd::kept_positions<Isa>(flags.data(), n, offset, exact.data());
+        ASSERT_EQ(g, e) << Isa::name << " n " << n;
+        for (std::size_t i = 0; i < exact.size(); ++i) {
+          ASSERT_EQ(exact[i], expected[i]) << Isa::name << " n " << n << " at " << i;
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
 
 TEST(MedianSignatures, ReportNaNInAnyHeadOrSum) {
   kvcrush::workspace ws;

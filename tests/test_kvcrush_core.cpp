@@ -352,6 +352,52 @@ TEST(Representatives, MatchAStableSortForEverySizeAndRule) {
   }
 }
 
+TEST(Representatives, ClassPassesEqualTheCountingSort) {
+  // The SIMD kernels' class passes (mark_representatives_by_class) against
+  // the counting sort: sizes around the 64-item blocks, one class to 200,
+  // few or many candidates, every rule, k from 1 to every candidate.
+  std::mt19937 rng(17);
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t n : {64, 65, 127, 128, 129, 1000, 4099, 40000}) {
+      for (index_t max_distance : {0, 1, 8, 32, 64, 200}) {
+        for (unsigned candidate_in : {1u, 2u, 8u}) {  // one item in candidate_in is a candidate
+          std::vector<std::uint32_t> dist(static_cast<std::size_t>(n));
+          std::vector<std::uint8_t> flags(static_cast<std::size_t>(n));
+          for (index_t t = 0; t < n; ++t) {
+            // Binomial-like distances (the shape of real ones), sometimes uniform.
+            std::uint32_t d = 0;
+            if (t % 3 == 0) {
+              d = static_cast<std::uint32_t>(rng() % static_cast<unsigned>(max_distance + 1));
+            } else {
+              for (index_t b = 0; b < max_distance; ++b) d += rng() & 1u;
+            }
+            dist[static_cast<std::size_t>(t)] = d;
+            flags[static_cast<std::size_t>(t)] = static_cast<std::uint8_t>(rng() % candidate_in == 0 ? 0 : 1);
+          }
+          index_t candidates = 0;
+          for (auto f : flags) candidates += f == 0;
+          for (auto rule : {kvcrush::representative_rule::bucket_center, kvcrush::representative_rule::bucket_start,
+                            kvcrush::representative_rule::linspace, kvcrush::representative_rule::stride}) {
+            for (index_t k : {index_t{1}, candidates / 8, candidates / 2, candidates}) {
+              if (k < 1 || k > candidates) continue;
+              std::vector<std::uint8_t> expected = flags, got = flags;
+              std::vector<index_t> histogram(kvcrush::representative_histogram_size(max_distance));
+              std::vector<index_t> order(static_cast<std::size_t>(n) + 1);
+              kvcrush::impl::mark_representatives(dist.data(), expected.data(), n, 0, 2, k, rule, max_distance,
+                                                  histogram.data(), order.data());
+              kvcrush::impl::select_representatives<Isa>(dist.data(), got.data(), n, 0, 2, k, rule, max_distance,
+                                                         histogram.data(), order.data());
+              ASSERT_EQ(got, expected) << Isa::name << " n " << n << " max_distance " << max_distance << " k " << k;
+            }
+          }
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << kvcrush::isa::name() << " build";
+}
+
 // OpenVINO GenAI's KVCrush unit-test vectors (block mode, one head).
 TEST(OpenVinoVectors, MeanAnchorOfBlockIndicators) {
   const std::vector<int> indicators = {1, 0, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0};

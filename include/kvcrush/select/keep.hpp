@@ -24,6 +24,7 @@
 #include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/hamming.hpp"
+#include "kvcrush/simd/kept_positions.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -342,8 +343,8 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     index_t* histogram = ws.histogram(representative_histogram_size(unit_bits));
     index_t* order = ws.order(static_cast<std::size_t>(n) + 1);
     for (index_t h = 0; h < rows; ++h) {
-      mark_representatives(dist, flags + h * n, n, flag_evict, flag_representative, split_of(h).crush,
-                           cfg.representative, unit_bits, histogram, order);
+      select_representatives<Isa>(dist, flags + h * n, n, flag_evict, flag_representative, split_of(h).crush,
+                                  cfg.representative, unit_bits, histogram, order);
     }
   }
 
@@ -446,18 +447,13 @@ void select_keep_validated(matrix_view<const float> importance, const keep_confi
     const std::uint8_t* row_flags = flags + h * n;
     index_t j = 0;
     for (index_t i = 0; i < first; ++i) out(h, j++) = i;
-    // Kept flags found eight at a time and walked by their set bits: a
-    // branch per flag would mispredict on every other kept token.
-    index_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      std::uint64_t chunk;
-      std::memcpy(&chunk, row_flags + i, sizeof chunk);
-      for (unsigned kept = simd::nonzero_bytes8(chunk); kept != 0; kept &= kept - 1) {
-        out(h, j++) = first + i + simd::count_trailing_zeros64(kept);
+    static_assert(impl::flag_evict == 0, "kept_positions keeps the nonzero flags");
+    if (out.stride(1) == 1) {
+      j += simd::kept_positions<Isa>(row_flags, n, first, out.data() + h * out.stride(0) + j);
+    } else {
+      for (index_t i = 0; i < n; ++i) {
+        if (row_flags[i] != impl::flag_evict) out(h, j++) = first + i;
       }
-    }
-    for (; i < n; ++i) {
-      if (row_flags[i] != impl::flag_evict) out(h, j++) = first + i;
     }
     for (index_t i = last; i < all_units; ++i) out(h, j++) = i;
     if (counts.extent(0)) counts[h] = j;

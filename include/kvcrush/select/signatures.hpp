@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kvcrush/error.hpp"
+#include "kvcrush/select/bracketed_median.hpp"
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/selection_scratch.hpp"
@@ -103,6 +104,18 @@ void compute_thresholds(const score_rows& s, index_t begin, index_t end, thresho
   }
 }
 
+// Token-major signatures from the head-major bits of every head.
+template <class Isa>
+void head_bits_to_signatures(std::uint16_t* bits, index_t heads, index_t stride, index_t n, std::uint64_t* signatures,
+                             std::uint16_t* scratch) noexcept {
+  if (heads == 1) {
+    simd::expand_one_head<Isa>(bits, stride, n, signatures);
+    return;
+  }
+  simd::head_bits_zero_padding(heads, stride, n, bits);
+  simd::head_bits_kernel<Isa>::transpose(bits, stride, n, signatures, signature_words(heads), scratch);
+}
+
 // Median signatures one head at a time: the threshold, then the head's bits
 // (and its share of the sums over heads) while its row is still in L2, then
 // one transpose to token-major words. Ties are left to the caller, as from
@@ -118,6 +131,18 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
   float* buf_a = ws.floats_a(static_cast<std::size_t>(n + 64));
   float* buf_b = ws.floats_b(static_cast<std::size_t>(n + 64));
   bool nan = false;
+  if constexpr (simd::has_bracket_pass<Isa>::value) {
+    if (n >= bracketed_median_min_tokens) {
+      // ws.order is free until the representatives are ranked.
+      auto* words = reinterpret_cast<std::uint64_t*>(ws.order(static_cast<std::size_t>(bracketed_median_words(n))));
+      for (index_t h = 0; h < s.rows; ++h) {
+        nan |= bracketed_median_bits<Isa>(s.row(h) + begin, n, h, s.rows, stride, bits, sums, thresholds[h], ties[h],
+                                          buf_a, buf_b, words);
+      }
+      head_bits_to_signatures<Isa>(bits, s.rows, stride, n, signatures, bits + size);
+      return nan;
+    }
+  }
   for (index_t h = 0; h < s.rows; ++h) {
     const float* row = s.row(h) + begin;
     ties[h] = -1;
@@ -125,8 +150,7 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
                            : std::numeric_limits<float>::quiet_NaN();
     nan |= simd::head_bits_row<kernel>(row, n, thresholds[h], h, s.rows, stride, bits, sums);
   }
-  simd::head_bits_zero_padding(s.rows, stride, n, bits);
-  kernel::transpose(bits, stride, n, signatures, signature_words(s.rows), bits + size);
+  head_bits_to_signatures<Isa>(bits, s.rows, stride, n, signatures, bits + size);
   return nan;
 }
 
@@ -200,11 +224,12 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
 // the finished sums tell).
 template <class Isa>
 bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noexcept {
-  if constexpr (!std::is_same_v<Isa, isa::avx512>) {
-    // One row at a time: each row streams once and the sums stay in L2.
-    // On AVX2 this made select/snapkv 2x faster than the token-major
-    // kernel, whose tiles draw on every row at once; AVX-512 keeps the
-    // kernel it was measured with.
+  // One row at a time: each row streams once and the sums stay in L2. On
+  // AVX2 this made select/snapkv 2x faster than the token-major kernel,
+  // whose tiles draw on every row at once. On AVX-512 (Zen 4) it is faster
+  // from 16 rows on (select/snapkv/32: 0.6-0.8x the time) and slower below
+  // (select/snapkv/8/32768: 1.4x), where the token-major kernel stays.
+  if (!std::is_same_v<Isa, isa::avx512> || s.rows >= 16) {
     const index_t n = end - begin;
     for (index_t h = 0; h < s.rows; ++h) {
       const float* KVCRUSH_RESTRICT row = s.row(h) + begin;
@@ -215,9 +240,7 @@ bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noex
         for (index_t t = 0; t < n; ++t) out[t] += row[t];
       }
     }
-    bool nan = false;
-    for (index_t t = 0; t < n; ++t) nan |= sums[t] != sums[t];
-    return !nan;
+    return !simd::any_nan(sums, n);
   }
   simd::signature_job job;
   job.scores = s.data;

@@ -21,6 +21,11 @@
 #include <cstring>
 #include <type_traits>
 
+#if KVCRUSH_HAS_AVX512
+#include <immintrin.h>
+#endif
+
+#include "kvcrush/config.hpp"
 #include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -53,6 +58,23 @@ constexpr index_t head_bits_size(index_t heads, index_t tokens) noexcept {
 // What a head's pass does with the running sums over heads.
 enum class head_sum_mode { none, first, add, add_last };
 
+// What a kernel's bracket_pass found: tokens above the bracket, tokens
+// inside it (packed), and NaN as row_pass reports it.
+struct bracket_counts {
+  index_t above = 0;
+  index_t inside = 0;
+  bool nan = false;
+};
+
+// Whether the kernel decides a head's bits in the pass that brackets its
+// median (bracket_pass and settle_inside).
+template <class Kernel, class = void>
+struct has_bracket_pass_impl : std::false_type {};
+template <class Kernel>
+struct has_bracket_pass_impl<Kernel, std::void_t<decltype(&Kernel::settle_inside)>> : std::true_type {};
+template <class Isa>
+using has_bracket_pass = has_bracket_pass_impl<head_bits_kernel<Isa>>;
+
 // Head `head`'s bits over row[0, n): row[t] >= threshold, through the
 // kernel's row_pass<mode>. With sums, also sums[t] = row[t] (head 0) or
 // sums[t] + row[t] (later heads), the float sum in head order. Returns true
@@ -73,6 +95,28 @@ bool head_bits_row(const float* row, index_t n, float threshold, index_t head, i
     return Kernel::template row_pass<head_sum_mode::add>(row, n, threshold, head, stride, bits, sums);
   }
   return Kernel::template row_pass<head_sum_mode::add_last>(row, n, threshold, head, stride, bits, sums);
+}
+
+// Token-major signatures of a single head (one word per token, bit 0) from
+// its head-major bits: what the transpose computes, without 31 padding heads.
+template <class Isa>
+void expand_one_head(const std::uint16_t* bits, index_t stride, index_t n, std::uint64_t* signatures) noexcept {
+  for (index_t g = 0; g * 16 < n; ++g) {
+    const std::uint16_t group = bits[(g / 32) * stride * 32 + g % 32];
+    const index_t len = n - 16 * g < 16 ? n - 16 * g : 16;
+#if KVCRUSH_HAS_AVX512
+    if constexpr (std::is_same_v<Isa, isa::avx512>) {
+      const __m512i one = _mm512_set1_epi64(1);
+      const auto first = static_cast<__mmask8>(len >= 8 ? 0xffu : (1u << len) - 1u);
+      const auto second = static_cast<__mmask8>(len >= 16 ? 0xffu : len > 8 ? (1u << (len - 8)) - 1u : 0u);
+      _mm512_mask_storeu_epi64(signatures + 16 * g, first, _mm512_maskz_mov_epi64(static_cast<__mmask8>(group), one));
+      _mm512_mask_storeu_epi64(signatures + 16 * g + 8, second,
+                               _mm512_maskz_mov_epi64(static_cast<__mmask8>(group >> 8), one));
+      continue;
+    }
+#endif
+    for (index_t j = 0; j < len; ++j) signatures[16 * g + j] = (group >> j) & 1u;
+  }
 }
 
 // Zero bits for the padding heads [heads, stride) of every tile.

@@ -14,6 +14,7 @@
 
 #include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/head_bits.hpp"
+#include "kvcrush/simd/partition.hpp"
 
 #if defined(__GFNI__) && defined(__AVX512VBMI__)
 #define KVCRUSH_HEAD_BITS_GFNI 1
@@ -151,6 +152,137 @@ struct head_bits_kernel<isa::avx512> {
     // The last tile's unused groups read as zero in the transpose.
     for (index_t g = (n + 15) / 16; g % 32 != 0; ++g) bits[((g / 32) * stride + head) * 32 + g % 32] = 0;
     return nan != 0;
+  }
+
+  // One head's pass around a bracket [lo, hi] that likely holds its
+  // median (bracketed_median.hpp): the bits of the tokens above hi, which
+  // are set whatever the median turns out to be; a word per 64 tokens
+  // marking the tokens inside [lo, hi]; and those tokens' scores, packed in
+  // order into `inside` (room for n + 16 floats), whose exact order
+  // statistic then settles their bits. Sums and NaN checks as row_pass.
+  template <head_sum_mode Mode>
+  static bracket_counts bracket_pass(const float* row, index_t n, float lo, float hi, index_t head, index_t stride,
+                                     std::uint16_t* bits, std::uint64_t* inside_words, float* inside,
+                                     float* sums) noexcept {
+    const __m512 vlo = _mm512_set1_ps(lo);
+    const __m512 vhi = _mm512_set1_ps(hi);
+    __mmask16 nan = 0;
+    // Without sums, the row's own running sum stands for the NaN check (an
+    // add costs less than a compare here): NaN stays NaN under addition. A
+    // NaN sum from opposite infinities is told apart by the exact check.
+    __m512 total_row = _mm512_setzero_ps();
+    bracket_counts c;
+    // One 16-token group: its above and inside masks, sums and NaN check.
+    auto group = [&](index_t at, __mmask16 lanes, __m512& v, __mmask16& in) {
+      v = _mm512_maskz_loadu_ps(lanes, row + at);
+      if (Mode == head_sum_mode::none) total_row = _mm512_add_ps(total_row, v);
+      if (Mode == head_sum_mode::first) _mm512_mask_storeu_ps(sums + at, lanes, v);
+      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
+        const __m512 total = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, sums + at), v);
+        _mm512_mask_storeu_ps(sums + at, lanes, total);
+        if (Mode == head_sum_mode::add_last) nan |= _mm512_mask_cmp_ps_mask(lanes, total, total, _CMP_UNORD_Q);
+      }
+      const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, v, vhi, _CMP_GT_OQ);
+      in = static_cast<__mmask16>(~up & _mm512_mask_cmp_ps_mask(lanes, v, vlo, _CMP_GE_OQ));
+      return up;
+    };
+    index_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+      __m512 v[4];
+      __mmask16 up[4], in[4];
+      for (int j = 0; j < 4; ++j) up[j] = group(i + 16 * j, 0xffff, v[j], in[j]);
+      const std::uint64_t up_word = avx512_util::join4(up);
+      const std::uint64_t in_word = avx512_util::join4(in);
+      const index_t g = i / 16;
+      std::memcpy(bits + ((g / 32) * stride + head) * 32 + g % 32, &up_word, sizeof up_word);
+      inside_words[i / 64] = in_word;
+      c.above += static_cast<index_t>(_mm_popcnt_u64(up_word));
+      // Packed as in the partition kernel: one store when the four groups'
+      // inside values fit a vector, as they nearly always do.
+      const auto after0 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffu));
+      const auto after1 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffffffu));
+      const auto after2 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffffffffffu));
+      const auto count = static_cast<index_t>(_mm_popcnt_u64(in_word));
+      float* out = inside + c.inside;
+      if (count <= 16) {
+        __m512 merged = _mm512_maskz_compress_ps(in[0], v[0]);
+        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after0),
+                                        _mm512_maskz_compress_ps(in[1], v[1]));
+        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after1),
+                                        _mm512_maskz_compress_ps(in[2], v[2]));
+        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after2),
+                                        _mm512_maskz_compress_ps(in[3], v[3]));
+        _mm512_storeu_ps(out, merged);
+      } else {
+        _mm512_storeu_ps(out, _mm512_maskz_compress_ps(in[0], v[0]));
+        _mm512_storeu_ps(out + after0, _mm512_maskz_compress_ps(in[1], v[1]));
+        _mm512_storeu_ps(out + after1, _mm512_maskz_compress_ps(in[2], v[2]));
+        _mm512_storeu_ps(out + after2, _mm512_maskz_compress_ps(in[3], v[3]));
+      }
+      c.inside += count;
+    }
+    if (i < n) {
+      std::uint64_t in_word = 0;
+      for (; i < n; i += 16) {
+        const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+        __m512 v;
+        __mmask16 in;
+        const index_t g = i / 16;
+        bits[((g / 32) * stride + head) * 32 + g % 32] = group(i, lanes, v, in);
+        c.above += _mm_popcnt_u32(bits[((g / 32) * stride + head) * 32 + g % 32]);
+        _mm512_storeu_ps(inside + c.inside, _mm512_maskz_compress_ps(in, v));
+        c.inside += _mm_popcnt_u32(in);
+        in_word |= static_cast<std::uint64_t>(in) << (i % 64);
+      }
+      inside_words[(n - 1) / 64] = in_word;
+    }
+    // The last tile's unused groups read as zero in the transpose.
+    for (index_t g = (n + 15) / 16; g % 32 != 0; ++g) bits[((g / 32) * stride + head) * 32 + g % 32] = 0;
+    if (Mode == head_sum_mode::none && _mm512_cmp_ps_mask(total_row, total_row, _CMP_UNORD_Q) != 0) {
+      for (index_t i = 0; i < n; i += 16) {
+        const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(lanes, row + i);
+        nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+      }
+    }
+    c.nan = nan != 0;
+    return c;
+  }
+
+  // Sets, among the tokens marked in inside_words (n tokens), the bits of
+  // those whose packed score (inside, in token order) is >= threshold.
+  static void settle_inside(const float* inside, index_t count, const std::uint64_t* inside_words, index_t n,
+                            float threshold, index_t head, index_t stride, std::uint16_t* bits,
+                            std::uint64_t* ge_words) noexcept {
+    const __m512 t = _mm512_set1_ps(threshold);
+    // ge_words holds count / 64 + 2 words; the window below may read the
+    // word after the last one in use, so both ends read as zero.
+    ge_words[count / 64] = 0;
+    ge_words[count / 64 + 1] = 0;
+    auto* ge_bytes = reinterpret_cast<unsigned char*>(ge_words);
+    for (index_t j = 0; j < count; j += 16) {
+      const auto lanes = static_cast<__mmask16>(count - j >= 16 ? 0xffffu : (1u << (count - j)) - 1u);
+      const std::uint16_t ge =
+          _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, inside + j), t, _CMP_GE_OQ);
+      std::memcpy(ge_bytes + j / 8, &ge, sizeof ge);
+    }
+    // Token block b's inside tokens own the next popcount(word) bits of the
+    // ge mask; pdep spreads them onto the tokens.
+    index_t cursor = 0;
+    for (index_t b = 0; b * 64 < n; ++b) {
+      const std::uint64_t word = inside_words[b];
+      const index_t shift = cursor % 64;
+      const std::uint64_t low = ge_words[cursor / 64] >> shift;
+      const std::uint64_t high = shift ? ge_words[cursor / 64 + 1] << (64 - shift) : 0;
+      const std::uint64_t settled = _pdep_u64(low | high, word);
+      cursor += static_cast<index_t>(_mm_popcnt_u64(word));
+      const index_t g = 4 * b;
+      std::uint64_t current;
+      std::uint16_t* at = bits + ((g / 32) * stride + head) * 32 + g % 32;
+      std::memcpy(&current, at, sizeof current);
+      current |= settled;
+      std::memcpy(at, &current, sizeof current);
+    }
   }
 
  private:
