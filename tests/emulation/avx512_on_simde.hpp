@@ -296,6 +296,9 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 #undef _mm256_mask_storeu_epi16
 #define _mm256_mask_storeu_epi16(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int16_t, 16>(a))
+#undef _mm512_mask_storeu_epi8
+#define _mm512_mask_storeu_epi8(p, k, a) \
+  kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int8_t, 64>(a))
 #undef _mm_mask_storeu_epi8
 #define _mm_mask_storeu_epi8(p, k, a) kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int8_t, 16>(a))
 #undef _mm512_maskz_extracti32x8_epi32
