@@ -422,7 +422,7 @@ TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
   kvcrush::workspace ws_scalar, ws_simd;
   const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
     using Isa = decltype(tag);
-    for (index_t heads : {1, 3, 32, 33}) {
+    for (index_t heads : {1, 2, 3, 8, 9, 32, 33}) {
       for (index_t tokens : {2048, 2049, 2111, 4096, 5003, 16384, 16447, 40000}) {
         if (heads > 3 && tokens > 16447) continue;
         for (shape form : {shape::smooth, shape::few_levels, shape::constant, shape::sample_high, shape::sample_low,

@@ -112,6 +112,10 @@ void head_bits_to_signatures(std::uint16_t* bits, index_t heads, index_t stride,
     simd::expand_one_head<Isa>(bits, stride, n, signatures);
     return;
   }
+  if (heads <= 8) {
+    simd::transpose_few_heads<Isa>(bits, heads, stride, n, signatures);
+    return;
+  }
   simd::head_bits_zero_padding(heads, stride, n, bits);
   simd::head_bits_kernel<Isa>::transpose(bits, stride, n, signatures, signature_words(heads), scratch);
 }

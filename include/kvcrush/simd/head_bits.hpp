@@ -21,7 +21,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if KVCRUSH_HAS_AVX512
+#if KVCRUSH_HAS_AVX2
 #include <immintrin.h>
 #endif
 
@@ -116,6 +116,51 @@ void expand_one_head(const std::uint16_t* bits, index_t stride, index_t n, std::
     }
 #endif
     for (index_t j = 0; j < len; ++j) signatures[16 * g + j] = (group >> j) & 1u;
+  }
+}
+
+// An 8 x 8 bit matrix transposed: bit j of byte i moves to bit i of byte j
+// (three rounds of swapping off-diagonal blocks, Hacker's Delight 7-3).
+constexpr std::uint64_t transpose_bits8x8(std::uint64_t x) noexcept {
+  std::uint64_t t = (x ^ (x >> 7)) & 0x00aa00aa00aa00aaull;
+  x = x ^ t ^ (t << 7);
+  t = (x ^ (x >> 14)) & 0x0000cccc0000ccccull;
+  x = x ^ t ^ (t << 14);
+  t = (x ^ (x >> 28)) & 0x00000000f0f0f0f0ull;
+  return x ^ t ^ (t << 28);
+}
+
+// Token-major signatures of 2 to 8 heads (one word per token, bits 0..7)
+// from head-major bits: per 16 tokens, two 8 x 8 bit transposes, where the
+// 32-head tile transpose would spend most of its work on padding heads.
+template <class Isa>
+void transpose_few_heads(const std::uint16_t* bits, index_t heads, index_t stride, index_t n,
+                         std::uint64_t* signatures) noexcept {
+  for (index_t g = 0; g * 16 < n; ++g) {
+    std::uint64_t low = 0, high = 0;  // byte h: head h's bits of tokens 0..7 (8..15)
+    for (index_t h = 0; h < heads; ++h) {
+      const std::uint16_t group = bits[((g / 32) * stride + h) * 32 + g % 32];
+      low |= static_cast<std::uint64_t>(group & 0xffu) << (8 * h);
+      high |= static_cast<std::uint64_t>(group >> 8) << (8 * h);
+    }
+    low = transpose_bits8x8(low);  // byte t: token t's bits of every head
+    high = transpose_bits8x8(high);
+    const index_t len = n - 16 * g < 16 ? n - 16 * g : 16;
+    std::uint64_t* out = signatures + 16 * g;
+#if KVCRUSH_HAS_AVX2
+    if constexpr (!std::is_same_v<Isa, isa::scalar>) {
+      if (len == 16) {
+        // Four bytes at a time widened to words.
+        const std::uint64_t quarters[4] = {low, low >> 32, high, high >> 32};
+        for (int q = 0; q < 4; ++q) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * q),
+                              _mm256_cvtepu8_epi64(_mm_cvtsi64_si128(static_cast<long long>(quarters[q]))));
+        }
+        continue;
+      }
+    }
+#endif
+    for (index_t t = 0; t < len; ++t) out[t] = (t < 8 ? low >> (8 * t) : high >> (8 * (t - 8))) & 0xffu;
   }
 }
 
