@@ -228,12 +228,13 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
 // the finished sums tell).
 template <class Isa>
 bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noexcept {
-  // One row at a time: each row streams once and the sums stay in L2. On
-  // AVX2 this made select/snapkv 2x faster than the token-major kernel,
-  // whose tiles draw on every row at once. On AVX-512 (Zen 4) it is faster
-  // from 16 rows on (select/snapkv/32: 0.6-0.8x the time) and slower below
-  // (select/snapkv/8/32768: 1.4x), where the token-major kernel stays.
-  if (!std::is_same_v<Isa, isa::avx512> || s.rows >= 16) {
+  if constexpr (!std::is_same_v<Isa, isa::avx512>) {
+    // One row at a time: each row streams once and the sums stay in L2.
+    // On AVX2 this made select/snapkv 2x faster than the token-major
+    // kernel, whose tiles draw on every row at once. On AVX-512 (Zen 4) the
+    // token-major kernel is faster at 8 heads and in block mode (row at a
+    // time: 1.2-1.6x the time of select/snapkv/8 and select/snapkv/block32),
+    // and about even at 32 heads in token mode.
     const index_t n = end - begin;
     for (index_t h = 0; h < s.rows; ++h) {
       const float* KVCRUSH_RESTRICT row = s.row(h) + begin;
