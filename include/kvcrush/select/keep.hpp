@@ -330,7 +330,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
       unit_bits = sig_bits * b;
       unit_words = signature_words(unit_bits);
       std::uint64_t* block_sig = ws.block_signatures(static_cast<std::size_t>(n * unit_words) + 1);
-      unit_sig = concatenate_block_signatures(token_sig, token_words, sig_bits, n, b, block_sig);
+      unit_sig = concatenate_block_signatures<Isa>(token_sig, token_words, sig_bits, n, b, block_sig);
       counts = ws.unit_counts(static_cast<std::size_t>(unit_words * 64) + 1);
       if (cfg.anchor == anchor_mode::mean || cfg.anchor == anchor_mode::inv_mean) {
         count_block_bits<Isa>(unit_sig, n, unit_words, counts);
