@@ -211,6 +211,11 @@ def targets(rows):
     policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
     sizes = [(h, n) for h in (1, 8, 32) for n in (4096, 32768, 131072)]
     lines = []
+    hamming = [rows[f"hamming/avx512/{h}/32768"]["tokens/s"] / 1e9 for h in (8, 32, 64)
+               if f"hamming/avx512/{h}/32768" in rows]
+    if hamming:
+        lines.append(["Hamming distances (AVX-512), H ≤ 64, N = 32768", "≥ 5 G tokens/s",
+                      f"{min(hamming):.1f}–{max(hamming):.1f} G tokens/s", "yes" if min(hamming) >= 5 else "no"])
     block = [ratio(rows, f"select/{p}/{m}/{h}/{n}", f"select/{p}/{h}/{n}")
              for p in policies for m in ("block16", "block32") for h, n in sizes]
     lines.append(["block mode (b = 16, 32) over token mode, H ∈ {1, 8, 32}, N ∈ {4K, 32K, 128K}", "≤ 1.25×",
