@@ -14,12 +14,9 @@
 #include <type_traits>
 
 #include "kvcrush/select/signatures.hpp"
+#include "kvcrush/simd/bit_pack.hpp"
 #include "kvcrush/simd/column_counts.hpp"
 #include "kvcrush/tensor_view.hpp"
-
-#if KVCRUSH_HAS_AVX2
-#include <immintrin.h>
-#endif
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -41,44 +38,6 @@ void pack_signature_stream(const std::uint64_t* KVCRUSH_RESTRICT token_sig, inde
   }
 }
 
-// One-bit signatures (H = 1) packed 64 to a word: bit m of word k is bit 0
-// of token 64 k + m. The generic loop above costs about as much as the
-// rest of a one-head selection; vector tests of bit 0 take 8 (AVX-512) or 4
-// (AVX2, via the sign bits of shifted lanes) tokens at once.
-template <class Isa>
-void pack_one_bit_signatures(const std::uint64_t* KVCRUSH_RESTRICT token_sig, index_t tokens,
-                             std::uint64_t* KVCRUSH_RESTRICT out) noexcept {
-#if KVCRUSH_HAS_AVX512
-  if constexpr (std::is_same_v<Isa, isa::avx512>) {
-    const __m512i one = _mm512_set1_epi64(1);
-    for (index_t k = 0; k < tokens / 64; ++k) {
-      std::uint64_t word = 0;
-      for (int m = 0; m < 8; ++m) {
-        const __m512i v = _mm512_loadu_si512(token_sig + 64 * k + 8 * m);
-        word |= static_cast<std::uint64_t>(_mm512_test_epi64_mask(v, one)) << (8 * m);
-      }
-      out[k] = word;
-    }
-    return;
-  }
-#endif
-#if KVCRUSH_HAS_AVX2
-  if constexpr (std::is_same_v<Isa, isa::avx2>) {
-    for (index_t k = 0; k < tokens / 64; ++k) {
-      std::uint64_t word = 0;
-      for (int m = 0; m < 16; ++m) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(token_sig + 64 * k + 4 * m));
-        const auto bits = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_slli_epi64(v, 63))));
-        word |= static_cast<std::uint64_t>(bits) << (4 * m);
-      }
-      out[k] = word;
-    }
-    return;
-  }
-#endif
-  pack_signature_stream<1>(token_sig, tokens, out);
-}
-
 // Block signatures of `blocks` blocks of b tokens from token signatures
 // (token_words words each, `bits` bits used, unused bits zero). Returns the
 // block signatures: signature_words(bits * b) words per block, either
@@ -95,7 +54,7 @@ const std::uint64_t* concatenate_block_signatures(const std::uint64_t* token_sig
   if (token_words == 1 && block_bits % 64 == 0 && 64 % bits == 0) {
     // Blocks end on word boundaries, so all blocks form one packed stream.
     switch (bits) {
-      case 1: pack_one_bit_signatures<Isa>(token_sig, tokens, block_sig); return block_sig;
+      case 1: simd::pack_one_bit_signatures<Isa>(token_sig, tokens, block_sig); return block_sig;
       case 2: pack_signature_stream<2>(token_sig, tokens, block_sig); return block_sig;
       case 4: pack_signature_stream<4>(token_sig, tokens, block_sig); return block_sig;
       case 8: pack_signature_stream<8>(token_sig, tokens, block_sig); return block_sig;
@@ -113,7 +72,7 @@ const std::uint64_t* concatenate_block_signatures(const std::uint64_t* token_sig
     const index_t per_word = 64 / bits;
     const index_t whole = tokens / per_word * per_word;
     switch (bits) {
-      case 1: pack_one_bit_signatures<Isa>(token_sig, whole, block_sig); break;
+      case 1: simd::pack_one_bit_signatures<Isa>(token_sig, whole, block_sig); break;
       case 2: pack_signature_stream<2>(token_sig, whole, block_sig); break;
       case 4: pack_signature_stream<4>(token_sig, whole, block_sig); break;
       case 8: pack_signature_stream<8>(token_sig, whole, block_sig); break;

@@ -199,7 +199,7 @@ void mark_representatives_by_class(const std::uint32_t* dist, std::uint8_t* flag
       members[b] = simd::equal_bytes64<Isa>(tail, candidate);
     }
     marks[b] = 0;
-    count += static_cast<index_t>(_mm_popcnt_u64(members[b]));
+    count += simd::popcount64_fast(members[b]);
   }
   if (count == 0) return;
   // The places as bytes first (plain stores: setting bits would chain each
@@ -217,8 +217,8 @@ void mark_representatives_by_class(const std::uint32_t* dist, std::uint8_t* flag
       // The 64 places from `place` on; (x << 1) << (63 - shift) is x << (64 -
       // shift) without the undefined shift by 64.
       const std::uint64_t window = places[place / 64] >> shift | (places[place / 64 + 1] << 1) << (63 - shift);
-      marks[b] |= _pdep_u64(window, in_class);
-      place += static_cast<index_t>(_mm_popcnt_u64(in_class));
+      marks[b] |= simd::deposit_bits64(window, in_class);
+      place += simd::popcount64_fast(in_class);
     }
   }
   for (index_t b = 0; b < blocks; ++b) {

@@ -1,5 +1,6 @@
-// Which of 64 bytes equal a value, as a 64-bit mask (bit j: byte j): the
-// building block of the representatives' class passes (select/buckets.hpp).
+// Byte masks and bit helpers of the representatives' class passes
+// (select/buckets.hpp): which of 64 bytes equal a value, as a 64-bit mask
+// (bit j: byte j); bytes set under a mask; pdep and popcount.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +53,12 @@ void set_bytes64(std::uint8_t* p, std::uint64_t mask, std::uint8_t value, std::p
 #endif
   for (; mask != 0; mask &= mask - 1) p[__builtin_ctzll(mask)] = value;
 }
+
+#if KVCRUSH_HAS_AVX2
+// BMI2's pdep and POPCNT, for the class passes (AVX2 and AVX-512 builds).
+inline std::uint64_t deposit_bits64(std::uint64_t bits, std::uint64_t mask) noexcept { return _pdep_u64(bits, mask); }
+inline std::ptrdiff_t popcount64_fast(std::uint64_t x) noexcept { return static_cast<std::ptrdiff_t>(_mm_popcnt_u64(x)); }
+#endif
 
 // Whether the ISA has vector byte compares and BMI2's pdep, which the class
 // passes need to beat the counting sort.
