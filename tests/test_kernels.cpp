@@ -509,6 +509,47 @@ TEST(MedianSignatures, BracketedPassReportsNaN) {
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
 
+TEST(HeadSums, EveryIsaAddsInRowOrder) {
+  // The importance sums over heads: blocks of 1024 tokens swept eight, four
+  // or one row at a time (and AVX-512's token-major kernel at 2-8 heads)
+  // must all equal the plain row-order sum bit for bit. Head counts cover
+  // every mix of sweeps; strides cover packed rows, padded rows and rows a
+  // multiple of 4 KiB apart; ranges start unaligned; infinities and
+  // cancellations make the order visible; a NaN anywhere is reported.
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t heads : {1, 2, 3, 4, 5, 8, 9, 12, 13, 16, 17, 32, 33}) {
+      for (index_t tokens : {1, 37, 1024, 1100, 3000}) {
+        for (index_t pad : {index_t{0}, index_t{5}, 1024 - tokens % 1024}) {
+          const index_t stride = tokens + pad;
+          auto flat = kvcrush_test::tricky_floats(static_cast<std::size_t>(heads * stride),
+                                                  static_cast<std::uint32_t>(heads * 7919 + tokens), 50, 0.0);
+          for (std::size_t i = 0; i < flat.size(); i += 7) flat[i] *= 1e7f;  // large terms: order matters
+          if (heads >= 2 && tokens > 10) flat[static_cast<std::size_t>(stride + 10)] = std::numeric_limits<float>::infinity();
+          const kvcrush::impl::score_rows rows{flat.data(), stride, heads, tokens};
+          const index_t begin = tokens > 3 ? 3 : 0;
+          std::vector<float> expected(static_cast<std::size_t>(tokens - begin)), got(expected.size(), -1.0f);
+          for (index_t t = begin; t < tokens; ++t) {
+            float sum = rows.row(0)[t];
+            for (index_t h = 1; h < heads; ++h) sum += rows.row(h)[t];
+            expected[static_cast<std::size_t>(t - begin)] = sum;
+          }
+          ASSERT_TRUE(kvcrush::impl::sum_rows<Isa>(rows, begin, tokens, got.data()));
+          for (std::size_t t = 0; t < got.size(); ++t) {
+            ASSERT_TRUE(same_bits(got[t], expected[t])) << Isa::name << " H=" << heads << " N=" << tokens
+                                                        << " stride " << stride << " t=" << t;
+          }
+          if (tokens > 10) {
+            flat[static_cast<std::size_t>((heads - 1) * stride + tokens - 1)] = std::numeric_limits<float>::quiet_NaN();
+            EXPECT_FALSE(kvcrush::impl::sum_rows<Isa>(rows, begin, tokens, got.data())) << Isa::name << " H=" << heads;
+          }
+        }
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
 TEST(KeptPositions, EveryIsaMatchesScalarAndWritesNothingPastTheCount) {
   // Flags to keep-set positions: sizes around the 32- and 64-flag steps,
   // densities from none to all, odd offsets; guard entries after the count

@@ -86,8 +86,12 @@
 #define KVCRUSH_RESTRICT __restrict__
 #define KVCRUSH_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVCRUSH_UNLIKELY(x) __builtin_expect(!!(x), 0)
+// For small kernel pieces called from inside a hot loop, whose vector
+// arguments would otherwise pass through memory when GCC declines to inline.
+#define KVCRUSH_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define KVCRUSH_RESTRICT
 #define KVCRUSH_LIKELY(x) (x)
 #define KVCRUSH_UNLIKELY(x) (x)
+#define KVCRUSH_ALWAYS_INLINE inline
 #endif

@@ -87,12 +87,8 @@ bool bracketed_median_bits(const float* row, index_t n, index_t head, index_t he
   const index_t step = n / runs;
   for (index_t r = 0; r < runs; ++r)
     for (index_t j = 0; j < run; ++j) sample[r * run + j] = row[r * step + j];
-  const double p = static_cast<double>(k) / static_cast<double>(n);
-  const double sigma = std::sqrt(static_cast<double>(size) * p * (1.0 - p));
-  const auto centre = static_cast<index_t>(p * static_cast<double>(size));
-  const auto margin = static_cast<index_t>(2.5 * sigma) + 2;
-  const index_t r_hi = std::max<index_t>(centre - margin, 0);
-  const index_t r_lo = std::min<index_t>(centre + margin, size - 1);
+  const sample_bracket ranks = bracketing_ranks(k, n, size);
+  const index_t r_hi = ranks.hi_rank, r_lo = ranks.lo_rank;
   float hi, lo;
   if (!approximate_pair<Isa>(sample, size, r_hi, r_lo, hi, lo, spare + size)) {
     hi = kth_largest<Isa>(sample, size, r_hi + 1, spare + size, spare + 2 * size, false).value;

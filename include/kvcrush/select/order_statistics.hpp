@@ -29,6 +29,23 @@ struct kth_result {
   bool has_nan = false;
 };
 
+// The ranks (0-based, largest first) that bracket the k-th largest of m
+// values in a sample of `size` of them: the sample's expected rank of it,
+// 2.5 binomial standard deviations (plus 2) either side, clamped to the
+// sample. What every sampled bracket of the exact order statistics uses.
+struct sample_bracket {
+  index_t hi_rank = 0;  // rank of the bracket's upper end in the sample
+  index_t lo_rank = 0;  // rank of its lower end
+};
+
+inline sample_bracket bracketing_ranks(index_t k, index_t m, index_t size) noexcept {
+  const double p = static_cast<double>(k) / static_cast<double>(m);
+  const double sigma = std::sqrt(static_cast<double>(size) * p * (1.0 - p));
+  const auto centre = static_cast<index_t>(p * static_cast<double>(size));
+  const auto margin = static_cast<index_t>(2.5 * sigma) + 2;
+  return {std::max<index_t>(centre - margin, 0), std::min<index_t>(centre + margin, size - 1)};
+}
+
 // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
 // n <= 64, found by counting each value's rank: at most n^2/16 vector
 // compares and no data-dependent branches inside the count, which beats
@@ -83,25 +100,16 @@ kth_result kth_largest(const float* v, index_t n, index_t k, float* buf_a, float
       const index_t step = m / runs;
       for (index_t r = 0; r < runs; ++r)
         for (index_t j = 0; j < run; ++j) sample[r * run + j] = src[r * step + j];
-      const double p = static_cast<double>(kk) / static_cast<double>(m);
-      const double sigma = std::sqrt(static_cast<double>(sample_size) * p * (1.0 - p));
-      const auto centre = static_cast<index_t>(p * static_cast<double>(sample_size));
-      const auto margin = static_cast<index_t>(2.5 * sigma) + 2;
-      const index_t r_hi = std::max<index_t>(centre - margin, 0);
-      const index_t r_lo = std::min<index_t>(centre + margin, sample_size - 1);
-      hi = kth_largest<Isa>(sample, sample_size, r_hi + 1, scratch_a, scratch_b, false).value;
-      lo = kth_largest<Isa>(sample, sample_size, r_lo + 1, scratch_a, scratch_b, false).value;
+      const sample_bracket r = bracketing_ranks(kk, m, sample_size);
+      hi = kth_largest<Isa>(sample, sample_size, r.hi_rank + 1, scratch_a, scratch_b, false).value;
+      lo = kth_largest<Isa>(sample, sample_size, r.lo_rank + 1, scratch_a, scratch_b, false).value;
     } else {
       constexpr index_t sample_size = 64;
       float sample[sample_size];
       const index_t step = m / sample_size;
       for (index_t j = 0; j < sample_size; ++j) sample[j] = src[j * step + step / 2];
-      const double p = static_cast<double>(kk) / static_cast<double>(m);
-      const double sigma = std::sqrt(static_cast<double>(sample_size) * p * (1.0 - p));
-      const auto centre = static_cast<index_t>(p * static_cast<double>(sample_size));
-      const auto margin = static_cast<index_t>(2.5 * sigma) + 2;
-      small_order_statistics<Isa>(sample, sample_size, std::max<index_t>(centre - margin, 0),
-                                  std::min<index_t>(centre + margin, sample_size - 1), hi, lo);
+      const sample_bracket r = bracketing_ranks(kk, m, sample_size);
+      small_order_statistics<Isa>(sample, sample_size, r.hi_rank, r.lo_rank, hi, lo);
     }
     if (hi != hi || lo != lo) return {0.0f, 0, 0, true};
 

@@ -197,29 +197,7 @@ struct head_bits_kernel<isa::avx512> {
       std::memcpy(bits + ((g / 32) * stride + head) * 32 + g % 32, &up_word, sizeof up_word);
       inside_words[i / 64] = in_word;
       c.above += static_cast<index_t>(_mm_popcnt_u64(up_word));
-      // Packed as in the partition kernel: one store when the four groups'
-      // inside values fit a vector, as they nearly always do.
-      const auto after0 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffu));
-      const auto after1 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffffffu));
-      const auto after2 = static_cast<index_t>(_mm_popcnt_u64(in_word & 0xffffffffffffu));
-      const auto count = static_cast<index_t>(_mm_popcnt_u64(in_word));
-      float* out = inside + c.inside;
-      if (count <= 16) {
-        __m512 merged = _mm512_maskz_compress_ps(in[0], v[0]);
-        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after0),
-                                        _mm512_maskz_compress_ps(in[1], v[1]));
-        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after1),
-                                        _mm512_maskz_compress_ps(in[2], v[2]));
-        merged = _mm512_permutex2var_ps(merged, partition_kernel<isa::avx512>::append_index(after2),
-                                        _mm512_maskz_compress_ps(in[3], v[3]));
-        _mm512_storeu_ps(out, merged);
-      } else {
-        _mm512_storeu_ps(out, _mm512_maskz_compress_ps(in[0], v[0]));
-        _mm512_storeu_ps(out + after0, _mm512_maskz_compress_ps(in[1], v[1]));
-        _mm512_storeu_ps(out + after1, _mm512_maskz_compress_ps(in[2], v[2]));
-        _mm512_storeu_ps(out + after2, _mm512_maskz_compress_ps(in[3], v[3]));
-      }
-      c.inside += count;
+      c.inside += avx512_util::compress_store4(v, in, in_word, inside + c.inside);
     }
     if (i < n) {
       std::uint64_t in_word = 0;

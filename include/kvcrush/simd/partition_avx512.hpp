@@ -18,28 +18,8 @@ namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
 
-// Rows of permutex2var indices: row k keeps lanes [0, k) of the first
-// operand and appends the second's (index 16 + j is its lane j).
-struct append_index_table {
-  alignas(64) std::int32_t lanes[17][16];
-};
-
-constexpr append_index_table make_append_index_table() noexcept {
-  append_index_table t{};
-  for (int kept = 0; kept <= 16; ++kept) {
-    for (int lane = 0; lane < 16; ++lane) t.lanes[kept][lane] = lane < kept ? lane : 16 + lane - kept;
-  }
-  return t;
-}
-
-inline constexpr append_index_table append_indices = make_append_index_table();
-
 template <>
 struct partition_kernel<isa::avx512> {
-  // Index for _mm512_permutex2var_ps(a, index, b) that keeps a's first
-  // `kept` lanes and fills the rest with b's first lanes.
-  static __m512i append_index(index_t kept) noexcept { return _mm512_load_si512(append_indices.lanes[kept]); }
-
   template <bool CountBelow = true>
   static partition_counts run(const float* KVCRUSH_RESTRICT src, index_t n, float lo, float hi,
                               float* KVCRUSH_RESTRICT dst) noexcept {
@@ -50,11 +30,7 @@ struct partition_kernel<isa::avx512> {
     // Four vectors per step. Above/below counts live in vector lanes (a
     // masked add each); the four inside masks are joined into one 64-bit
     // word whose prefix popcounts give the offsets, one trip from mask to
-    // general registers per step. When the step's inside values fit one
-    // vector (nearly always: brackets hold a few percent of the values), the
-    // four compressed vectors are merged with permutes and stored once: with
-    // the row streaming from L3, four stores at data-dependent addresses per
-    // step cost 1.35x the time of this (measured on Zen 4).
+    // general registers per step (avx512_util::compress_store4).
     const __m512i one = _mm512_set1_epi32(1);
     __m512i above_lanes = _mm512_setzero_si512();
     __m512i below_lanes = _mm512_setzero_si512();
@@ -69,26 +45,8 @@ struct partition_kernel<isa::avx512> {
         }
         inside[j] = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(v[j], vlo, _CMP_GE_OQ), v[j], vhi, _CMP_LE_OQ);
       }
-      const std::uint64_t joined = avx512_util::join4(inside);
-      const auto after0 = static_cast<index_t>(_mm_popcnt_u64(joined & 0xffffu));
-      const auto after1 = static_cast<index_t>(_mm_popcnt_u64(joined & 0xffffffffu));
-      const auto after2 = static_cast<index_t>(_mm_popcnt_u64(joined & 0xffffffffffffu));
-      const auto count = static_cast<index_t>(_mm_popcnt_u64(joined));
       // Whole-vector stores are safe: inside <= i, so each store ends before src's end.
-      float* out = dst + c.inside;
-      if (count <= 16) {
-        __m512 merged = _mm512_maskz_compress_ps(inside[0], v[0]);
-        merged = _mm512_permutex2var_ps(merged, append_index(after0), _mm512_maskz_compress_ps(inside[1], v[1]));
-        merged = _mm512_permutex2var_ps(merged, append_index(after1), _mm512_maskz_compress_ps(inside[2], v[2]));
-        merged = _mm512_permutex2var_ps(merged, append_index(after2), _mm512_maskz_compress_ps(inside[3], v[3]));
-        _mm512_storeu_ps(out, merged);
-      } else {
-        _mm512_storeu_ps(out, _mm512_maskz_compress_ps(inside[0], v[0]));
-        _mm512_storeu_ps(out + after0, _mm512_maskz_compress_ps(inside[1], v[1]));
-        _mm512_storeu_ps(out + after1, _mm512_maskz_compress_ps(inside[2], v[2]));
-        _mm512_storeu_ps(out + after2, _mm512_maskz_compress_ps(inside[3], v[3]));
-      }
-      c.inside += count;
+      c.inside += avx512_util::compress_store4(v, inside, avx512_util::join4(inside), dst + c.inside);
     }
     c.above += avx512_util::sum_i32(above_lanes);
     if (CountBelow) c.below += avx512_util::sum_i32(below_lanes);
