@@ -509,6 +509,32 @@ TEST(MedianSignatures, BracketedPassReportsNaN) {
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
 
+TEST(FewHeadSignatures, EveryIsaTransposesLikeScalar) {
+  // Head-major bits of 2 to 8 heads to one signature word per token: the
+  // AVX2 8 x 8 bit transposes and AVX-512's GF(2) affine transposes of 512
+  // tokens per step must give the scalar words for every head count and for
+  // sizes around the 8-, 16- and 512-token steps. Every bit of the array is
+  // random, padding heads and groups past n included: only heads < H and
+  // tokens < n may count, and nothing may be written past n.
+  std::mt19937_64 rng(41);
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t heads = 2; heads <= 8; ++heads) {
+      for (index_t n : {1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 511, 512, 513, 1000, 1024, 1537, 4099}) {
+        const index_t stride = kvcrush::simd::head_bits_stride(heads);
+        std::vector<std::uint16_t> bits(static_cast<std::size_t>(kvcrush::simd::head_bits_size(heads, n)));
+        for (auto& b : bits) b = static_cast<std::uint16_t>(rng());
+        std::vector<std::uint64_t> expected(static_cast<std::size_t>(n) + 8, 77), got(expected.size(), 77);
+        kvcrush::simd::transpose_few_heads<isa::scalar>(bits.data(), heads, stride, n, expected.data());
+        kvcrush::simd::transpose_few_heads<Isa>(bits.data(), heads, stride, n, got.data());
+        ASSERT_EQ(got, expected) << Isa::name << " H=" << heads << " N=" << n;
+        for (index_t t = 0; t < n; ++t) ASSERT_EQ(expected[t] >> heads, 0u) << "bits of padding heads at " << t;
+      }
+    }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+}
+
 TEST(HeadSums, EveryIsaAddsInRowOrder) {
   // The importance sums over heads: blocks of 1024 tokens swept eight, four
   // or one row at a time (and AVX-512's token-major kernel at 2-8 heads)

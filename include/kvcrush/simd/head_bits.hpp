@@ -21,13 +21,13 @@
 #include <cstring>
 #include <type_traits>
 
-#if KVCRUSH_HAS_AVX2
-#include <immintrin.h>
-#endif
-
 #include "kvcrush/config.hpp"
 #include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
+
+#if KVCRUSH_HAS_AVX2
+#include <immintrin.h>
+#endif
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -136,6 +136,14 @@ constexpr std::uint64_t transpose_bits8x8(std::uint64_t x) noexcept {
 template <class Isa>
 void transpose_few_heads(const std::uint16_t* bits, index_t heads, index_t stride, index_t n,
                          std::uint64_t* signatures) noexcept {
+#if KVCRUSH_HAS_AVX512
+  if constexpr (std::is_same_v<Isa, isa::avx512>) {
+    if constexpr (head_bits_kernel<Isa>::has_few_heads_transpose) {
+      head_bits_kernel<Isa>::transpose_few(bits, heads, stride, n, signatures);
+      return;
+    }
+  }
+#endif
   for (index_t g = 0; g * 16 < n; ++g) {
     std::uint64_t low = 0, high = 0;  // byte h: head h's bits of tokens 0..7 (8..15)
     for (index_t h = 0; h < heads; ++h) {

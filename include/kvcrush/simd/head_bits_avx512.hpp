@@ -32,6 +32,7 @@ struct head_bits_gfni_tables {
   alignas(64) std::uint8_t to_tokens[64];   // token 8 k + i byte hb <- block (k, hb) byte i
   alignas(64) std::uint32_t pair_first[16];   // tokens 0..7: (low[t], high[t])
   alignas(64) std::uint32_t pair_second[16];  // tokens 8..15
+  alignas(64) std::uint8_t spread[64];        // byte p <- byte p / 8 (the few-heads transpose)
 };
 
 constexpr head_bits_gfni_tables make_head_bits_gfni_tables() noexcept {
@@ -49,6 +50,7 @@ constexpr head_bits_gfni_tables make_head_bits_gfni_tables() noexcept {
     t.pair_first[j] = static_cast<std::uint32_t>(j / 2 + (j % 2 ? 16 : 0));
     t.pair_second[j] = static_cast<std::uint32_t>(8 + j / 2 + (j % 2 ? 16 : 0));
   }
+  for (int p = 0; p < 64; ++p) t.spread[p] = static_cast<std::uint8_t>(p / 8);
   return t;
 }
 
@@ -56,6 +58,68 @@ inline constexpr head_bits_gfni_tables gfni_tables = make_head_bits_gfni_tables(
 
 template <>
 struct head_bits_kernel<isa::avx512> {
+#if KVCRUSH_HEAD_BITS_GFNI
+  static constexpr bool has_few_heads_transpose = true;
+
+  // transpose_few_heads (head_bits.hpp) for 2 to 8 heads, 512 tokens per
+  // step. Byte j of head h's 32 groups holds its bits of tokens 8 j .. 8 j + 7.
+  // Three rounds of unpacks gather, for every j, the heads' bytes into one
+  // 64-bit 8 x 8 bit block (heads in reverse, as the affine transform wants
+  // them); one GF(2) affine transform per 8 blocks transposes them to a byte
+  // per token; a byte permute spreads each block's 8 bytes to 8 words.
+  static void transpose_few(const std::uint16_t* bits, index_t heads, index_t stride, index_t n,
+                            std::uint64_t* out) noexcept {
+    const __m512i unit = _mm512_set1_epi64(static_cast<long long>(0x8040201008040201ull));
+    constexpr auto low_bytes = static_cast<__mmask64>(0x0101010101010101ull);
+    // Zero-masked unpacks with every lane on: GCC 12's unmasked forms start
+    // from _mm512_undefined_*(), which -Wall reports as maybe-uninitialized.
+    constexpr auto all64 = static_cast<__mmask64>(~0ull);
+    constexpr auto all32 = static_cast<__mmask32>(~0u);
+    constexpr auto all16 = static_cast<__mmask16>(0xffffu);
+    // Byte 8 t of word t (t < 8) <- byte 8 k + t of the transposed vector.
+    const __m512i spread = _mm512_load_si512(gfni_tables.spread);
+    for (index_t tile = 0; tile * 512 < n; ++tile) {
+      __m512i rows[8];  // rows[k]: head 7 - k
+      for (int k = 0; k < 8; ++k) {
+        const index_t h = 7 - k;
+        rows[k] = h < heads ? _mm512_loadu_si512(bits + (tile * stride + h) * 32) : _mm512_setzero_si512();
+      }
+      for (int a = 0; a < 2; ++a) {
+        // Per 128-bit lane: bytes 8 a .. 8 a + 7 of each pair of rows, interleaved.
+        __m512i pairs[4];
+        for (int p = 0; p < 4; ++p) {
+          pairs[p] = a ? _mm512_maskz_unpackhi_epi8(all64, rows[2 * p], rows[2 * p + 1])
+                       : _mm512_maskz_unpacklo_epi8(all64, rows[2 * p], rows[2 * p + 1]);
+        }
+        for (int b = 0; b < 2; ++b) {
+          const __m512i first4 = b ? _mm512_maskz_unpackhi_epi16(all32, pairs[0], pairs[1]) : _mm512_maskz_unpacklo_epi16(all32, pairs[0], pairs[1]);
+          const __m512i last4 = b ? _mm512_maskz_unpackhi_epi16(all32, pairs[2], pairs[3]) : _mm512_maskz_unpacklo_epi16(all32, pairs[2], pairs[3]);
+          for (int c = 0; c < 2; ++c) {
+            const __m512i blocks = c ? _mm512_maskz_unpackhi_epi32(all16, first4, last4) : _mm512_maskz_unpacklo_epi32(all16, first4, last4);
+            const __m512i tokens = _mm512_gf2p8affine_epi64_epi8(unit, blocks, 0);
+            // Block k of the vector (lane k / 2) holds tokens 8 j .. 8 j + 7.
+            for (int k = 0; k < 8; ++k) {
+              const index_t j = 16 * (k / 2) + 8 * a + 4 * b + 2 * c + k % 2;
+              const index_t first = tile * 512 + 8 * j;
+              if (first >= n) continue;
+              const __m512i words = _mm512_maskz_permutexvar_epi8(
+                  low_bytes, _mm512_add_epi8(spread, _mm512_set1_epi8(static_cast<char>(8 * k))), tokens);
+              const index_t left = n - first;
+              if (left >= 8) {
+                _mm512_storeu_si512(out + first, words);
+              } else {
+                _mm512_mask_storeu_epi64(out + first, static_cast<__mmask8>((1u << left) - 1u), words);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+#else
+  static constexpr bool has_few_heads_transpose = false;
+#endif
+
   // Token-major signatures (words per token) of n tokens from head-major
   // bits. `scratch` holds 32 * stride uint16, 64-byte aligned; bits must be
   // 64-byte aligned too.
