@@ -163,42 +163,40 @@ def build_ratio(rows, name):
     return (micros(rows[other]) / micros(rows[AVX2_BUILD + base])) / (micros(rows[name]) / micros(rows[base]))
 
 
-def select_avx2_build(rows):
-    """The AVX2 build over the AVX-512 build (two binaries, each row over its run's read pass)."""
+def avx2_table(ratio_of):
+    """Rows (H, N) by columns (policy, mode) of ratio_of("select/<policy><mode>/H/N"); an (H, N)
+    without a plain snapkv ratio is left out, a missing cell is a dash."""
     policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
     modes = ["", "/block32", "/per_head"]
     header = ["H", "N"] + [f"{p}{m.replace('/', ' ')}" for p in policies for m in modes]
     lines = []
     for h in (1, 8, 32):
         for n in (4096, 32768, 131072):
-            if build_ratio(rows, f"select/snapkv/{h}/{n}") is None:
+            if ratio_of(f"select/snapkv/{h}/{n}") is None:
                 continue
             line = [str(h), str(n)]
             for p in policies:
                 for m in modes:
-                    r = build_ratio(rows, f"select/{p}{m}/{h}/{n}")
+                    r = ratio_of(f"select/{p}{m}/{h}/{n}")
                     line.append("—" if r is None else fmt(r, 2))
             lines.append(line)
     return table(header, lines)
 
 
+def select_avx2_build(rows):
+    """The AVX2 build over the AVX-512 build (two binaries, each row over its run's read pass)."""
+    return avx2_table(lambda name: build_ratio(rows, name))
+
+
+def kernel_ratio(rows, name):
+    """The AVX2 kernels over the AVX-512 kernels for one select row, same binary and run."""
+    slow = "select_avx2/" + name[len("select/"):]
+    return micros(rows[slow]) / micros(rows[name]) if slow in rows and name in rows else None
+
+
 def select_avx2(rows):
     """AVX2 kernels over AVX-512 kernels, same binary and run."""
-    policies = ["snapkv", "snapkv+kvcrush", "h2o", "h2o+kvcrush"]
-    modes = ["", "/block32", "/per_head"]
-    header = ["H", "N"] + [f"{p}{m.replace('/', ' ')}" for p in policies for m in modes]
-    lines = []
-    for h in (1, 8, 32):
-        for n in (4096, 32768, 131072):
-            if f"select_avx2/snapkv/{h}/{n}" not in rows:
-                continue
-            line = [str(h), str(n)]
-            for p in policies:
-                for m in modes:
-                    fast = micros(rows[f"select/{p}{m}/{h}/{n}"])
-                    line.append(fmt(micros(rows[f"select_avx2/{p}{m}/{h}/{n}"]) / fast, 2))
-            lines.append(line)
-    return table(header, lines)
+    return avx2_table(lambda name: kernel_ratio(rows, name))
 
 
 def evict_layers(rows):
@@ -297,12 +295,8 @@ def targets(rows, files):
     if sig is not None:
         lines.append(["signature step over the read pass, H = 32, N = 32768", "≤ 1.5×", f"{sig:.2f}×",
                       "yes" if sig <= 1.5 else "no"])
-    avx2 = {}
-    for k in rows:
-        if k.startswith("select_avx2/"):
-            fast = "select/" + k[len("select_avx2/"):]
-            if fast in rows:
-                avx2[k] = micros(rows[k]) / micros(rows[fast])
+    avx2 = {k: kernel_ratio(rows, "select/" + k[len("select_avx2/"):]) for k in rows if k.startswith("select_avx2/")}
+    avx2 = {k: v for k, v in avx2.items() if v is not None}
     if avx2:
         over = sorted((v, k) for k, v in avx2.items() if v > 1.6)
         note = f"{span(avx2.values())}; {len(over)} of {len(avx2)} rows above 1.6×"
