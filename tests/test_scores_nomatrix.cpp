@@ -742,6 +742,52 @@ TEST(Redundancy, BoundsAtOrAboveTheRegionEqualTheFullComparison) {
   EXPECT_FALSE(same_bits(run_redundancy(keys, 4, 94, full), run_redundancy(keys, 4, 94, bounded)));
 }
 
+TEST(Redundancy, EveryIsaGivesTheScalarBits) {
+  // The SIMD builds sum one token per lane (simd/similarity_sums.hpp); the
+  // scalar build's 4 x 4 tiles are the reference. Sizes straddle the 8- and
+  // 16-token blocks, comparison bounds cut them anywhere, head sizes cover
+  // partial 8-lane dots, and the keys hold exact copies, negated copies
+  // (similarity -1), zero keys and negative zeros, so that thresholds 0 and
+  // 1, ties with the threshold, and signed zeros all occur.
+  std::uint32_t seed = 4100;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t n : {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100})
+      for (index_t d : {1, 3, 8, 9, 16, 17})
+        for (index_t bound : {0, 1, 5, 16, 17, 1000})
+          for (float threshold : {0.0f, 0.5f, 0.9f, 1.0f}) {
+            ++seed;
+            auto keys = random_kv<float>(3, n, d, seed, seed % 2 == 0);
+            for (index_t k = 0; k < 3; ++k)
+              for (index_t t = 0; t < n; ++t) {
+                const index_t source = (t * 7 + k) % (t + 1);  // an earlier token (or itself)
+                for (index_t j = 0; j < d; ++j) {
+                  switch ((t + k) % 6) {
+                    case 0: keys.at(k, t, j) = keys.at(k, source, j); break;
+                    case 1: keys.at(k, t, j) = -keys.at(k, source, j); break;
+                    case 2: keys.at(k, t, j) = j % 2 == 0 ? -0.0f : 0.0f; break;
+                    default: break;
+                  }
+                }
+              }
+            kvcrush::rkv_options opt;
+            opt.threshold = threshold;
+            opt.comparison_tokens = bound;
+            const index_t begin = n > 4 ? 2 : 0, end = n > 4 ? n - 1 : n;
+            std::vector<float> scratch(static_cast<std::size_t>(kvcrush::rkv_scratch_floats(end - begin, d, opt)));
+            std::vector<float> want(static_cast<std::size_t>(3 * (end - begin)), kSentinel), got(want);
+            const auto scratch_view = kvcrush::make_vector_view(scratch.data(), static_cast<index_t>(scratch.size()));
+            kvcrush::rkv_redundancy<kvcrush::isa::scalar>(keys.view(), begin, end, opt, scratch_view,
+                                                 kvcrush::make_matrix_view(want.data(), 3, end - begin));
+            kvcrush::rkv_redundancy<Isa>(keys.view(), begin, end, opt, scratch_view,
+                                         kvcrush::make_matrix_view(got.data(), 3, end - begin));
+            ASSERT_TRUE(same_bits(got, want)) << Isa::name << " n=" << n << " d=" << d << " bound " << bound
+                                              << " threshold " << threshold;
+          }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << kvcrush::isa::name() << " build";
+}
+
 TEST(Redundancy, HalfPrecisionKeysGiveTheBitsOfTheirFloatValues) {
   auto keys = random_kv<float>(2, 33, 16, 12);
   auto half = convert_kv<kvcrush::float16>(keys);

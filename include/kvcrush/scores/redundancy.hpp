@@ -48,6 +48,7 @@
 #include "kvcrush/kv_view.hpp"
 #include "kvcrush/simd/fixed_order_dot.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
+#include "kvcrush/simd/similarity_sums.hpp"
 #include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -64,12 +65,16 @@ inline index_t rkv_comparison_size(index_t region_tokens, const rkv_options& opt
   return opt.comparison_tokens <= 0 ? region_tokens : std::min(opt.comparison_tokens, region_tokens);
 }
 
+// Unit keys besides the comparison set's that the scratch has room for: a
+// block of up to 16 tokens (simd/similarity_sums.hpp) and one more row.
+inline constexpr index_t rkv_block_keys = 17;
+
 // Floats of scratch rkv_redundancy and rkv_scores need: the unit keys of the
-// comparison set and of four more tokens, one flag per comparison token, and
-// one value per region token.
+// comparison set and of rkv_block_keys more tokens, one flag per comparison
+// token, and one value per region token.
 inline index_t rkv_scratch_floats(index_t region_tokens, index_t head_dim, const rkv_options& opt) noexcept {
   const index_t m = rkv_comparison_size(region_tokens, opt);
-  return (m + 4) * head_dim + m + region_tokens;
+  return (m + rkv_block_keys) * head_dim + m + region_tokens;
 }
 
 inline namespace KVCRUSH_TARGET_NS {
@@ -82,22 +87,11 @@ void rkv_unit_key(const KeyT* row, index_t d, float* unit) noexcept {
   for (index_t j = 0; j < d; ++j) unit[j] = static_cast<float>(static_cast<double>(to_acc(row[j])) / divisor);
 }
 
-// One head: red[0..n) = the softmaxed redundancy of tokens begin..end-1.
-// The similarities are computed in 4 x 4 tiles (4 tokens t, newest first,
-// by 4 comparison tokens c, oldest first) and then consumed in exactly the
-// order of the definition: for each c, the tokens t in descending order (so
-// the first similar one met is last(c)); for each t, c ascending.
+// The raw sums of one head in the scalar build's 4 x 4 tiles.
 template <class Isa, class KeyT>
-void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
-                         float* scratch, float* red) noexcept {
-  const index_t d = keys.head_dim(), n = end - begin, first_c = end - m;
-  float* units = scratch;              // m * d: unit keys of C
-  float* current = units + m * d;      // 4 * d: unit keys of tokens outside C
-  float* found = current + 4 * d;      // m flags: last(c) already met
-  for (index_t i = 0; i < m; ++i) {
-    rkv_unit_key(keys.row(h, first_c + i), d, units + i * d);
-    found[i] = 0.0f;
-  }
+void rkv_raw_tiles(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
+                   const float* units, float* current, float* found, float* red) noexcept {
+  const index_t d = keys.head_dim(), first_c = end - m;
   const double bar = static_cast<double>(threshold);
   const double count = static_cast<double>(m);
   for (index_t top = end; top > begin; top -= 4) {
@@ -137,6 +131,61 @@ void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, ind
       }
     }
     for (index_t k = 0; k < tiles_t; ++k) red[top - 1 - k - begin] = static_cast<float>(acc[k] / count);
+  }
+}
+
+// The raw sums of one head with the ISA's block kernel: blocks of
+// `lanes` tokens, newest first, each against every comparison token.
+template <class Isa, class KeyT>
+void rkv_raw_blocks(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
+                    float* units, float* block, float* found, float* red) noexcept {
+  using kernel = simd::similarity_sums_kernel<Isa>;
+  constexpr index_t lanes = kernel::lanes;
+  const index_t d = keys.head_dim(), first_c = end - m;
+  float* row = block + lanes * d;  // one unit key before it is transposed
+  const double count = static_cast<double>(m);
+  double acc[lanes];
+  for (index_t top = end; top > begin; top -= lanes) {
+    const index_t valid = top - begin < lanes ? top - begin : lanes;
+    for (index_t k = 0; k < lanes; ++k) {
+      const index_t t = top - 1 - k;
+      const float* u = row;
+      if (k >= valid) {
+        for (index_t j = 0; j < d; ++j) row[j] = 0.0f;
+      } else if (t >= first_c) {
+        u = units + (t - first_c) * d;
+      } else {
+        rkv_unit_key(keys.row(h, t), d, row);
+      }
+      for (index_t j = 0; j < d; ++j) block[j * lanes + k] = u[j];
+    }
+    kernel::block(units, m, d, block, valid, top - 1 - first_c, threshold, found, acc);
+    for (index_t k = 0; k < valid; ++k) red[top - 1 - k - begin] = static_cast<float>(acc[k] / count);
+  }
+}
+
+// One head: red[0..n) = the softmaxed redundancy of tokens begin..end-1.
+// The scalar build computes the similarities in 4 x 4 tiles (4 tokens t,
+// newest first, by 4 comparison tokens c, oldest first) and then consumes
+// them in exactly the order of the definition: for each c, the tokens t in
+// descending order (so the first similar one met is last(c)); for each t,
+// c ascending. The SIMD builds do the same with one token per lane
+// (simd/similarity_sums.hpp), bit for bit.
+template <class Isa, class KeyT>
+void rkv_redundancy_head(kv_view<const KeyT> keys, index_t h, index_t begin, index_t end, float threshold, index_t m,
+                         float* scratch, float* red) noexcept {
+  const index_t d = keys.head_dim(), n = end - begin, first_c = end - m;
+  float* units = scratch;                       // m * d: unit keys of C
+  float* current = units + m * d;               // rkv_block_keys * d: unit keys of the tokens in work
+  float* found = current + rkv_block_keys * d;  // m flags: last(c) already met
+  for (index_t i = 0; i < m; ++i) {
+    rkv_unit_key(keys.row(h, first_c + i), d, units + i * d);
+    found[i] = 0.0f;
+  }
+  if constexpr (simd::similarity_sums_kernel<Isa>::lanes > 0) {
+    rkv_raw_blocks<Isa>(keys, h, begin, end, threshold, m, units, current, found, red);
+  } else {
+    rkv_raw_tiles<Isa>(keys, h, begin, end, threshold, m, units, current, found, red);
   }
   // Softmax over E.
   float peak = red[0];
@@ -183,7 +232,7 @@ void rkv_redundancy(kv_view<const KeyT> keys, index_t begin, index_t end, const 
           "), got (", redundancy.extent(0), ", ", redundancy.extent(1), ")");
   if (n == 0) return;
   const index_t m = rkv_comparison_size(n, opt);
-  float* values = scratch.data() + (m + 4) * keys.head_dim() + m;
+  float* values = scratch.data() + (m + rkv_block_keys) * keys.head_dim() + m;
   for (index_t k = 0; k < h; ++k) {
     impl::rkv_redundancy_head<Isa>(keys, k, begin, end, opt.threshold, m, scratch.data(), values);
     for (index_t i = 0; i < n; ++i) redundancy(k, i) = values[i];
@@ -211,7 +260,7 @@ void rkv_scores(kv_view<const KeyT> keys, matrix_view<const float> importance, i
     }
   const index_t region = end - begin;
   const index_t m = rkv_comparison_size(region, opt);
-  float* values = scratch.data() + (m + 4) * keys.head_dim() + m;
+  float* values = scratch.data() + (m + rkv_block_keys) * keys.head_dim() + m;
   const double lambda = static_cast<double>(opt.lambda);
   const double rest = 1.0 - lambda;
   for (index_t k = 0; k < h; ++k) {

@@ -1,0 +1,60 @@
+// AVX-512 kernel of simd/similarity_sums.hpp: 16 tokens per block, the 8
+// partial sums of each similarity in 8 zmm registers, the double sums in two.
+#pragma once
+
+#include "kvcrush/config.hpp"
+
+#if KVCRUSH_HAS_AVX512
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kvcrush/simd/similarity_sums.hpp"
+
+namespace kvcrush {
+inline namespace KVCRUSH_TARGET_NS {
+namespace simd {
+
+template <>
+struct similarity_sums_kernel<isa::avx512> {
+  static constexpr index_t lanes = 16;
+
+  static void block(const float* units, index_t m, index_t d, const float* ut, index_t valid, index_t self_base,
+                    float threshold, float* found, double* acc) noexcept {
+    const __m512 bar = _mm512_set1_ps(threshold);
+    const __mmask16 in_block = static_cast<__mmask16>((1u << valid) - 1u);
+    __m512d low = _mm512_setzero_pd(), high = _mm512_setzero_pd();
+    for (index_t i = 0; i < m; ++i) {
+      const float* uc = units + i * d;
+      // dot8<float>: element j into partial sum j mod 8, each from +0 (an
+      // FMA into +0, as the scalar loop does, so a -0 product stays +0).
+      __m512 part[8];
+      for (int l = 0; l < 8; ++l) part[l] = _mm512_setzero_ps();
+      for (index_t j = 0; j < d; ++j) {
+        part[j & 7] = _mm512_fmadd_ps(_mm512_set1_ps(uc[j]), _mm512_loadu_ps(ut + j * 16), part[j & 7]);
+      }
+      const __m512 sim = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3])),
+                                       _mm512_add_ps(_mm512_add_ps(part[4], part[5]), _mm512_add_ps(part[6], part[7])));
+      const index_t self = self_base - i;
+      const auto self_bit = static_cast<std::uint32_t>(self >= 0 && self < 16 ? 1u << self : 0u);
+      std::uint32_t counted = in_block & ~self_bit;
+      const std::uint32_t similar = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(counted), sim, bar, _CMP_GT_OQ);
+      if (similar != 0 && found[i] == 0.0f) {
+        found[i] = 1.0f;
+        counted &= ~(similar & (0u - similar));  // last(c): the lowest lane, the newest token
+      }
+      low = _mm512_mask_add_pd(low, static_cast<__mmask8>(counted), low,
+                               _mm512_cvtps_pd(_mm512_castps512_ps256(sim)));
+      high = _mm512_mask_add_pd(high, static_cast<__mmask8>(counted >> 8), high,
+                                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sim), 1))));
+    }
+    _mm512_storeu_pd(acc, low);
+    _mm512_storeu_pd(acc + 8, high);
+  }
+};
+
+}  // namespace simd
+}  // namespace KVCRUSH_TARGET_NS
+}  // namespace kvcrush
+
+#endif  // KVCRUSH_HAS_AVX512
