@@ -27,22 +27,38 @@ struct similarity_sums_kernel<isa::avx2> {
     __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
     for (index_t i = 0; i < m; ++i) {
       const float* uc = units + i * d;
-      __m256 part[8];
-      for (int l = 0; l < 8; ++l) part[l] = _mm256_setzero_ps();
-      for (index_t j = 0; j < d; ++j) {
-        part[j & 7] = _mm256_fmadd_ps(_mm256_set1_ps(uc[j]), _mm256_loadu_ps(ut + j * 8), part[j & 7]);
+      // Named registers, not an array: GCC keeps an array indexed by j & 7
+      // on the stack.
+      __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
+      auto add = [&](index_t j, __m256& part) {
+        part = _mm256_fmadd_ps(_mm256_set1_ps(uc[j]), _mm256_loadu_ps(ut + j * 8), part);
+      };
+      index_t j = 0;
+      for (; j + 8 <= d; j += 8) {
+        add(j, p0), add(j + 1, p1), add(j + 2, p2), add(j + 3, p3);
+        add(j + 4, p4), add(j + 5, p5), add(j + 6, p6), add(j + 7, p7);
       }
-      const __m256 sim = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(part[0], part[1]), _mm256_add_ps(part[2], part[3])),
-                                       _mm256_add_ps(_mm256_add_ps(part[4], part[5]), _mm256_add_ps(part[6], part[7])));
+      const index_t rest = d - j;
+      if (rest > 0) add(j, p0);
+      if (rest > 1) add(j + 1, p1);
+      if (rest > 2) add(j + 2, p2);
+      if (rest > 3) add(j + 3, p3);
+      if (rest > 4) add(j + 4, p4);
+      if (rest > 5) add(j + 5, p5);
+      if (rest > 6) add(j + 6, p6);
+      const __m256 sim = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3)),
+                                     _mm256_add_ps(_mm256_add_ps(p4, p5), _mm256_add_ps(p6, p7)));
       const index_t self = self_base - i;
       const auto self_bit = static_cast<std::uint32_t>(self >= 0 && self < 8 ? 1u << self : 0u);
       std::uint32_t counted = in_block & ~self_bit;
       const std::uint32_t similar =
           counted & static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(sim, bar, _CMP_GT_OQ)));
-      if (similar != 0 && found[i] == 0.0f) {
-        found[i] = 1.0f;
-        counted &= ~(similar & (0u - similar));  // last(c): the lowest lane, the newest token
-      }
+      // last(c): the lowest similar lane (the newest token), unless met in an
+      // earlier block. Selects, not branches: whether a lane is similar is
+      // data, and mispredicts cost more than the few scalar operations.
+      const bool open = found[i] == 0.0f;
+      counted &= ~(open ? similar & (0u - similar) : 0u);
+      found[i] = open && similar == 0 ? 0.0f : 1.0f;
       // Lanes not counted add +0: the sums start at +0 and only a -0 + -0
       // makes -0, so adding +0 leaves every sum's bits as they are.
       const __m256d keep_low = _mm256_castsi256_pd(

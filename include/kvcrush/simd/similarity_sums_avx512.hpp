@@ -28,21 +28,37 @@ struct similarity_sums_kernel<isa::avx512> {
       const float* uc = units + i * d;
       // dot8<float>: element j into partial sum j mod 8, each from +0 (an
       // FMA into +0, as the scalar loop does, so a -0 product stays +0).
-      __m512 part[8];
-      for (int l = 0; l < 8; ++l) part[l] = _mm512_setzero_ps();
-      for (index_t j = 0; j < d; ++j) {
-        part[j & 7] = _mm512_fmadd_ps(_mm512_set1_ps(uc[j]), _mm512_loadu_ps(ut + j * 16), part[j & 7]);
+      // Named registers, not an array: GCC keeps an array indexed by j & 7
+      // on the stack.
+      __m512 p0 = _mm512_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
+      auto add = [&](index_t j, __m512& part) {
+        part = _mm512_fmadd_ps(_mm512_set1_ps(uc[j]), _mm512_loadu_ps(ut + j * 16), part);
+      };
+      index_t j = 0;
+      for (; j + 8 <= d; j += 8) {
+        add(j, p0), add(j + 1, p1), add(j + 2, p2), add(j + 3, p3);
+        add(j + 4, p4), add(j + 5, p5), add(j + 6, p6), add(j + 7, p7);
       }
-      const __m512 sim = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3])),
-                                       _mm512_add_ps(_mm512_add_ps(part[4], part[5]), _mm512_add_ps(part[6], part[7])));
+      const index_t rest = d - j;
+      if (rest > 0) add(j, p0);
+      if (rest > 1) add(j + 1, p1);
+      if (rest > 2) add(j + 2, p2);
+      if (rest > 3) add(j + 3, p3);
+      if (rest > 4) add(j + 4, p4);
+      if (rest > 5) add(j + 5, p5);
+      if (rest > 6) add(j + 6, p6);
+      const __m512 sim = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)),
+                                     _mm512_add_ps(_mm512_add_ps(p4, p5), _mm512_add_ps(p6, p7)));
       const index_t self = self_base - i;
       const auto self_bit = static_cast<std::uint32_t>(self >= 0 && self < 16 ? 1u << self : 0u);
       std::uint32_t counted = in_block & ~self_bit;
       const std::uint32_t similar = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(counted), sim, bar, _CMP_GT_OQ);
-      if (similar != 0 && found[i] == 0.0f) {
-        found[i] = 1.0f;
-        counted &= ~(similar & (0u - similar));  // last(c): the lowest lane, the newest token
-      }
+      // last(c): the lowest similar lane (the newest token), unless met in an
+      // earlier block. Selects, not branches: whether a lane is similar is
+      // data, and mispredicts cost more than the few scalar operations.
+      const bool open = found[i] == 0.0f;
+      counted &= ~(open ? similar & (0u - similar) : 0u);
+      found[i] = open && similar == 0 ? 0.0f : 1.0f;
       low = _mm512_mask_add_pd(low, static_cast<__mmask8>(counted), low,
                                _mm512_cvtps_pd(_mm512_castps512_ps256(sim)));
       high = _mm512_mask_add_pd(high, static_cast<__mmask8>(counted >> 8), high,
