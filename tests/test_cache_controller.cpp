@@ -10,6 +10,7 @@
 #include <deque>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cache_test_support.hpp"
@@ -320,32 +321,36 @@ TEST(DecodeController, BlockModeEvictsWholeBlocksOfThePagedCache) {
 namespace {
 
 // Drives one controller with a window policy and returns the final rows;
-// at the first eviction of layer 0 also checks the keep set against
-// select() over the saved attention rows.
+// at every eviction of layer 0 also checks the keep set against select()
+// over the saved attention rows, which the test compacts by hand after each
+// eviction (so the controller's ring, turned and compacted many times, must
+// hold exactly these rows in this order). With observe_every > 1 a step
+// observes only now and then, so the ring turns by varying amounts.
 template <class Cache>
-std::vector<layer_rows> run_window_policy(Cache& cache, const kvcrush::policy_config& policy, index_t window) {
+std::vector<layer_rows> run_window_policy(Cache& cache, const kvcrush::policy_config& policy, index_t window,
+                                          index_t slack = 4, int observe_every = 1) {
   const shape s;
   const kvcrush::layer_budget budget{20, 2, 6};
   kvcrush::eviction_settings settings;
   settings.policy = policy;
   settings.budgets = {budget};
-  settings.slack = 4;
+  settings.slack = slack;
   settings.query_heads = s.query_heads;
   settings.window = window;
   kvcrush::eviction_controller<Cache> controller(cache, settings);
   kvcrush::workspace ws, ws_by_hand;
   std::deque<std::vector<float>> saved;  // the last `window` rows of layer 0
-  bool checked = false;
+  int checked = 0;
   for (int step = 0; step < 60; ++step) {
     for (index_t l = 0; l < s.layers; ++l) {
       const step_data data(s, step, l, 7);
-      if (l == 0 && !checked && controller.needs_eviction(0, 1)) {
+      if (l == 0 && controller.needs_eviction(0, 1) && static_cast<index_t>(saved.size()) == window) {
         const index_t n = cache.length(0);
         std::vector<float> rows(static_cast<std::size_t>(s.query_heads * window * n), 0.0f);
         for (index_t w = 0; w < window; ++w) {
           const auto& r = saved[static_cast<std::size_t>(w)];
           const index_t width = static_cast<index_t>(r.size()) / s.query_heads;
-          for (index_t q = 0; q < s.query_heads; ++q)
+          for (index_t q = 0; q < s.query_heads; ++q)  // zeros past the columns the row's query saw
             std::copy(r.begin() + q * width, r.begin() + (q + 1) * width, rows.begin() + (q * window + w) * n);
         }
         kvcrush::layer_inputs in;
@@ -357,22 +362,37 @@ std::vector<layer_rows> run_window_policy(Cache& cache, const kvcrush::policy_co
         const index_t keep_rows = policy.layout.per_head ? s.heads : 1;
         std::vector<index_t> keep(static_cast<std::size_t>(keep_rows * (n + 1))), counts(static_cast<std::size_t>(keep_rows));
         kvcrush::layer_budget target = budget;
-        target.budget = std::min<index_t>(budget.budget, budget.budget + 4 - 1);
+        target.budget = std::min<index_t>(budget.budget, budget.budget + slack - 1);  // room for the new token
         kvcrush::select(policy, in, target,
                         {kvcrush::make_matrix_view(keep.data(), keep_rows, n + 1), kvcrush::make_vector_view(counts.data(), keep_rows)},
                         ws_by_hand);
         controller.make_room(0, 1, ws);
         const auto got = controller.last_keep(0);
         for (index_t r = 0; r < keep_rows; ++r) {
-          EXPECT_EQ(got.count(r), counts[r]);
-          for (index_t i = 0; i < counts[r]; ++i) EXPECT_EQ(got.at(r, i), keep[r * (n + 1) + i]);
+          EXPECT_EQ(got.count(r), counts[r]) << "eviction " << checked;
+          for (index_t i = 0; i < counts[r]; ++i) EXPECT_EQ(got.at(r, i), keep[r * (n + 1) + i]) << "eviction " << checked;
         }
-        checked = true;
+        // The saved rows follow the eviction: row r of the keep set for the
+        // query heads of KV head r.
+        for (auto& row : saved) {
+          const index_t width = static_cast<index_t>(row.size()) / s.query_heads;
+          std::vector<float> compacted(static_cast<std::size_t>(s.query_heads * got.count(0)), 0.0f);
+          for (index_t q = 0; q < s.query_heads; ++q) {
+            const index_t r = got.row_of_head(q / (s.query_heads / s.heads));
+            for (index_t i = 0; i < got.count(r); ++i) {
+              const index_t from = got.at(r, i);
+              compacted[static_cast<std::size_t>(q * got.count(0) + i)] = from < width ? row[static_cast<std::size_t>(q * width + from)] : 0.0f;
+            }
+          }
+          row = std::move(compacted);
+        }
+        ++checked;
       }
       controller.make_room(l, 1, ws);
       append_row(cache, l, data.k.data(), data.v.data());
-      EXPECT_LE(cache.length(l), budget.budget + 4);
+      EXPECT_LE(cache.length(l), budget.budget + slack);
       const auto rows = rows_of(cache, l);
+      if (step % observe_every != 0) continue;
       const auto probs = probabilities_over(rows, s, data.q.data());
       controller.observe(l, kvcrush::make_matrix_view(probs.data(), s.query_heads, rows.n));
       if (l == 0) {
@@ -381,7 +401,7 @@ std::vector<layer_rows> run_window_policy(Cache& cache, const kvcrush::policy_co
       }
     }
   }
-  EXPECT_TRUE(checked);
+  EXPECT_GE(checked, observe_every == 1 ? 35 / (slack + 1) : 3);
   std::vector<layer_rows> out;
   for (index_t l = 0; l < s.layers; ++l) out.push_back(rows_of(cache, l));
   return out;
@@ -416,6 +436,28 @@ TEST(DecodeController, WindowAndTovaScoresAgreeAcrossCachesAndWithSelect) {
     const auto b = run_window_policy(seq, policy, v.window);
     for (index_t l = 0; l < s.layers; ++l) EXPECT_TRUE(a[l] == b[l]) << "layer " << l;
   }
+}
+
+TEST(DecodeController, WindowRowsFollowEveryEvictionWhateverTheRhythm) {
+  // The ring of attention rows is compacted and turned at each eviction so
+  // that the next selection finds it in order; whether the guess of how many
+  // rows come in between is right (an eviction per new row, slack 0) or
+  // wrong (slack 3, rows observed every second or third step only), every
+  // selection must see exactly the rows a fresh copy would give it.
+  const shape s;
+  for (const char* name : {"snapkv", "snapkv+kvcrush"})
+    for (const bool per_head : {false, true})
+      for (const index_t window : {1, 4, 6})
+        for (const index_t slack : {0, 3})
+          for (const int every : {1, 2, 3}) {
+            SCOPED_TRACE(std::string(name) + (per_head ? " per head" : "") + " window " + std::to_string(window) +
+                         " slack " + std::to_string(slack) + " every " + std::to_string(every));
+            auto policy = kvcrush::policy_config::parse(name);
+            policy.layout.per_head = per_head;
+            policy.window.kernel = 3;
+            kvcrush::contiguous_cache<float> cache(s.layers, s.heads, s.d, 24, kvcrush::kv_layout::head_token_dim);
+            run_window_policy(cache, policy, window, slack, every);
+          }
 }
 
 TEST(DecodeController, PrefillCompressionThenDecode) {

@@ -74,6 +74,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -229,6 +230,7 @@ class eviction_controller {
         s.rows.assign(static_cast<std::size_t>(window_ * unit_query_heads_ * max_tokens_), 0.0f);
         s.spare_row.assign(window_ > 0 ? static_cast<std::size_t>(unit_query_heads_ * max_tokens_) : 0, 0.0f);
         s.row_width.assign(static_cast<std::size_t>(window_), 0);
+        s.runs.assign(window_ > 0 ? static_cast<std::size_t>(2 * (max_tokens_ + 1)) : 0, 0);
         s.queries.assign(static_cast<std::size_t>(query_window_ * unit_query_heads_ * head_dim_), 0.0f);
         s.keep.assign(static_cast<std::size_t>(unit_heads_ * (max_tokens_ + 1)), 0);
         s.counts.assign(static_cast<std::size_t>(unit_heads_), 0);
@@ -513,6 +515,9 @@ class eviction_controller {
     std::vector<index_t> row_width;   // columns observe() wrote in each ring slot
     std::vector<float> spare_row;     // [Hq][max_tokens]: one slot, for putting the ring in order
     index_t ring_start = 0, ring_count = 0;
+    index_t observed = 0;             // rows observe() added since the last compaction
+    index_t observed_before = 0;      // and between the two compactions before that
+    std::vector<index_t> runs;        // (max_tokens + 1) x 2: runs of consecutive kept columns
     std::vector<float> queries;       // ring of queries: [query_window][Hq][head_dim]
     index_t query_start = 0, query_count = 0;
     index_t next_position = -1;       // after the newest observed query
@@ -674,6 +679,7 @@ class eviction_controller {
         slot = s.ring_start;
         s.ring_start = (s.ring_start + 1) % window_;
       }
+      ++s.observed;
       float* row = ring_row(s, slot);
       for (index_t q = 0; q < unit_query_heads_; ++q) {
         const float* src = probabilities.data() + q * probabilities.stride(0);
@@ -895,20 +901,83 @@ class eviction_controller {
         s.h2o.compact(h, keep.rows.data() + r * keep.rows.stride(0), keep.count(r));
       }
     }
-    if (window_ > 0) {
-      const index_t group = unit_query_heads_ / unit_heads_;
-      for (index_t slot = 0; slot < s.ring_count; ++slot) {
-        const index_t ring_slot = (s.ring_start + slot) % window_;
-        float* rows = ring_row(s, ring_slot);
-        for (index_t q = 0; q < unit_query_heads_; ++q) {
-          float* row = rows + q * max_tokens_;
-          const index_t r = keep.row_of_head(q / group);
-          const index_t count = keep.count(r);
-          for (index_t i = 0; i < count; ++i) row[i] = row[keep.at(r, i)];
+    if (window_ > 0 && s.ring_count > 0) compact_ring(s, keep);
+  }
+
+  // Compacts every ring row to the kept columns, one pass over the ring.
+  // The columns move as runs of consecutive kept positions (a decode-time
+  // eviction of one token leaves two runs), so a row costs a memmove or two.
+  // A full ring is also turned: a fill_tracked() would have to put it in
+  // order (a copy of the whole ring) after each new row, so the rows land
+  // where, after as many observe() calls as came between the last two
+  // compactions, the oldest row is in slot 0. When that guess is wrong,
+  // fill_tracked() still orders the ring; only the copy is not saved.
+  void compact_ring(layer_state& s, const keep_view& keep) {
+    const index_t group = unit_query_heads_ / unit_heads_;
+    const index_t slots = window_, rows = s.ring_count;
+    s.observed_before = s.observed;
+    s.observed = 0;
+    index_t to_start = s.ring_start;
+    if (rows == slots) to_start = (slots - s.observed_before % slots) % slots;
+    const index_t shift = (to_start - s.ring_start + slots) % slots;  // a row moves from slot i to i + shift
+    index_t cycles = slots, b = shift;  // gcd(slots, shift) cycles
+    while (b != 0) {
+      const index_t t = cycles % b;
+      cycles = b;
+      b = t;
+    }
+    index_t* run = s.runs.data();
+    for (index_t r = 0; r < (keep.is_shared() ? 1 : unit_heads_); ++r) {
+      const index_t count = keep.count(r);
+      // Runs as (first kept position, length), in keep order.
+      index_t run_count = 0;
+      for (index_t i = 0; i < count;) {
+        const index_t first = keep.at(r, i);
+        index_t j = i + 1;
+        while (j < count && keep.at(r, j) == first + (j - i)) ++j;
+        run[2 * run_count] = first;
+        run[2 * run_count + 1] = j - i;
+        ++run_count;
+        i = j;
+      }
+      // to and from may be the same row: every run moves down or stays.
+      auto gather = [&](float* to, const float* from) {
+        index_t at = 0;
+        for (index_t k = 0; k < run_count; ++k) {
+          const index_t length = run[2 * k + 1];
+          if (to + at != from + run[2 * k]) {
+            std::memmove(to + at, from + run[2 * k], static_cast<std::size_t>(length) * sizeof(float));
+          }
+          at += length;
         }
-        s.row_width[static_cast<std::size_t>(ring_slot)] = keep.count(0);
+      };
+      const index_t q_begin = keep.is_shared() ? 0 : r * group;
+      const index_t q_end = keep.is_shared() ? unit_query_heads_ : (r + 1) * group;
+      for (index_t q = q_begin; q < q_end; ++q) {
+        auto column = [&](index_t slot) { return ring_row(s, slot) + q * max_tokens_; };
+        if (shift == 0) {
+          for (index_t i = 0; i < rows; ++i) {
+            float* row = column((s.ring_start + i) % slots);
+            gather(row, row);
+          }
+          continue;
+        }
+        float* spare = s.spare_row.data() + q * max_tokens_;
+        for (index_t first = 0; first < cycles; ++first) {
+          gather(spare, column(first));  // the first slot's row goes last
+          index_t to = first;
+          for (;;) {
+            const index_t from = (to - shift + slots) % slots;
+            if (from == first) break;
+            gather(column(to), column(from));
+            to = from;
+          }
+          std::copy(spare, spare + count, column(to));
+        }
       }
     }
+    for (index_t i = 0; i < rows; ++i) s.row_width[static_cast<std::size_t>(i)] = keep.count(0);
+    s.ring_start = to_start;
   }
 
   Cache* cache_;
