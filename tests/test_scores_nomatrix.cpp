@@ -426,6 +426,82 @@ TEST(ExpectedAttention, MatchesDoubleReferenceOverSizesHeadsGroupsAndOptions) {
   EXPECT_EQ(cases, 5 * 6 * 6);
 }
 
+TEST(ExpectedAttention, EveryIsaGivesTheScalarBits) {
+  // The SIMD builds compute the logits of 8 (AVX-512) or 4 (AVX2) keys at a
+  // time, one key per lane (simd/quadratic_logits.hpp); the scalar build's
+  // key-by-key dots are the reference. Token counts straddle the blocks
+  // and start after sinks at odd offsets, head sizes cover partial 8-lane
+  // dots, and large keys and queries make any change of order visible.
+  std::uint32_t seed = 7100;
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using Isa = decltype(tag);
+    for (index_t n : {1, 3, 4, 5, 8, 9, 17, 40})
+      for (index_t d : {2, 6, 8, 10, 16, 18})
+        for (int variant = 0; variant < 4; ++variant) {
+          ea_case c;
+          c.h = 2;
+          c.group = variant % 2 == 0 ? 1 : 3;
+          c.n = n;
+          c.d = d;
+          c.window = variant < 2 ? 3 : 1;
+          c.opt.use_covariance = variant != 3;
+          c.opt.future_positions = variant == 2 ? 0 : 29;
+          c.opt.rope_interleaved = variant == 1;
+          c.opt.use_vnorm = variant % 2 == 0;
+          c.opt.sink = n > 3 ? 1 + n % 3 : 0;
+          ++seed;
+          auto queries = kvcrush_test::random_floats(static_cast<std::size_t>(c.h * c.group * c.window * d), seed,
+                                                     -40.0f, 40.0f);
+          auto keys = random_kv<float>(c.h, n, d, seed + 1, variant % 2 == 0, -9.0f, 9.0f);
+          auto values = random_kv<float>(c.h, n, 5, seed + 2);
+          const kvcrush::strided_view<const float, 3> q(queries.data(), {c.h * c.group, c.window, d});
+          std::vector<float> want(static_cast<std::size_t>(c.h * n), kSentinel), got(want);
+          kvcrush::expected_attention_scores<kvcrush::isa::scalar>(
+              q, keys.view(), c.opt, kvcrush::make_matrix_view(want.data(), c.h, n), values.view());
+          kvcrush::expected_attention_scores<Isa>(q, keys.view(), c.opt, kvcrush::make_matrix_view(got.data(), c.h, n),
+                                                  values.view());
+          ASSERT_TRUE(same_bits(got, want)) << Isa::name << " n=" << n << " d=" << d << " variant " << variant;
+        }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << kvcrush::isa::name() << " build";
+}
+
+TEST(ExpectedAttention, EveryIsaBlockKernelGivesTheScalarLogitBits) {
+  // The logits themselves, in double, before the softmax and the rounding to
+  // float can hide a last-bit difference: the block kernel must equal
+  // s * dot8(mu, k) and fma(s^2 / 2, dot8(k, Sigma k), that) key by key.
+  std::mt19937_64 rng(77);
+  std::uniform_real_distribution<double> value(-30.0, 30.0);
+  const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
+    using kernel = kvcrush::simd::quadratic_logits_kernel<decltype(tag)>;
+    constexpr index_t lanes = kernel::lanes;
+    for (index_t d : {1, 2, 5, 7, 8, 9, 15, 16, 17, 24, 33})
+      for (const bool cov : {false, true}) {
+        std::vector<double> keys(static_cast<std::size_t>(lanes * d)), kt(keys.size()), mean(static_cast<std::size_t>(d)),
+            sigma(static_cast<std::size_t>(d * d)), work(keys.size()), z(static_cast<std::size_t>(lanes));
+        for (auto& x : keys) x = value(rng);
+        for (auto& x : mean) x = value(rng);
+        for (auto& x : sigma) x = value(rng) * 1e-3;
+        for (index_t l = 0; l < lanes; ++l)
+          for (index_t j = 0; j < d; ++j) kt[j * lanes + l] = keys[l * d + j];
+        const double s = 0.353, half_s2 = 0.5 * s * s;
+        kernel::block(kt.data(), d, mean.data(), cov ? sigma.data() : nullptr, s, half_s2, work.data(), z.data());
+        for (index_t l = 0; l < lanes; ++l) {
+          const double* key = keys.data() + l * d;
+          double want = s * kvcrush::impl::dot8<double>(mean.data(), key, d);
+          if (cov) {
+            std::vector<double> sigma_key(static_cast<std::size_t>(d));
+            for (index_t i = 0; i < d; ++i) sigma_key[i] = kvcrush::impl::dot8<double>(key, sigma.data() + i * d, d);
+            want = std::fma(half_s2, kvcrush::impl::dot8<double>(key, sigma_key.data(), d), want);
+          }
+          ASSERT_EQ(std::memcmp(&z[l], &want, sizeof want), 0) << "d=" << d << " lane " << l << ": " << z[l]
+                                                               << " != " << want;
+        }
+      }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << kvcrush::isa::name() << " build";
+}
+
 TEST(ExpectedAttention, RepeatedQueryWithoutRotationIsItsSoftmaxAttention) {
   for (index_t n : {1, 2, 7, 33, 100}) {
     ea_case c;

@@ -51,6 +51,7 @@
 #include "kvcrush/scores/attention_scratch.hpp"
 #include "kvcrush/simd/fixed_order_dot.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
+#include "kvcrush/simd/quadratic_logits.hpp"
 #include "kvcrush/isa.hpp"
 #include "kvcrush/tensor_view.hpp"
 
@@ -139,7 +140,7 @@ inline std::size_t expected_attention_scratch_doubles(index_t tokens, index_t he
                                                       const expected_attention_options& opt) noexcept {
   const auto d = static_cast<std::size_t>(head_dim > 0 ? head_dim : 0);
   const auto n = static_cast<std::size_t>(tokens > 0 ? tokens : 0);
-  return 6 * d + 2 * n + (opt.use_covariance ? 2 * d * d : 0) + 1;
+  return 22 * d + 2 * n + (opt.use_covariance ? 2 * d * d : 0) + 1;
 }
 
 // out (H, N): Expected Attention scores of the keys (H, N, d) for the
@@ -204,8 +205,8 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
   const index_t first_position = opt.first_future_position < 0 ? n : opt.first_future_position;
 
   // Scratch: rotation (d), mean and rotated mean (2d), key in double (d),
-  // Sigma k (d), covariance and a rotation buffer (2 d^2), logits and the
-  // group sum (2N).
+  // Sigma k (d), a block of 8 keys and their Sigma k (16d), covariance and a
+  // rotation buffer (2 d^2), logits and the group sum (2N).
   const std::size_t dd = static_cast<std::size_t>(d) * static_cast<std::size_t>(d);
   double* rot_c = scratch.wide(expected_attention_scratch_doubles(n, d, opt));
   double* rot_s = rot_c + d / 2;
@@ -213,7 +214,9 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
   double* mean_rot = mean + d;
   double* key = mean_rot + d;
   double* sigma_key = key + d;
-  double* logits = sigma_key + d;
+  double* block_keys = sigma_key + d;
+  double* block_work = block_keys + 8 * d;
+  double* logits = block_work + 8 * d;
   double* group_sum = logits + n;
   double* sigma = group_sum + n;
   double* sigma_tmp = sigma + (cov ? dd : 0);
@@ -251,7 +254,24 @@ void expected_attention_scores(strided_view<const float, 3> queries, kv_view<con
       }
       // Logits and softmax over [sink, N).
       double peak = -std::numeric_limits<double>::infinity();
-      for (index_t t = opt.sink; t < n; ++t) {
+      using block_kernel = simd::quadratic_logits_kernel<Isa>;
+      if constexpr (block_kernel::lanes > 0) {
+        constexpr index_t lanes = block_kernel::lanes;
+        double z[lanes];
+        for (index_t first = opt.sink; first < n; first += lanes) {
+          const index_t valid = n - first < lanes ? n - first : lanes;
+          for (index_t l = 0; l < lanes; ++l) {
+            const KeyT* row = keys.row(k, first + (l < valid ? l : 0));
+            for (index_t j = 0; j < d; ++j) block_keys[j * lanes + l] = static_cast<double>(impl::to_acc(row[j]));
+          }
+          block_kernel::block(block_keys, d, mean_rot, cov ? sigma : nullptr, s, half_s2, block_work, z);
+          for (index_t l = 0; l < valid; ++l) {
+            logits[first + l] = z[l];
+            peak = z[l] > peak ? z[l] : peak;
+          }
+        }
+      }
+      for (index_t t = block_kernel::lanes > 0 ? n : opt.sink; t < n; ++t) {
         const KeyT* row = keys.row(k, t);
         for (index_t j = 0; j < d; ++j) key[j] = static_cast<double>(impl::to_acc(row[j]));
         const double linear = impl::dot8d<Isa>(mean_rot, key, d);
