@@ -309,6 +309,10 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 #define _mm512_maskz_cvtepi32_ps(k, a)                                                                  \
   kvcrush_emulated::from_lanes<__m512>(                                                                 \
       kvcrush_emulated::maskz_convert<float>(k, kvcrush_emulated::to_lanes<std::int32_t, 16>(a)))
+// Float to double widens exactly; SIMDe 0.7.4 has no AVX-512 cvtps_pd.
+#undef _mm512_maskz_cvtps_pd
+#define _mm512_maskz_cvtps_pd(k, a) \
+  kvcrush_emulated::from_lanes<__m512d>(kvcrush_emulated::maskz_convert<double>(k, kvcrush_emulated::to_lanes<float, 8>(a)))
 #undef _mm512_maskz_cvtepi64_epi32
 #define _mm512_maskz_cvtepi64_epi32(k, a)                                                                \
   kvcrush_emulated::from_lanes<__m256i>(                                                                 \
