@@ -6,6 +6,8 @@
 #if KVCRUSH_HAS_AVX2
 #include <immintrin.h>
 
+#include "kvcrush/simd/dot8_lanes.hpp"
+#include "kvcrush/simd/lane_vectors_avx2.hpp"
 #include "kvcrush/simd/quadratic_logits.hpp"
 
 namespace kvcrush {
@@ -14,43 +16,22 @@ namespace simd {
 
 template <>
 struct quadratic_logits_kernel<isa::avx2> {
-  static constexpr index_t lanes = 4;
-
-  // dot8<double> of each lane's key with coefficients coef(j): element j
-  // into partial sum j mod 8, each from +0, combined as
-  // ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)). Named registers,
-  // not an array: GCC keeps an array indexed by j & 7 on the stack.
-  template <class Coef>
-  static __m256d dot_lanes(const double* kt, index_t d, Coef coef) noexcept {
-    __m256d p0 = _mm256_setzero_pd(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
-    auto add = [&](index_t j, __m256d& part) { part = _mm256_fmadd_pd(coef(j), _mm256_loadu_pd(kt + j * 4), part); };
-    index_t j = 0;
-    for (; j + 8 <= d; j += 8) {
-      add(j, p0), add(j + 1, p1), add(j + 2, p2), add(j + 3, p3);
-      add(j + 4, p4), add(j + 5, p5), add(j + 6, p6), add(j + 7, p7);
-    }
-    const index_t rest = d - j;
-    if (rest > 0) add(j, p0);
-    if (rest > 1) add(j + 1, p1);
-    if (rest > 2) add(j + 2, p2);
-    if (rest > 3) add(j + 3, p3);
-    if (rest > 4) add(j + 4, p4);
-    if (rest > 5) add(j + 5, p5);
-    if (rest > 6) add(j + 6, p6);
-    return _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(p0, p1), _mm256_add_pd(p2, p3)),
-                        _mm256_add_pd(_mm256_add_pd(p4, p5), _mm256_add_pd(p6, p7)));
-  }
+  using lane_vector = impl::lanes_avx2::f64x4;  // dot8 per lane: dot8_lanes.hpp
+  static constexpr index_t lanes = lane_vector::lanes;
 
   static void block(const double* kt, index_t d, const double* mean, const double* sigma, double s, double half_s2,
                     double* work, double* z) noexcept {
-    const __m256d linear = dot_lanes(kt, d, [&](index_t j) { return _mm256_set1_pd(mean[j]); });
+    // Coefficients: one scalar per key element (broadcast), or one per key (a row of work).
+    auto broadcast_from = [](const double* c) { return [c](index_t j) { return lane_vector::broadcast(c[j]); }; };
+    auto per_key = [work](index_t j) { return lane_vector::load(work + j * lanes); };
+    const __m256d linear = impl::dot8_lanes<lane_vector>(kt, d, broadcast_from(mean));
     __m256d logit = _mm256_mul_pd(_mm256_set1_pd(s), linear);
     if (sigma != nullptr) {
       for (index_t i = 0; i < d; ++i) {
         const double* row = sigma + i * d;
-        _mm256_storeu_pd(work + i * 4, dot_lanes(kt, d, [&](index_t j) { return _mm256_set1_pd(row[j]); }));
+        _mm256_storeu_pd(work + i * 4, impl::dot8_lanes<lane_vector>(kt, d, broadcast_from(row)));
       }
-      const __m256d quad = dot_lanes(kt, d, [&](index_t j) { return _mm256_loadu_pd(work + j * 4); });
+      const __m256d quad = impl::dot8_lanes<lane_vector>(kt, d, per_key);
       logit = _mm256_fmadd_pd(_mm256_set1_pd(half_s2), quad, logit);
     }
     _mm256_storeu_pd(z, logit);

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "kvcrush/simd/dot8_lanes.hpp"
+#include "kvcrush/simd/lane_vectors_avx2.hpp"
 #include "kvcrush/simd/similarity_sums.hpp"
 
 namespace kvcrush {
@@ -17,7 +19,8 @@ namespace simd {
 
 template <>
 struct similarity_sums_kernel<isa::avx2> {
-  static constexpr index_t lanes = 8;
+  using lane_vector = impl::lanes_avx2::f32x8;  // dot8 per lane: dot8_lanes.hpp
+  static constexpr index_t lanes = lane_vector::lanes;
 
   static void block(const float* units, index_t m, index_t d, const float* ut, index_t valid, index_t self_base,
                     float threshold, float* found, double* acc) noexcept {
@@ -27,27 +30,7 @@ struct similarity_sums_kernel<isa::avx2> {
     __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
     for (index_t i = 0; i < m; ++i) {
       const float* uc = units + i * d;
-      // Named registers, not an array: GCC keeps an array indexed by j & 7
-      // on the stack.
-      __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
-      auto add = [&](index_t j, __m256& part) {
-        part = _mm256_fmadd_ps(_mm256_set1_ps(uc[j]), _mm256_loadu_ps(ut + j * 8), part);
-      };
-      index_t j = 0;
-      for (; j + 8 <= d; j += 8) {
-        add(j, p0), add(j + 1, p1), add(j + 2, p2), add(j + 3, p3);
-        add(j + 4, p4), add(j + 5, p5), add(j + 6, p6), add(j + 7, p7);
-      }
-      const index_t rest = d - j;
-      if (rest > 0) add(j, p0);
-      if (rest > 1) add(j + 1, p1);
-      if (rest > 2) add(j + 2, p2);
-      if (rest > 3) add(j + 3, p3);
-      if (rest > 4) add(j + 4, p4);
-      if (rest > 5) add(j + 5, p5);
-      if (rest > 6) add(j + 6, p6);
-      const __m256 sim = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3)),
-                                     _mm256_add_ps(_mm256_add_ps(p4, p5), _mm256_add_ps(p6, p7)));
+      const __m256 sim = impl::dot8_lanes<lane_vector>(ut, d, [&](index_t j) { return lane_vector::broadcast(uc[j]); });
       const index_t self = self_base - i;
       const auto self_bit = static_cast<std::uint32_t>(self >= 0 && self < 8 ? 1u << self : 0u);
       std::uint32_t counted = in_block & ~self_bit;
