@@ -12,15 +12,12 @@ set(BUILD_SHARED_DIR "${SHARED_DIR}")
 if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
   set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
 endif()
-foreach(file models/stories260K.bin models/austen-kjv-14m.bin models/tok512.bin data/pride_and_prejudice.txt)
-  if(NOT EXISTS "${SHARED_DIR}/${file}")
-    if("$ENV{CI}" STREQUAL "true")
-      message(FATAL_ERROR "missing shared file ${SHARED_DIR}/${file} (CI=true requires it)")
-    endif()
-    message("SKIPPED: missing shared file ${SHARED_DIR}/${file}; set KVCRUSH_SHARED_DIR")
-    return()
-  endif()
-endforeach()
+include("${CMAKE_CURRENT_LIST_DIR}/../../cmake/KvcrushSharedFiles.cmake")
+kvcrush_require_shared_files(
+  "${SHARED_DIR}/models/stories260K.bin"
+  "${SHARED_DIR}/models/austen-kjv-14m.bin"
+  "${SHARED_DIR}/models/tok512.bin"
+  "${SHARED_DIR}/data/pride_and_prejudice.txt")
 
 # --help: the resolved default paths, the model's own context, no 512.
 execute_process(COMMAND "${EVAL}" --help RESULT_VARIABLE result OUTPUT_VARIABLE help)

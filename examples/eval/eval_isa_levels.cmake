@@ -11,15 +11,12 @@ cmake_minimum_required(VERSION 3.25)  # list() keeps empty CSV fields (CMP0007)
 if(DEFINED ENV{KVCRUSH_SHARED_DIR} AND NOT "$ENV{KVCRUSH_SHARED_DIR}" STREQUAL "")
   set(SHARED_DIR "$ENV{KVCRUSH_SHARED_DIR}")
 endif()
-foreach(file models/stories260K.bin models/tok512.bin data/pride_and_prejudice.txt data/stories_sampled.txt)
-  if(NOT EXISTS "${SHARED_DIR}/${file}")
-    if("$ENV{CI}" STREQUAL "true")
-      message(FATAL_ERROR "missing shared file ${SHARED_DIR}/${file} (CI=true requires it)")
-    endif()
-    message("SKIPPED: missing shared file ${SHARED_DIR}/${file}; set KVCRUSH_SHARED_DIR")
-    return()
-  endif()
-endforeach()
+include("${CMAKE_CURRENT_LIST_DIR}/../../cmake/KvcrushSharedFiles.cmake")
+kvcrush_require_shared_files(
+  "${SHARED_DIR}/models/stories260K.bin"
+  "${SHARED_DIR}/models/tok512.bin"
+  "${SHARED_DIR}/data/pride_and_prejudice.txt"
+  "${SHARED_DIR}/data/stories_sampled.txt")
 
 # |a - b| <= 1e-3 * max(1, |a|), in integers of 1e-6 (CMake has no floats).
 function(micro value out)

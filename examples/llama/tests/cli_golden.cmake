@@ -10,15 +10,8 @@ set(model "${SHARED_DIR}/models/stories260K.bin")
 set(tokenizer "${SHARED_DIR}/models/tok512.bin")
 set(reference "${SHARED_DIR}/models/stories260K_greedy200.txt")
 
-foreach(file IN ITEMS "${model}" "${tokenizer}" "${reference}")
-  if(NOT EXISTS "${file}")
-    if("$ENV{CI}" STREQUAL "true")
-      message(FATAL_ERROR "missing shared file ${file} (CI=true requires it)")
-    endif()
-    message("SKIPPED: missing shared file ${file}; set KVCRUSH_SHARED_DIR or -DKVCRUSH_SHARED_DIR")
-    return()
-  endif()
-endforeach()
+include("${CMAKE_CURRENT_LIST_DIR}/../../../cmake/KvcrushSharedFiles.cmake")
+kvcrush_require_shared_files("${model}" "${tokenizer}" "${reference}")
 
 execute_process(
   COMMAND "${CLI}" --model "${model}" --tokenizer "${tokenizer}" --steps 200 ${EXTRA_ARGS}
