@@ -185,6 +185,18 @@ inline void trim_surplus_ties(const score_rows& s, index_t begin, index_t end, c
   }
 }
 
+// The signature kernel's job over tokens [begin, end) of every row, with
+// nothing to compute yet: the caller asks for thresholds, sums or counts.
+inline simd::signature_job rows_job(const score_rows& s, index_t begin, index_t end) noexcept {
+  simd::signature_job job;
+  job.scores = s.data;
+  job.row_stride = s.row_stride;
+  job.heads = s.rows;
+  job.begin = begin;
+  job.end = end;
+  return job;
+}
+
 // Thresholds + the fused pass. signatures: [(end - begin) * words]; sums and
 // bit_counts optional. Returns false on NaN.
 template <class Isa>
@@ -202,12 +214,7 @@ bool build_signatures(const score_rows& s, index_t begin, index_t end, threshold
     }
   }
   compute_thresholds<Isa>(s, begin, end, mode, thresholds, ties, ws.floats_a(n + 64), ws.floats_b(n + 64));
-  simd::signature_job job;
-  job.scores = s.data;
-  job.row_stride = s.row_stride;
-  job.heads = s.rows;
-  job.begin = begin;
-  job.end = end;
+  simd::signature_job job = rows_job(s, begin, end);
   job.thresholds = thresholds;
   job.inclusive = median;
   job.signatures = signatures;
@@ -251,12 +258,7 @@ bool sum_rows(const score_rows& s, index_t begin, index_t end, float* sums) noex
   // at one head it is a copy with overhead.
   if constexpr (std::is_same_v<Isa, isa::avx512>) {
     if (s.rows >= 2 && s.rows <= 8) {
-      simd::signature_job job;
-      job.scores = s.data;
-      job.row_stride = s.row_stride;
-      job.heads = s.rows;
-      job.begin = begin;
-      job.end = end;
+      simd::signature_job job = rows_job(s, begin, end);
       job.sums = sums;
       return !simd::signature_kernel<Isa>::run(job);
     }
