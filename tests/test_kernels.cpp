@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "kvcrush/policy/workspace.hpp"
@@ -20,6 +21,7 @@
 #include "kvcrush/simd/signature.hpp"
 #if KVCRUSH_HAS_AVX2
 #include "kvcrush/simd/sort64_avx2.hpp"
+#include "kvcrush/simd/sort64_avx512.hpp"
 #endif
 #include "test_support.hpp"
 
@@ -351,6 +353,32 @@ TEST(SortNetwork, Sorts64FloatsAsStdSort) {
     for (int i = 0; i < 64; ++i) ASSERT_EQ(got[i], v[static_cast<std::size_t>(i)]) << "trial " << trial << " at " << i;
   }
 }
+
+#if KVCRUSH_HAS_AVX512
+TEST(SortNetwork, Avx512SortsOneTwoAndFourRegistersAsStdSort) {
+  // The bitonic network on 16, 32 and 64 values: random values, heavy ties,
+  // infinities and zeros of both signs (compared with ==, as the network
+  // may swap -0 and +0).
+  auto check = [](auto regs_tag, int trial) {
+    constexpr int regs = decltype(regs_tag)::value;
+    constexpr std::size_t count = 16 * regs;
+    auto v = trial % 2 ? kvcrush_test::tricky_floats(count, static_cast<std::uint32_t>(trial), trial % 3 ? 4 : 1000, 0.1)
+                       : kvcrush_test::random_floats(count, static_cast<std::uint32_t>(trial));
+    __m512 r[4];
+    for (int i = 0; i < regs; ++i) r[i] = _mm512_loadu_ps(v.data() + 16 * i);
+    simd::impl::sort64_avx512::sort<regs>(r);
+    float got[count];
+    for (int i = 0; i < regs; ++i) _mm512_storeu_ps(got + 16 * i, r[i]);
+    std::sort(v.begin(), v.end());
+    for (std::size_t i = 0; i < count; ++i) ASSERT_EQ(got[i], v[i]) << regs << " registers, trial " << trial << " at " << i;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    check(std::integral_constant<int, 1>{}, trial);
+    check(std::integral_constant<int, 2>{}, trial);
+    check(std::integral_constant<int, 4>{}, trial);
+  }
+}
+#endif
 
 TEST(MedianSignatures, EveryTransposeAgreesWithAPlainOne) {
   // Random head-major bits (tile layout of head_bits.hpp) transposed by the

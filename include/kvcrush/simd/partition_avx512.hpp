@@ -13,6 +13,7 @@
 
 #include "kvcrush/simd/avx512_util.hpp"
 #include "kvcrush/simd/partition.hpp"
+#include "kvcrush/simd/sort64_avx512.hpp"
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -77,12 +78,50 @@ struct partition_kernel<isa::avx512> {
   }
 
   // The r_a-th and r_b-th largest (0-based) of the NaN-free part of v[0, n),
-  // n <= 64: every value's count of larger values is accumulated in vector
-  // lanes at once (n broadcasts, four compare-and-add chains), and the r-th
-  // largest is the smallest value with at most r larger ones. A rank not
-  // below the number of NaN-free values leaves its output untouched.
+  // n <= 64. A rank not below the number of NaN-free values leaves its
+  // output untouched. NaN-free input (every caller's usual case) is sorted
+  // by a network in one, two or four registers, padded with -inf, which only
+  // ever ranks below the n real values; with NaN, every value is ranked.
   static void small_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
                                      float& b) noexcept {
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 r[4];
+    __mmask16 nan = 0;
+    for (int q = 0; q < 4; ++q) {
+      const index_t left = n - 16 * q;
+      const auto lanes = static_cast<__mmask16>(left >= 16 ? 0xffffu : (left > 0 ? (1u << left) - 1u : 0u));
+      const __m512 x = _mm512_maskz_loadu_ps(lanes, v + 16 * q);
+      nan |= _mm512_mask_cmp_ps_mask(lanes, x, x, _CMP_UNORD_Q);
+      r[q] = _mm512_mask_mov_ps(minus_inf, lanes, x);
+    }
+    if (nan != 0) {
+      rank_order_statistics(v, n, r_a, r_b, a, b);
+      return;
+    }
+    // Ascending: the r-th largest is the r-th from the top of the sorted registers.
+    alignas(64) float sorted[64];
+    index_t top;
+    if (n <= 16) {
+      impl::sort64_avx512::sort<1>(r);
+      top = 15;
+    } else if (n <= 32) {
+      impl::sort64_avx512::sort<2>(r);
+      top = 31;
+    } else {
+      impl::sort64_avx512::sort<4>(r);
+      top = 63;
+    }
+    for (int q = 0; q < 4; ++q) _mm512_store_ps(sorted + 16 * q, r[q]);
+    if (r_a < n) a = sorted[top - r_a];
+    if (r_b < n) b = sorted[top - r_b];
+  }
+
+  // As small_order_statistics, for input with NaN: every value's count of
+  // larger values is accumulated in vector lanes at once (n broadcasts, four
+  // compare-and-add chains), and the r-th largest is the smallest value with
+  // at most r larger ones.
+  static void rank_order_statistics(const float* v, index_t n, index_t r_a, index_t r_b, float& a,
+                                    float& b) noexcept {
     constexpr float inf = std::numeric_limits<float>::infinity();
     __m512 value[4];
     __m512i larger[4];
