@@ -339,6 +339,10 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 #define _mm512_maskz_shuffle_f32x4(k, a, b, i) kvcrush_emulated::maskz_shuffle_f32x4(k, a, b, i)
 #undef _mm512_maskz_shuffle_ps
 #define _mm512_maskz_shuffle_ps(k, a, b, i) kvcrush_emulated::maskz_shuffle_ps(k, a, b, i)
+#undef _mm512_shuffle_f32x4
+#define _mm512_shuffle_f32x4(a, b, i) kvcrush_emulated::maskz_shuffle_f32x4(0xffff, a, b, i)
+#undef _mm512_shuffle_ps
+#define _mm512_shuffle_ps(a, b, i) kvcrush_emulated::maskz_shuffle_ps(0xffff, a, b, i)
 #undef _mm512_maskz_slli_epi32
 #define _mm512_maskz_slli_epi32(k, a, i) kvcrush_emulated::maskz_slli_epi32(k, a, i)
 #undef _mm512_maskz_srlv_epi32
