@@ -152,6 +152,36 @@ TEST(SelectKeep, MatchesSpecOnRandomConfigurations) {
   EXPECT_GT(checked, 500);
 }
 
+TEST(SelectKeep, LongRowsMatchScalarOnEveryIsa) {
+  // Rows past 2048 evictable tokens take the bracketed medians, and token
+  // mode takes its distances from head-major bits where a kernel does:
+  // every compiled ISA against the scalar kernels, with heavy ties (five
+  // levels) in a third of the cases, token and block mode, every anchor.
+  std::mt19937 rng(20261205);
+  kvcrush::workspace ws;
+  const int isas = kvcrush_test::for_each_simd_isa([](auto) {});
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
+  for (int iteration = 0; iteration < 24; ++iteration) {
+    scenario s = random_scenario(rng);
+    s.heads = std::vector<index_t>{1, 3, 8, 32, 65}[static_cast<std::size_t>(iteration % 5)];
+    s.tokens = 2100 + 397 * iteration;
+    s.cfg.budget = s.cfg.sink + s.cfg.recent + s.tokens / 4 / s.cfg.block_size * s.cfg.block_size;
+    s.cfg.crush_fraction = 0.5;
+    s.cfg.rank_importance = true;
+    s.cfg.threshold = kvcrush::threshold_mode::median;
+    s.cfg.anchor = static_cast<kvcrush::anchor_mode>(iteration % 6);
+    const int levels = iteration % 3 == 0 ? 5 : 100000;
+    s.scores = kvcrush_test::tricky_floats(static_cast<std::size_t>(s.heads * s.tokens),
+                                           static_cast<std::uint32_t>(iteration), levels, 0.0);
+    s.sig_heads = 0;
+    s.sig_scores.clear();
+    const auto expected = run<isa::scalar>(s, ws);
+    kvcrush_test::for_each_simd_isa([&](auto tag) {
+      ASSERT_EQ(run<decltype(tag)>(s, ws), expected) << decltype(tag)::name << " " << describe(s);
+    });
+  }
+}
+
 TEST(SelectKeep, CompositionProperties) {
   std::mt19937 rng(7);
   kvcrush::workspace ws;

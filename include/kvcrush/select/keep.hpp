@@ -256,16 +256,29 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   //    sums in the same pass) over the evictable tokens.
   const index_t sig_bits = sig_rows.rows;
   const index_t token_words = signature_words(sig_bits);
+  // Token mode takes its distances from head-major bits where a kernel
+  // does (no token-major signatures at all); block mode concatenates the
+  // tokens' signatures.
+  const bool head_major = b == 1 && has_head_major_distances<Isa>(cfg.threshold, sig_bits);
   std::uint64_t* token_sig = nullptr;
+  const std::uint16_t* head_bits = nullptr;
   index_t* bit_counts = nullptr;
   float* token_importance = nullptr;
   if (shared_importance) token_importance = ws.importance(static_cast<std::size_t>(n_tokens) + 1);
   bool s_checked = false;
   if (need_signatures) {
-    token_sig = ws.signatures(static_cast<std::size_t>(n_tokens * token_words) + 1);
     bit_counts = ws.bit_counts(static_cast<std::size_t>(sig_bits));
     float* fused_sums = separate_signature_rows ? nullptr : token_importance;
-    if (!build_signatures<Isa>(sig_rows, token_begin, token_end, cfg.threshold, token_sig, bit_counts, fused_sums, ws)) {
+    bool built;
+    if (head_major) {
+      head_bits = build_head_major_median_bits<Isa>(sig_rows, token_begin, token_end, bit_counts, fused_sums, ws);
+      built = head_bits != nullptr;
+    } else {
+      token_sig = ws.signatures(static_cast<std::size_t>(n_tokens * token_words) + 1);
+      built = build_signatures<Isa>(sig_rows, token_begin, token_end, cfg.threshold, token_sig, bit_counts,
+                                    fused_sums, ws);
+    }
+    if (!built) {
       return separate_signature_rows ? selection_status::nan_in_signature_scores : selection_status::nan_in_scores;
     }
     s_checked = !separate_signature_rows;
@@ -339,7 +352,13 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     std::uint64_t* anchor = ws.anchor(static_cast<std::size_t>(unit_words));
     make_anchor(cfg.anchor, unit_bits, counts, n, cfg.seed, anchor);
     std::uint32_t* dist = ws.distances(static_cast<std::size_t>(n) + 1);
-    simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
+    if (head_bits != nullptr) {
+#if KVCRUSH_HAS_AVX512
+      simd::head_bits_distances(head_bits, sig_bits, simd::head_bits_stride(sig_bits), n, anchor, dist);
+#endif
+    } else {
+      simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
+    }
     index_t* histogram = ws.histogram(representative_histogram_size(unit_bits));
     index_t* order = ws.order(static_cast<std::size_t>(n) + 1);
     for (index_t h = 0; h < rows; ++h) {

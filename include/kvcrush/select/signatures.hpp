@@ -15,6 +15,7 @@
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/simd/head_bits.hpp"
+#include "kvcrush/simd/head_bits_distances_avx512.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/simd/signature.hpp"
 #include "kvcrush/tensor_view.hpp"
@@ -120,18 +121,20 @@ void head_bits_to_signatures(std::uint16_t* bits, index_t heads, index_t stride,
   simd::head_bits_kernel<Isa>::transpose(bits, stride, n, signatures, signature_words(heads), scratch);
 }
 
-// Median signatures one head at a time: the threshold, then the head's bits
-// (and its share of the sums over heads) while its row is still in L2, then
-// one transpose to token-major words. Ties are left to the caller, as from
-// the token-major pass. Returns true on NaN.
+// Median bits one head at a time, head-major (simd/head_bits.hpp): the
+// threshold, then the head's bits (and its share of the sums over heads)
+// while its row is still in L2. Ties are left to the caller, as from the
+// token-major pass. bits_out receives the bits (in ws.head_bits, followed
+// by 32 * stride spare elements). Returns true on NaN.
 template <class Isa>
-bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, float* thresholds, index_t* ties,
-                               std::uint64_t* signatures, float* sums, selection_scratch& ws) noexcept {
+bool median_head_bits(const score_rows& s, index_t begin, index_t end, float* thresholds, index_t* ties, float* sums,
+                      selection_scratch& ws, std::uint16_t*& bits_out) noexcept {
   using kernel = simd::head_bits_kernel<Isa>;
   const index_t n = end - begin;
   const index_t stride = simd::head_bits_stride(s.rows);
   const index_t size = simd::head_bits_size(s.rows, n);
   std::uint16_t* bits = ws.head_bits(static_cast<std::size_t>(size + 32 * stride));
+  bits_out = bits;
   float* buf_a = ws.floats_a(static_cast<std::size_t>(n + 64));
   float* buf_b = ws.floats_b(static_cast<std::size_t>(n + 64));
   bool nan = false;
@@ -143,7 +146,6 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
         nan |= bracketed_median_bits<Isa>(s.row(h) + begin, n, h, s.rows, stride, bits, sums, thresholds[h], ties[h],
                                           buf_a, buf_b, words);
       }
-      head_bits_to_signatures<Isa>(bits, s.rows, stride, n, signatures, bits + size);
       return nan;
     }
   }
@@ -154,7 +156,18 @@ bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, 
                            : std::numeric_limits<float>::quiet_NaN();
     nan |= simd::head_bits_row<kernel>(row, n, thresholds[h], h, s.rows, stride, bits, sums);
   }
-  head_bits_to_signatures<Isa>(bits, s.rows, stride, n, signatures, bits + size);
+  return nan;
+}
+
+// Median signatures through the head-major bits and one transpose to
+// token-major words. Returns true on NaN.
+template <class Isa>
+bool median_signatures_by_head(const score_rows& s, index_t begin, index_t end, float* thresholds, index_t* ties,
+                               std::uint64_t* signatures, float* sums, selection_scratch& ws) noexcept {
+  std::uint16_t* bits = nullptr;
+  const bool nan = median_head_bits<Isa>(s, begin, end, thresholds, ties, sums, ws, bits);
+  head_bits_to_signatures<Isa>(bits, s.rows, simd::head_bits_stride(s.rows), end - begin, signatures,
+                               bits + simd::head_bits_size(s.rows, end - begin));
   return nan;
 }
 
@@ -182,6 +195,59 @@ inline void trim_surplus_ties(const score_rows& s, index_t begin, index_t end, c
     for (index_t t = begin; t < end; ++t) {
       if (row[t] == threshold && taken++ >= ties[h]) signatures[(t - begin) * words + h / 64] &= ~bit;
     }
+  }
+}
+
+// As trim_surplus_ties, on head-major bits (simd/head_bits.hpp).
+inline void trim_surplus_ties_head_major(const score_rows& s, index_t begin, index_t end, const float* thresholds,
+                                         const index_t* ties, std::uint16_t* bits, index_t* bit_counts) noexcept {
+  const index_t stride = simd::head_bits_stride(s.rows);
+  for (index_t h = 0; h < s.rows; ++h) {
+    if (bit_counts) bit_counts[h] = (end - begin) / 2;
+    if (ties[h] < 0) continue;
+    const float* row = s.row(h);
+    const float threshold = thresholds[h];
+    index_t taken = 0;
+    for (index_t t = begin; t < end; ++t) {
+      if (row[t] == threshold && taken++ >= ties[h]) {
+        const index_t g = (t - begin) / 16;
+        bits[((g / 32) * stride + h) * 32 + g % 32] &= static_cast<std::uint16_t>(~(1u << ((t - begin) % 16)));
+      }
+    }
+  }
+}
+
+// Whether build_head_major_median_bits serves this ISA, mode and head count:
+// the selection then takes distances from the head-major bits
+// (simd::head_bits_distances) instead of token-major signatures.
+template <class Isa>
+constexpr bool has_head_major_distances(threshold_mode mode, index_t heads) noexcept {
+#if KVCRUSH_HAS_AVX512
+  if constexpr (std::is_same_v<Isa, isa::avx512>) {
+    return mode == threshold_mode::median && heads <= simd::head_bits_distances_max_heads;
+  }
+#endif
+  (void)mode;
+  (void)heads;
+  return false;
+}
+
+// Median bits of tokens [begin, end), head-major, ties trimmed (for the ISAs
+// of has_head_major_distances). bit_counts and sums optional, as for
+// build_signatures. Returns nullptr on NaN.
+template <class Isa>
+const std::uint16_t* build_head_major_median_bits(const score_rows& s, index_t begin, index_t end,
+                                                  index_t* bit_counts, float* sums, selection_scratch& ws) noexcept {
+  if constexpr (simd::has_head_bits<Isa>::value) {
+    float* thresholds = ws.thresholds(static_cast<std::size_t>(s.rows));
+    index_t* ties = ws.ties(static_cast<std::size_t>(s.rows));
+    std::uint16_t* bits = nullptr;
+    if (median_head_bits<Isa>(s, begin, end, thresholds, ties, sums, ws, bits)) return nullptr;
+    trim_surplus_ties_head_major(s, begin, end, thresholds, ties, bits, bit_counts);
+    return bits;
+  } else {
+    (void)s, (void)begin, (void)end, (void)bit_counts, (void)sums, (void)ws;
+    return nullptr;
   }
 }
 
