@@ -16,7 +16,7 @@
 #include "kvcrush/simd/bits.hpp"
 #include "kvcrush/simd/column_counts.hpp"
 #include "kvcrush/simd/head_bits.hpp"
-#include "kvcrush/simd/head_bits_distances_avx512.hpp"
+#include "kvcrush/simd/head_bits_distances.hpp"
 #include "kvcrush/simd/kept_positions.hpp"
 #include "kvcrush/simd/partition.hpp"
 #include "kvcrush/simd/signature.hpp"
@@ -440,42 +440,43 @@ TEST(MedianSignatures, EveryTransposeAgreesWithAPlainOne) {
 }
 #endif
 
-#if KVCRUSH_HAS_AVX512
 TEST(HammingDistance, HeadMajorBitsCountAsTokenMajorPopcounts) {
   // The bit-sliced distances from head-major bits against a popcount per
   // token, every plane count (1 to 255 heads), partial tiles and chunks,
-  // random anchors and the all-ones anchor; the kernel writes dist[0, n)
+  // random anchors and the all-ones anchor; the kernels write dist[0, n)
   // and nothing past it.
-  if (!kvcrush::isa::cpu_supports<isa::avx512>()) GTEST_SKIP() << "this machine runs no AVX-512";
-  std::mt19937_64 rng(11);
-  for (index_t heads : {1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 127, 128, 200, 255}) {
-    for (index_t n : {1, 15, 16, 17, 63, 64, 65, 100, 511, 512, 513, 1030, 2000}) {
-      for (int anchor_kind = 0; anchor_kind < 2; ++anchor_kind) {
-        const index_t stride = simd::head_bits_stride(heads), words = kvcrush::signature_words(heads);
-        const index_t size = simd::head_bits_size(heads, n);
-        kvcrush::workspace ws;
-        std::uint16_t* const bits = ws.head_bits(static_cast<std::size_t>(size));
-        for (index_t i = 0; i < size; ++i) bits[i] = static_cast<std::uint16_t>(rng());
-        std::vector<std::uint64_t> anchor(static_cast<std::size_t>(words));
-        for (auto& w : anchor) w = anchor_kind == 0 ? rng() : ~std::uint64_t{0};
-        std::vector<std::uint32_t> expected(static_cast<std::size_t>(n) + 5, 0xdeadbeef);
-        for (index_t t = 0; t < n; ++t) {
-          const index_t g = t / 16;
-          std::uint32_t d = 0;
-          for (index_t h = 0; h < heads; ++h) {
-            const auto bit = (bits[static_cast<std::size_t>(((g / 32) * stride + h) * 32 + g % 32)] >> (t % 16)) & 1u;
-            d += bit != ((anchor[static_cast<std::size_t>(h / 64)] >> (h % 64)) & 1u);
+  const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
+    using Isa = decltype(tag);
+    std::mt19937_64 rng(11);
+    for (index_t heads : {1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 127, 128, 200, 255}) {
+      for (index_t n : {1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 255, 256, 257, 511, 512, 513, 1030, 2000}) {
+        for (int anchor_kind = 0; anchor_kind < 2; ++anchor_kind) {
+          const index_t stride = simd::head_bits_stride(heads), words = kvcrush::signature_words(heads);
+          const index_t size = simd::head_bits_size(heads, n);
+          kvcrush::workspace ws;
+          std::uint16_t* const bits = ws.head_bits(static_cast<std::size_t>(size));
+          for (index_t i = 0; i < size; ++i) bits[i] = static_cast<std::uint16_t>(rng());
+          std::vector<std::uint64_t> anchor(static_cast<std::size_t>(words));
+          for (auto& w : anchor) w = anchor_kind == 0 ? rng() : ~std::uint64_t{0};
+          std::vector<std::uint32_t> expected(static_cast<std::size_t>(n) + 5, 0xdeadbeef);
+          for (index_t t = 0; t < n; ++t) {
+            const index_t g = t / 16;
+            std::uint32_t d = 0;
+            for (index_t h = 0; h < heads; ++h) {
+              const auto bit = (bits[static_cast<std::size_t>(((g / 32) * stride + h) * 32 + g % 32)] >> (t % 16)) & 1u;
+              d += bit != ((anchor[static_cast<std::size_t>(h / 64)] >> (h % 64)) & 1u);
+            }
+            expected[static_cast<std::size_t>(t)] = d;
           }
-          expected[static_cast<std::size_t>(t)] = d;
+          std::vector<std::uint32_t> got(expected.size(), 0xdeadbeef);
+          simd::head_bits_distances_kernel<Isa>::run(bits, heads, stride, n, anchor.data(), got.data());
+          ASSERT_EQ(got, expected) << Isa::name << " H=" << heads << " N=" << n << " anchor " << anchor_kind;
         }
-        std::vector<std::uint32_t> got(expected.size(), 0xdeadbeef);
-        simd::head_bits_distances(bits, heads, stride, n, anchor.data(), got.data());
-        ASSERT_EQ(got, expected) << "H=" << heads << " N=" << n << " anchor " << anchor_kind;
       }
     }
-  }
+  });
+  if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
 }
-#endif
 
 TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
   // Rows of 2048 tokens and more take the one-pass route (bracketed_median.hpp)

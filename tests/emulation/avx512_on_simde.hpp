@@ -290,6 +290,9 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 #undef _mm512_mask_storeu_epi64
 #define _mm512_mask_storeu_epi64(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int64_t, 8>(a))
+#undef _mm512_mask_storeu_epi32
+#define _mm512_mask_storeu_epi32(p, k, a) \
+  kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int32_t, 16>(a))
 #undef _mm256_mask_storeu_epi32
 #define _mm256_mask_storeu_epi32(p, k, a) \
   kvcrush_emulated::masked_store(p, k, kvcrush_emulated::to_lanes<std::int32_t, 8>(a))
@@ -325,6 +328,8 @@ inline __m512i maskz_srlv_epi32(__mmask16 mask, __m512i a, __m512i shifts) {
 #define _mm512_maskz_cvtepu16_epi32(k, a)                                                                \
   kvcrush_emulated::from_lanes<__m512i>(                                                                 \
       kvcrush_emulated::maskz_convert<std::int32_t>(k, kvcrush_emulated::to_lanes<std::uint16_t, 16>(a)))
+#undef _mm512_cvtepu8_epi32
+#define _mm512_cvtepu8_epi32(a) _mm512_maskz_cvtepu8_epi32(0xffff, a)
 #undef _mm512_maskz_cvtepu8_epi32
 #define _mm512_maskz_cvtepu8_epi32(k, a)                                                                 \
   kvcrush_emulated::from_lanes<__m512i>(                                                                 \

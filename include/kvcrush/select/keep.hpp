@@ -353,9 +353,7 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     make_anchor(cfg.anchor, unit_bits, counts, n, cfg.seed, anchor);
     std::uint32_t* dist = ws.distances(static_cast<std::size_t>(n) + 1);
     if (head_bits != nullptr) {
-#if KVCRUSH_HAS_AVX512
-      simd::head_bits_distances(head_bits, sig_bits, simd::head_bits_stride(sig_bits), n, anchor, dist);
-#endif
+      head_major_distances<Isa>(head_bits, sig_bits, n, anchor, dist);
     } else {
       simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
     }

@@ -15,7 +15,7 @@
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/selection_scratch.hpp"
 #include "kvcrush/simd/head_bits.hpp"
-#include "kvcrush/simd/head_bits_distances_avx512.hpp"
+#include "kvcrush/simd/head_bits_distances.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
 #include "kvcrush/simd/signature.hpp"
 #include "kvcrush/tensor_view.hpp"
@@ -217,19 +217,13 @@ inline void trim_surplus_ties_head_major(const score_rows& s, index_t begin, ind
   }
 }
 
-// Whether build_head_major_median_bits serves this ISA, mode and head count:
-// the selection then takes distances from the head-major bits
-// (simd::head_bits_distances) instead of token-major signatures.
+// Whether the selection takes its distances from head-major median bits
+// (build_head_major_median_bits, then head_major_distances) instead of
+// token-major signatures: on ISAs with both kernels, in median mode.
 template <class Isa>
 constexpr bool has_head_major_distances(threshold_mode mode, index_t heads) noexcept {
-#if KVCRUSH_HAS_AVX512
-  if constexpr (std::is_same_v<Isa, isa::avx512>) {
-    return mode == threshold_mode::median && heads <= simd::head_bits_distances_max_heads;
-  }
-#endif
-  (void)mode;
-  (void)heads;
-  return false;
+  return simd::has_head_bits<Isa>::value && simd::has_head_bits_distances<Isa>::value &&
+         mode == threshold_mode::median && heads <= simd::head_bits_distances_max_heads;
 }
 
 // Median bits of tokens [begin, end), head-major, ties trimmed (for the ISAs
@@ -248,6 +242,18 @@ const std::uint16_t* build_head_major_median_bits(const score_rows& s, index_t b
   } else {
     (void)s, (void)begin, (void)end, (void)bit_counts, (void)sums, (void)ws;
     return nullptr;
+  }
+}
+
+// Distances of tokens [0, n) to the anchor from build_head_major_median_bits'
+// bits (for the ISAs of has_head_major_distances).
+template <class Isa>
+void head_major_distances(const std::uint16_t* bits, index_t heads, index_t n, const std::uint64_t* anchor,
+                          std::uint32_t* dist) noexcept {
+  if constexpr (simd::has_head_bits_distances<Isa>::value) {
+    simd::head_bits_distances_kernel<Isa>::run(bits, heads, simd::head_bits_stride(heads), n, anchor, dist);
+  } else {
+    (void)bits, (void)heads, (void)n, (void)anchor, (void)dist;
   }
 }
 

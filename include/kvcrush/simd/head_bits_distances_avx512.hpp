@@ -1,14 +1,6 @@
-// Hamming distances to an anchor straight from head-major bits (the layout
-// of simd/head_bits.hpp), without transposing them to token-major words.
-//
-// A token's distance is the number of heads whose bit differs from the
-// anchor's: the sum, over heads, of the head's row XOR the anchor bit. Each
-// 512-token tile of rows is one register per head, and the sums are kept
-// bit-sliced: counter plane p holds bit p of every token's count, and a row
-// is added with a ripple of AND/XOR across the planes. The planes then
-// become byte counts 64 tokens at a time (one masked byte move per plane)
-// and those are widened to uint32. For 32 heads this is about a tenth of the
-// work of the transpose and the popcounts it replaces.
+// AVX-512 distances from head-major bits (simd/head_bits_distances.hpp):
+// each 512-token tile of a head's bits is one register, and the planes
+// become byte counts 64 tokens at a time with one masked byte move each.
 #pragma once
 
 #include "kvcrush/config.hpp"
@@ -18,15 +10,11 @@
 
 #include <cstdint>
 
-#include "kvcrush/simd/head_bits.hpp"
-#include "kvcrush/tensor_view.hpp"
+#include "kvcrush/simd/head_bits_distances.hpp"
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
 namespace simd {
-
-// Most heads the kernel counts: the counts are bytes.
-constexpr index_t head_bits_distances_max_heads = 255;
 
 namespace impl::head_bits_distances_avx512 {
 
@@ -72,22 +60,14 @@ void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, co
 
 }  // namespace impl::head_bits_distances_avx512
 
-// dist[t] = number of heads h < heads whose bit for token t differs from
-// anchor bit h, for t < n. 1 <= heads <= head_bits_distances_max_heads;
-// bits in the head-major layout with the given stride.
-inline void head_bits_distances(const std::uint16_t* bits, index_t heads, index_t stride, index_t n,
-                                const std::uint64_t* anchor, std::uint32_t* dist) noexcept {
-  namespace k = impl::head_bits_distances_avx512;
-  // Planes enough for a count of `heads`.
-  if (heads < 2) return k::run<1>(bits, heads, stride, n, anchor, dist);
-  if (heads < 4) return k::run<2>(bits, heads, stride, n, anchor, dist);
-  if (heads < 8) return k::run<3>(bits, heads, stride, n, anchor, dist);
-  if (heads < 16) return k::run<4>(bits, heads, stride, n, anchor, dist);
-  if (heads < 32) return k::run<5>(bits, heads, stride, n, anchor, dist);
-  if (heads < 64) return k::run<6>(bits, heads, stride, n, anchor, dist);
-  if (heads < 128) return k::run<7>(bits, heads, stride, n, anchor, dist);
-  return k::run<8>(bits, heads, stride, n, anchor, dist);
-}
+template <>
+struct head_bits_distances_kernel<isa::avx512> {
+  static void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* anchor,
+                  std::uint32_t* dist) noexcept {
+    namespace k = impl::head_bits_distances_avx512;
+    with_planes_for(heads, [&](auto planes) { k::run<decltype(planes)::value>(bits, heads, stride, n, anchor, dist); });
+  }
+};
 
 }  // namespace simd
 }  // namespace KVCRUSH_TARGET_NS
