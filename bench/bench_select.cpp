@@ -216,7 +216,7 @@ void select_h2o(benchmark::State& state, mode m) {
 // one compression event of a whole model costs.
 void evict_layers(benchmark::State& state) {
   const index_t threads = state.range(0), layers = state.range(1), heads = state.range(2), tokens = state.range(3);
-  std::vector<std::vector<float>> scores;
+  std::vector<kvcrush_bench::aligned_floats> scores;
   for (index_t l = 0; l < layers; ++l) {
     scores.push_back(
         kvcrush_bench::attention_like_scores(static_cast<std::size_t>(heads * tokens), 100 + static_cast<std::uint32_t>(l)));
@@ -298,7 +298,7 @@ void select_source(benchmark::State& state, source what) {
   for (auto& v : values) v = kvcrush::to_float16(normal(rng));
   std::vector<float> queries(static_cast<std::size_t>(query_heads * window * d));
   for (auto& q : queries) q = normal(rng);
-  std::vector<float> attention;
+  kvcrush_bench::aligned_floats attention;
   kvcrush::layer_inputs in;
   in.kv_heads = heads;
   in.tokens = tokens;
