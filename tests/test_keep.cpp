@@ -42,7 +42,9 @@ scenario random_scenario(std::mt19937& rng) {
   auto& c = s.cfg;
   s.heads = std::vector<index_t>{1, 2, 3, 4, 8, 32, 65}[pick(0, 6)];
   const bool blocks = pick(0, 3) == 0;
-  c.block_size = blocks ? std::vector<index_t>{2, 3, 4, 16}[pick(0, 3)] : 1;
+  // Sizes that divide the 512-token tiles of head-major bits (2, 4, 16,
+  // 32, 128) and sizes that do not (3, 48).
+  c.block_size = blocks ? std::vector<index_t>{2, 3, 4, 16, 32, 48, 128}[pick(0, 6)] : 1;
   const index_t b = c.block_size;
   c.sink = b * pick(0, 3);
   c.recent = b * pick(0, 4);
@@ -153,23 +155,31 @@ TEST(SelectKeep, MatchesSpecOnRandomConfigurations) {
 }
 
 TEST(SelectKeep, LongRowsMatchScalarOnEveryIsa) {
-  // Rows past 2048 evictable tokens take the bracketed medians, and token
-  // mode takes its distances from head-major bits where a kernel does:
+  // Rows past 2048 evictable tokens take the bracketed medians, and the
+  // distances come from head-major bits where a kernel does:
   // every compiled ISA against the scalar kernels, with heavy ties (five
   // levels) in a third of the cases, token and block mode, every anchor.
   std::mt19937 rng(20261205);
   kvcrush::workspace ws;
   const int isas = kvcrush_test::for_each_simd_isa([](auto) {});
   if (isas == 0) GTEST_SKIP() << "no SIMD kernels in the " << isa::name() << " build";
-  for (int iteration = 0; iteration < 24; ++iteration) {
+  for (int iteration = 0; iteration < 32; ++iteration) {
     scenario s = random_scenario(rng);
     s.heads = std::vector<index_t>{1, 3, 8, 32, 65}[static_cast<std::size_t>(iteration % 5)];
-    s.tokens = 2100 + 397 * iteration;
-    s.cfg.budget = s.cfg.sink + s.cfg.recent + s.tokens / 4 / s.cfg.block_size * s.cfg.block_size;
+    // Token mode and blocks of 16, 32, 64 and 512 tokens (head-major
+    // distances), and of 24 (token-major signatures); the mean anchor
+    // (counts per block position) for every size in half of the rounds.
+    const index_t b = std::vector<index_t>{1, 16, 1, 32, 64, 24, 1, 512}[static_cast<std::size_t>(iteration % 8)];
+    s.cfg.block_size = b;
+    s.cfg.sink = b * (iteration % 2);
+    s.cfg.recent = b * (iteration % 3);
+    s.tokens = s.cfg.sink + s.cfg.recent + (2100 + 397 * iteration) / b * b + iteration % 3;
+    s.cfg.budget = s.cfg.sink + s.cfg.recent + s.tokens / 4 / b * b;
     s.cfg.crush_fraction = 0.5;
     s.cfg.rank_importance = true;
     s.cfg.threshold = kvcrush::threshold_mode::median;
-    s.cfg.anchor = static_cast<kvcrush::anchor_mode>(iteration % 6);
+    s.cfg.anchor = (iteration / 8) % 2 == 0 ? kvcrush::anchor_mode::mean
+                                            : static_cast<kvcrush::anchor_mode>(iteration % 6);
     const int levels = iteration % 3 == 0 ? 5 : 100000;
     s.scores = kvcrush_test::tricky_floats(static_cast<std::size_t>(s.heads * s.tokens),
                                            static_cast<std::uint32_t>(iteration), levels, 0.0);

@@ -443,34 +443,42 @@ TEST(MedianSignatures, EveryTransposeAgreesWithAPlainOne) {
 TEST(HammingDistance, HeadMajorBitsCountAsTokenMajorPopcounts) {
   // The bit-sliced distances from head-major bits against a popcount per
   // token, every plane count (1 to 255 heads), partial tiles and chunks,
-  // random anchors and the all-ones anchor; the kernels write dist[0, n)
-  // and nothing past it.
+  // random 512-bit patterns per head (block mode's anchors), one-bit
+  // patterns (token mode's) and all ones; the kernels write dist[0, n) and
+  // nothing past it.
   const int isas = kvcrush_test::for_each_simd_isa([](auto tag) {
     using Isa = decltype(tag);
     std::mt19937_64 rng(11);
+    constexpr index_t pattern_words = simd::head_pattern_words;
     for (index_t heads : {1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 127, 128, 200, 255}) {
       for (index_t n : {1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 255, 256, 257, 511, 512, 513, 1030, 2000}) {
-        for (int anchor_kind = 0; anchor_kind < 2; ++anchor_kind) {
-          const index_t stride = simd::head_bits_stride(heads), words = kvcrush::signature_words(heads);
+        for (int pattern_kind = 0; pattern_kind < 3; ++pattern_kind) {
+          const index_t stride = simd::head_bits_stride(heads);
           const index_t size = simd::head_bits_size(heads, n);
           kvcrush::workspace ws;
           std::uint16_t* const bits = ws.head_bits(static_cast<std::size_t>(size));
           for (index_t i = 0; i < size; ++i) bits[i] = static_cast<std::uint16_t>(rng());
-          std::vector<std::uint64_t> anchor(static_cast<std::size_t>(words));
-          for (auto& w : anchor) w = anchor_kind == 0 ? rng() : ~std::uint64_t{0};
+          std::vector<std::uint64_t> patterns(static_cast<std::size_t>(heads * pattern_words));
+          for (index_t h = 0; h < heads; ++h) {
+            const std::uint64_t one_bit = rng() % 2 ? ~std::uint64_t{0} : 0;
+            for (index_t w = 0; w < pattern_words; ++w) {
+              patterns[static_cast<std::size_t>(h * pattern_words + w)] =
+                  pattern_kind == 0 ? rng() : pattern_kind == 1 ? one_bit : ~std::uint64_t{0};
+            }
+          }
           std::vector<std::uint32_t> expected(static_cast<std::size_t>(n) + 5, 0xdeadbeef);
           for (index_t t = 0; t < n; ++t) {
-            const index_t g = t / 16;
+            const index_t g = t / 16, m = t % 512;
             std::uint32_t d = 0;
             for (index_t h = 0; h < heads; ++h) {
               const auto bit = (bits[static_cast<std::size_t>(((g / 32) * stride + h) * 32 + g % 32)] >> (t % 16)) & 1u;
-              d += bit != ((anchor[static_cast<std::size_t>(h / 64)] >> (h % 64)) & 1u);
+              d += bit != ((patterns[static_cast<std::size_t>(h * pattern_words + m / 64)] >> (m % 64)) & 1u);
             }
             expected[static_cast<std::size_t>(t)] = d;
           }
           std::vector<std::uint32_t> got(expected.size(), 0xdeadbeef);
-          simd::head_bits_distances_kernel<Isa>::run(bits, heads, stride, n, anchor.data(), got.data());
-          ASSERT_EQ(got, expected) << Isa::name << " H=" << heads << " N=" << n << " anchor " << anchor_kind;
+          simd::head_bits_distances_kernel<Isa>::run(bits, heads, stride, n, patterns.data(), got.data());
+          ASSERT_EQ(got, expected) << Isa::name << " H=" << heads << " N=" << n << " patterns " << pattern_kind;
         }
       }
     }
@@ -765,6 +773,16 @@ TEST(ColumnCountKernel, EveryIsaCountsEveryBitOfEveryColumn) {
         simd::column_count_kernel<Isa>::run(rows.data() + 1, n, words, got.data());
         for (auto& c : got) c -= 5;
         ASSERT_EQ(got, expected) << Isa::name << " words=" << words << " n=" << n;
+        // Rows further apart than their words (head-major tiles): the words
+        // between rows are all ones and must not be counted.
+        const index_t row_stride = words + 3;
+        std::vector<std::uint64_t> spaced(static_cast<std::size_t>(n * row_stride) + 1, ~std::uint64_t{0});
+        for (long r = 0; r < n; ++r)
+          for (index_t w = 0; w < words; ++w)
+            spaced[static_cast<std::size_t>(r * row_stride + w) + 1] = rows[static_cast<std::size_t>(r * words + w) + 1];
+        std::vector<index_t> strided(expected.size(), 0);
+        simd::column_count_kernel<Isa>::run_strided(spaced.data() + 1, n, words, row_stride, strided.data());
+        ASSERT_EQ(strided, expected) << Isa::name << " strided, words=" << words << " n=" << n;
       }
     }
   };

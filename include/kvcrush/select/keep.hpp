@@ -256,10 +256,10 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
   //    sums in the same pass) over the evictable tokens.
   const index_t sig_bits = sig_rows.rows;
   const index_t token_words = signature_words(sig_bits);
-  // Token mode takes its distances from head-major bits where a kernel
-  // does (no token-major signatures at all); block mode concatenates the
+  // Distances come from head-major bits where a kernel does (no
+  // token-major signatures at all); otherwise block mode concatenates the
   // tokens' signatures.
-  const bool head_major = b == 1 && has_head_major_distances<Isa>(cfg.threshold, sig_bits);
+  const bool head_major = has_head_major_distances<Isa>(cfg.threshold, sig_bits, b);
   std::uint64_t* token_sig = nullptr;
   const std::uint16_t* head_bits = nullptr;
   index_t* bit_counts = nullptr;
@@ -342,18 +342,28 @@ selection_status run_selection(const score_rows& s, const score_rows& sig_rows, 
     if (b > 1) {
       unit_bits = sig_bits * b;
       unit_words = signature_words(unit_bits);
-      std::uint64_t* block_sig = ws.block_signatures(static_cast<std::size_t>(n * unit_words) + 1);
-      unit_sig = concatenate_block_signatures<Isa>(token_sig, token_words, sig_bits, n, b, block_sig);
       counts = ws.unit_counts(static_cast<std::size_t>(unit_words * 64) + 1);
-      if (cfg.anchor == anchor_mode::mean || cfg.anchor == anchor_mode::inv_mean) {
-        count_block_bits<Isa>(unit_sig, n, unit_words, counts);
+      const bool mean_counts = cfg.anchor == anchor_mode::mean || cfg.anchor == anchor_mode::inv_mean;
+      if (head_bits != nullptr) {
+        if (mean_counts) {
+          index_t* columns = ws.tile_columns(static_cast<std::size_t>(simd::head_bits_tile_tokens));
+          head_major_block_bit_counts<Isa>(head_bits, sig_bits, n, b, columns, counts);
+        }
+      } else {
+        std::uint64_t* block_sig = ws.block_signatures(static_cast<std::size_t>(n * unit_words) + 1);
+        unit_sig = concatenate_block_signatures<Isa>(token_sig, token_words, sig_bits, n, b, block_sig);
+        if (mean_counts) count_block_bits<Isa>(unit_sig, n, unit_words, counts);
       }
     }
     std::uint64_t* anchor = ws.anchor(static_cast<std::size_t>(unit_words));
     make_anchor(cfg.anchor, unit_bits, counts, n, cfg.seed, anchor);
-    std::uint32_t* dist = ws.distances(static_cast<std::size_t>(n) + 1);
+    // Head-major distances pass through one count per token before the
+    // blocks are summed.
+    std::uint32_t* dist = ws.distances(static_cast<std::size_t>(head_bits != nullptr ? n_tokens : n) + 1);
     if (head_bits != nullptr) {
-      head_major_distances<Isa>(head_bits, sig_bits, n, anchor, dist);
+      std::uint64_t* patterns =
+          ws.anchor_patterns(static_cast<std::size_t>(sig_bits * simd::head_pattern_words));
+      head_major_distances<Isa>(head_bits, sig_bits, n, b, anchor, patterns, dist);
     } else {
       simd::hamming_kernel<Isa>::run(unit_sig, n, unit_words, anchor, dist);
     }

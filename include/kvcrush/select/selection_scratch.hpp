@@ -48,6 +48,8 @@ class selection_scratch {
     signatures(n * words + 1);
     block_signatures((n / b) * ((unit_bits + 63) / 64) + 1);
     anchor((unit_bits + 63) / 64);
+    anchor_patterns(hs * static_cast<std::size_t>(simd::head_bits_tile_tokens / 64));
+    tile_columns(static_cast<std::size_t>(simd::head_bits_tile_tokens));
     distances(n + 1);
     flags(n * h + 1);
     flags_b(n * h + 1);
@@ -66,7 +68,7 @@ class selection_scratch {
     return floats_a_.capacity() * 4 + floats_b_.capacity() * 4 + row_copy_.capacity() * 4 +
            signature_copy_.capacity() * 4 + importance_.capacity() * 4 + unit_importance_.capacity() * 4 +
            unit_counts_.capacity() * 8 + thresholds_.capacity() * 4 + ties_.capacity() * 8 +
-           bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 +
+           bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 + anchor_patterns_.capacity() * 8 + tile_columns_.capacity() * 8 +
            distances_.capacity() * 4 + flags_.capacity() + flags_b_.capacity() + order_.capacity() * 8 +
            split_picks_.capacity() * 8 + split_order_.capacity() * 8 +
            histogram_.capacity() * 8 + block_signatures_.capacity() * 8 + head_bits_.capacity() * 2;
@@ -86,6 +88,10 @@ class selection_scratch {
   std::uint64_t* signatures(std::size_t n) { return signatures_.ensure(n, allocations_); }
   std::uint64_t* block_signatures(std::size_t n) { return block_signatures_.ensure(n, allocations_); }
   std::uint64_t* anchor(std::size_t n) { return anchor_.ensure(n, allocations_); }
+  // The anchor as one 512-bit pattern per head, for distances from head-major bits.
+  std::uint64_t* anchor_patterns(std::size_t n) { return anchor_patterns_.ensure(n, allocations_); }
+  // One head's column counts over its 512-token tiles (block mode's mean anchor).
+  index_t* tile_columns(std::size_t n) { return tile_columns_.ensure(n, allocations_); }
   std::uint32_t* distances(std::size_t n) { return distances_.ensure(n, allocations_); }
   std::uint8_t* flags(std::size_t n) { return flags_.ensure(n, allocations_); }
   std::uint8_t* flags_b(std::size_t n) { return flags_b_.ensure(n, allocations_); }
@@ -99,8 +105,8 @@ class selection_scratch {
   std::size_t allocations_ = 0;
   detail::scratch<float> floats_a_, floats_b_, row_copy_, signature_copy_, importance_, unit_importance_,
       thresholds_;
-  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, order_, split_picks_, split_order_, histogram_;
-  detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_;
+  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, tile_columns_, order_, split_picks_, split_order_, histogram_;
+  detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_, anchor_patterns_;
   detail::scratch<std::uint32_t> distances_;
   detail::scratch<std::uint8_t> flags_, flags_b_;
   detail::scratch<std::uint16_t> head_bits_;

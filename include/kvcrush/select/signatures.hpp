@@ -14,6 +14,7 @@
 #include "kvcrush/select/options.hpp"
 #include "kvcrush/select/order_statistics.hpp"
 #include "kvcrush/select/selection_scratch.hpp"
+#include "kvcrush/simd/column_counts.hpp"
 #include "kvcrush/simd/head_bits.hpp"
 #include "kvcrush/simd/head_bits_distances.hpp"
 #include "kvcrush/simd/nan_scan.hpp"
@@ -219,11 +220,14 @@ inline void trim_surplus_ties_head_major(const score_rows& s, index_t begin, ind
 
 // Whether the selection takes its distances from head-major median bits
 // (build_head_major_median_bits, then head_major_distances) instead of
-// token-major signatures: on ISAs with both kernels, in median mode.
+// token-major signatures: on ISAs with both kernels, in median mode, in
+// token mode and for blocks that tile the 512-token tiles of the bits
+// (block sizes that divide 512).
 template <class Isa>
-constexpr bool has_head_major_distances(threshold_mode mode, index_t heads) noexcept {
+constexpr bool has_head_major_distances(threshold_mode mode, index_t heads, index_t block_size = 1) noexcept {
   return simd::has_head_bits<Isa>::value && simd::has_head_bits_distances<Isa>::value &&
-         mode == threshold_mode::median && heads <= simd::head_bits_distances_max_heads;
+         mode == threshold_mode::median && heads <= simd::head_bits_distances_max_heads && block_size >= 1 &&
+         block_size <= simd::head_bits_tile_tokens && simd::head_bits_tile_tokens % block_size == 0;
 }
 
 // Median bits of tokens [begin, end), head-major, ties trimmed (for the ISAs
@@ -245,15 +249,81 @@ const std::uint16_t* build_head_major_median_bits(const score_rows& s, index_t b
   }
 }
 
-// Distances of tokens [0, n) to the anchor from build_head_major_median_bits'
-// bits (for the ISAs of has_head_major_distances).
+// Anchor bit k of a signature of anchor.size() * 64 bits.
+inline std::uint64_t anchor_bit(const std::uint64_t* anchor, index_t k) noexcept {
+  return (anchor[k / 64] >> (k % 64)) & 1u;
+}
+
+// Each head's anchor pattern for the distance kernels (head_pattern_words
+// words per head): bit m of head h's pattern is the anchor bit that token m
+// of a tile meets, the bit of position m % b within its block (SPEC 4.4:
+// token i of a block owns bits [i * heads, (i + 1) * heads)); b divides 512.
+inline void head_anchor_patterns(const std::uint64_t* anchor, index_t heads, index_t b,
+                                 std::uint64_t* patterns) noexcept {
+  constexpr index_t words = simd::head_pattern_words;
+  for (index_t h = 0; h < heads; ++h) {
+    std::uint64_t* pattern = patterns + words * h;
+    if (b <= 64) {
+      // One block's bits, doubled until they fill a word (b divides 64).
+      std::uint64_t field = 0;
+      for (index_t i = 0; i < b; ++i) field |= anchor_bit(anchor, i * heads + h) << i;
+      for (index_t width = b; width < 64; width *= 2) field |= field << width;
+      for (index_t w = 0; w < words; ++w) pattern[w] = field;
+    } else {
+      for (index_t w = 0; w < b / 64; ++w) pattern[w] = 0;
+      for (index_t i = 0; i < b; ++i) pattern[i / 64] |= anchor_bit(anchor, i * heads + h) << (i % 64);
+      for (index_t w = b / 64; w < words; ++w) pattern[w] = pattern[w % (b / 64)];
+    }
+  }
+}
+
+// Distances to the anchor of units [0, units) (tokens, or blocks of b
+// tokens) from build_head_major_median_bits' bits, for the ISAs and block
+// sizes of has_head_major_distances. A block's distance is the sum of its
+// tokens' distances to the anchor bits of their positions. dist holds
+// units * b elements; patterns head_pattern_words * heads words.
 template <class Isa>
-void head_major_distances(const std::uint16_t* bits, index_t heads, index_t n, const std::uint64_t* anchor,
-                          std::uint32_t* dist) noexcept {
+void head_major_distances(const std::uint16_t* bits, index_t heads, index_t units, index_t b,
+                          const std::uint64_t* anchor, std::uint64_t* patterns, std::uint32_t* dist) noexcept {
   if constexpr (simd::has_head_bits_distances<Isa>::value) {
-    simd::head_bits_distances_kernel<Isa>::run(bits, heads, simd::head_bits_stride(heads), n, anchor, dist);
+    head_anchor_patterns(anchor, heads, b, patterns);
+    simd::head_bits_distances_kernel<Isa>::run(bits, heads, simd::head_bits_stride(heads), units * b, patterns, dist);
+    if (b == 1) return;
+    // In place: block j reads tokens [j b, j b + b), at or past j.
+    for (index_t j = 0; j < units; ++j) {
+      std::uint32_t sum = 0;
+      for (index_t i = 0; i < b; ++i) sum += dist[j * b + i];
+      dist[j] = sum;
+    }
   } else {
-    (void)bits, (void)heads, (void)n, (void)anchor, (void)dist;
+    (void)bits, (void)heads, (void)units, (void)b, (void)anchor, (void)patterns, (void)dist;
+  }
+}
+
+// The mean anchor's counts of block signatures (SPEC 4.4) from head-major
+// bits: counts[i * heads + h] = how many of the `units` blocks of b tokens
+// have head h's bit set at position i, for b dividing 512. Each head's
+// tiles are counted column by column (bit m of every tile, into `columns`,
+// 512 elements), and the 512 columns fold onto the b positions. Padding
+// past the last token is zero.
+template <class Isa>
+void head_major_block_bit_counts(const std::uint16_t* bits, index_t heads, index_t units, index_t b,
+                                 index_t* columns, index_t* counts) noexcept {
+  constexpr index_t tile_words = simd::head_bits_tile_tokens / 64;
+  const index_t stride = simd::head_bits_stride(heads);
+  const index_t tiles = (units * b + simd::head_bits_tile_tokens - 1) / simd::head_bits_tile_tokens;
+  // The kernels load words with unaligned vector loads (tile_words is a
+  // multiple of their register width), as the distance kernels do.
+  const auto* words = reinterpret_cast<const std::uint64_t*>(bits);
+  for (index_t h = 0; h < heads; ++h) {
+    for (index_t m = 0; m < simd::head_bits_tile_tokens; ++m) columns[m] = 0;
+    simd::column_count_kernel<Isa>::run_strided(words + tile_words * h, tiles, tile_words, tile_words * stride,
+                                                columns);
+    // Fold in place, b columns at a time (independent adds, vectorised).
+    for (index_t base = b; base < simd::head_bits_tile_tokens; base += b) {
+      for (index_t i = 0; i < b; ++i) columns[i] += columns[base + i];
+    }
+    for (index_t i = 0; i < b; ++i) counts[i * heads + h] = columns[i];
   }
 }
 

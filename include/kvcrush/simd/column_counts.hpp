@@ -1,5 +1,6 @@
 // Column bit counts (a "positional popcount"): counts[w * 64 + k] += how
-// many of n rows of `words` 64-bit words have bit k of word w set. Block
+// many of n rows of `words` 64-bit words have bit k of word w set (rows
+// consecutive, or row_stride words apart with run_strided). Block
 // mode's mean anchor needs one count per bit of signatures that are
 // hundreds of bits wide, so counting set bits one at a time would cost
 // more than the rest of the selection.
@@ -41,19 +42,25 @@ template <>
 struct column_count_kernel<isa::scalar> {
   static void run(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words,
                   index_t* KVCRUSH_RESTRICT counts) noexcept {
-    run_columns(rows, n, words, 0, counts);
+    run_columns(rows, n, words, words, 0, counts);
+  }
+
+  // Rows that start row_stride words apart (row_stride >= words).
+  static void run_strided(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words, index_t row_stride,
+                          index_t* KVCRUSH_RESTRICT counts) noexcept {
+    run_columns(rows, n, words, row_stride, 0, counts);
   }
 
   // Only words [first_word, words) of each row: the SIMD kernels' tails.
-  static void run_columns(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words, index_t first_word,
-                          index_t* KVCRUSH_RESTRICT counts) noexcept {
+  static void run_columns(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words, index_t row_stride,
+                          index_t first_word, index_t* KVCRUSH_RESTRICT counts) noexcept {
     constexpr std::uint64_t ones = 0x0101010101010101ull;
     for (index_t w = first_word; w < words; ++w) {
       for (index_t start = 0; start < n; start += column_count_chunk) {
         const index_t end = n - start < column_count_chunk ? n : start + column_count_chunk;
         std::uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (index_t r = start; r < end; ++r) {
-          const std::uint64_t x = rows[r * words + w];
+          const std::uint64_t x = rows[r * row_stride + w];
           for (int k = 0; k < 8; ++k) acc[k] += (x >> k) & ones;
         }
         flush_byte_counters(acc, counts + w * 64);

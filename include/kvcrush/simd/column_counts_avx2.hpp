@@ -17,15 +17,21 @@ template <>
 struct column_count_kernel<isa::avx2> {
   static void run(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words,
                   index_t* KVCRUSH_RESTRICT counts) noexcept {
+    run_strided(rows, n, words, words, counts);
+  }
+
+  static void run_strided(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words, index_t row_stride,
+                          index_t* KVCRUSH_RESTRICT counts) noexcept {
     const __m256i ones = _mm256_set1_epi8(1);
-    index_t w = 0;
-    for (; w + 4 <= words; w += 4) {
+    // Four words per register first.
+    const index_t whole = words / 4 * 4;
+    for (index_t w = 0; w < whole; w += 4) {
       for (index_t start = 0; start < n; start += column_count_chunk) {
         const index_t end = n - start < column_count_chunk ? n : start + column_count_chunk;
         __m256i acc[8];
         for (auto& a : acc) a = _mm256_setzero_si256();
         for (index_t r = start; r < end; ++r) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * words + w));
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * row_stride + w));
           acc[0] = _mm256_add_epi8(acc[0], _mm256_and_si256(x, ones));
           acc[1] = _mm256_add_epi8(acc[1], _mm256_and_si256(_mm256_srli_epi64(x, 1), ones));
           acc[2] = _mm256_add_epi8(acc[2], _mm256_and_si256(_mm256_srli_epi64(x, 2), ones));
@@ -45,8 +51,8 @@ struct column_count_kernel<isa::avx2> {
       }
     }
     // The last words (fewer than four) of every row.
-    if (w < words) {
-      column_count_kernel<isa::scalar>::run_columns(rows, n, words, w, counts);
+    if (whole < words) {
+      column_count_kernel<isa::scalar>::run_columns(rows, n, words, row_stride, whole, counts);
     }
   }
 };

@@ -18,6 +18,11 @@ template <>
 struct column_count_kernel<isa::avx512> {
   static void run(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words,
                   index_t* KVCRUSH_RESTRICT counts) noexcept {
+    run_strided(rows, n, words, words, counts);
+  }
+
+  static void run_strided(const std::uint64_t* KVCRUSH_RESTRICT rows, index_t n, index_t words, index_t row_stride,
+                          index_t* KVCRUSH_RESTRICT counts) noexcept {
     const __m512i ones = _mm512_set1_epi8(1);
     for (index_t w = 0; w < words; w += 8) {
       const index_t lanes_used = words - w < 8 ? words - w : 8;
@@ -27,7 +32,7 @@ struct column_count_kernel<isa::avx512> {
         __m512i acc[8];
         for (auto& a : acc) a = _mm512_setzero_si512();
         for (index_t r = start; r < end; ++r) {
-          const __m512i x = _mm512_maskz_loadu_epi64(lanes_mask, rows + r * words + w);
+          const __m512i x = _mm512_maskz_loadu_epi64(lanes_mask, rows + r * row_stride + w);
           acc[0] = _mm512_add_epi8(acc[0], _mm512_and_si512(x, ones));
           acc[1] = _mm512_add_epi8(acc[1], _mm512_and_si512(_mm512_srli_epi64(x, 1), ones));
           acc[2] = _mm512_add_epi8(acc[2], _mm512_and_si512(_mm512_srli_epi64(x, 2), ones));

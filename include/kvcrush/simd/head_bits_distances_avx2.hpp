@@ -21,7 +21,7 @@ namespace simd {
 namespace impl::head_bits_distances_avx2 {
 
 template <int Planes>
-void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* anchor,
+void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* patterns,
          std::uint32_t* dist) noexcept {
   constexpr index_t half_tile = head_bits_tile_tokens / 2;
   // Byte j of a broadcast 32-bit word, shuffled to byte j / 8 of each lane's
@@ -32,13 +32,14 @@ void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, co
   for (index_t start = 0; start < n; start += half_tile) {
     const std::uint16_t* rows =
         bits + start / head_bits_tile_tokens * stride * 32 + start % head_bits_tile_tokens / 16;
+    const std::uint64_t* half_patterns = patterns + start % head_bits_tile_tokens / 64;
     __m256i count[Planes];
 #pragma GCC unroll 8
     for (int p = 0; p < Planes; ++p) count[p] = _mm256_setzero_si256();
     for (index_t h = 0; h < heads; ++h) {
-      const auto differs = -static_cast<long long>((anchor[h / 64] >> (h % 64)) & 1u);
-      __m256i carry = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + h * 32)),
-                                       _mm256_set1_epi64x(differs));
+      __m256i carry = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + h * 32)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half_patterns + head_pattern_words * h)));
 #pragma GCC unroll 8
       for (int p = 0; p < Planes; ++p) {
         const __m256i next = _mm256_and_si256(count[p], carry);
@@ -83,10 +84,11 @@ void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, co
 
 template <>
 struct head_bits_distances_kernel<isa::avx2> {
-  static void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* anchor,
+  static void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* patterns,
                   std::uint32_t* dist) noexcept {
     namespace k = impl::head_bits_distances_avx2;
-    with_planes_for(heads, [&](auto planes) { k::run<decltype(planes)::value>(bits, heads, stride, n, anchor, dist); });
+    with_planes_for(heads,
+                    [&](auto planes) { k::run<decltype(planes)::value>(bits, heads, stride, n, patterns, dist); });
   }
 };
 

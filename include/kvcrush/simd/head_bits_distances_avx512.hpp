@@ -19,7 +19,7 @@ namespace simd {
 namespace impl::head_bits_distances_avx512 {
 
 template <int Planes>
-void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* anchor,
+void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* patterns,
          std::uint32_t* dist) noexcept {
   for (index_t tile_start = 0; tile_start < n; tile_start += head_bits_tile_tokens) {
     const std::uint16_t* rows = bits + tile_start / head_bits_tile_tokens * stride * 32;
@@ -27,8 +27,8 @@ void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, co
 #pragma GCC unroll 8
     for (int p = 0; p < Planes; ++p) count[p] = _mm512_setzero_si512();
     for (index_t h = 0; h < heads; ++h) {
-      const auto differs = -static_cast<long long>((anchor[h / 64] >> (h % 64)) & 1u);
-      __m512i carry = _mm512_xor_si512(_mm512_loadu_si512(rows + h * 32), _mm512_set1_epi64(differs));
+      __m512i carry =
+          _mm512_xor_si512(_mm512_loadu_si512(rows + h * 32), _mm512_loadu_si512(patterns + head_pattern_words * h));
 #pragma GCC unroll 8
       for (int p = 0; p < Planes; ++p) {
         const __m512i next = _mm512_and_si512(count[p], carry);
@@ -62,10 +62,11 @@ void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, co
 
 template <>
 struct head_bits_distances_kernel<isa::avx512> {
-  static void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* anchor,
+  static void run(const std::uint16_t* bits, index_t heads, index_t stride, index_t n, const std::uint64_t* patterns,
                   std::uint32_t* dist) noexcept {
     namespace k = impl::head_bits_distances_avx512;
-    with_planes_for(heads, [&](auto planes) { k::run<decltype(planes)::value>(bits, heads, stride, n, anchor, dist); });
+    with_planes_for(heads,
+                    [&](auto planes) { k::run<decltype(planes)::value>(bits, heads, stride, n, patterns, dist); });
   }
 };
 
