@@ -319,9 +319,11 @@ void head_major_block_bit_counts(const std::uint16_t* bits, index_t heads, index
     for (index_t m = 0; m < simd::head_bits_tile_tokens; ++m) columns[m] = 0;
     simd::column_count_kernel<Isa>::run_strided(words + tile_words * h, tiles, tile_words, tile_words * stride,
                                                 columns);
-    // Fold in place, b columns at a time (independent adds, vectorised).
-    for (index_t base = b; base < simd::head_bits_tile_tokens; base += b) {
-      for (index_t i = 0; i < b; ++i) columns[i] += columns[base + i];
+    // Fold in place by halves (b is a power of two): each level's adds are
+    // independent, where adding block after block onto the first would
+    // wait on the previous store every time.
+    for (index_t width = simd::head_bits_tile_tokens / 2; width >= b; width /= 2) {
+      for (index_t i = 0; i < width; ++i) columns[i] += columns[i + width];
     }
     for (index_t i = 0; i < b; ++i) counts[i * heads + h] = columns[i];
   }
