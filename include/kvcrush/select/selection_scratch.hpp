@@ -68,7 +68,8 @@ class selection_scratch {
     return floats_a_.capacity() * 4 + floats_b_.capacity() * 4 + row_copy_.capacity() * 4 +
            signature_copy_.capacity() * 4 + importance_.capacity() * 4 + unit_importance_.capacity() * 4 +
            unit_counts_.capacity() * 8 + thresholds_.capacity() * 4 + ties_.capacity() * 8 +
-           bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 + anchor_patterns_.capacity() * 8 + tile_columns_.capacity() * 8 +
+           bit_counts_.capacity() * 8 + signatures_.capacity() * 8 + anchor_.capacity() * 8 +
+           anchor_patterns_.capacity() * 8 + tile_columns_.capacity() * 8 +
            distances_.capacity() * 4 + flags_.capacity() + flags_b_.capacity() + order_.capacity() * 8 +
            split_picks_.capacity() * 8 + split_order_.capacity() * 8 +
            histogram_.capacity() * 8 + block_signatures_.capacity() * 8 + head_bits_.capacity() * 2;
@@ -105,7 +106,8 @@ class selection_scratch {
   std::size_t allocations_ = 0;
   detail::scratch<float> floats_a_, floats_b_, row_copy_, signature_copy_, importance_, unit_importance_,
       thresholds_;
-  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, tile_columns_, order_, split_picks_, split_order_, histogram_;
+  detail::scratch<index_t> ties_, bit_counts_, unit_counts_, tile_columns_, order_, split_picks_, split_order_,
+      histogram_;
   detail::scratch<std::uint64_t> signatures_, block_signatures_, anchor_, anchor_patterns_;
   detail::scratch<std::uint32_t> distances_;
   detail::scratch<std::uint8_t> flags_, flags_b_;
