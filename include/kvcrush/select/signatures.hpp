@@ -249,7 +249,7 @@ const std::uint16_t* build_head_major_median_bits(const score_rows& s, index_t b
   }
 }
 
-// Anchor bit k of a signature of anchor.size() * 64 bits.
+// Bit k of an anchor (signature_words(bits) words, k < bits).
 inline std::uint64_t anchor_bit(const std::uint64_t* anchor, index_t k) noexcept {
   return (anchor[k / 64] >> (k % 64)) & 1u;
 }
