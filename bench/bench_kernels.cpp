@@ -135,7 +135,8 @@ void bracket_pass(benchmark::State& state) {
       if constexpr (Pack) {
         benchmark::DoNotOptimize(kvcrush::simd::head_bits_kernel<isa::avx512>::bracket_pass<
                                  kvcrush::simd::head_sum_mode::none>(row, tokens, l, u, h, stride, bits.data(),
-                                                                     inside.data(), packed.data(), nullptr));
+                                                                     inside.data(), packed.data(), nullptr,
+                                                                     kvcrush::simd::deferred_settle{}));
       } else {
         const __m512 vl = _mm512_set1_ps(l), vu = _mm512_set1_ps(u);
         for (index_t i = 0; i + 64 <= tokens; i += 64) {

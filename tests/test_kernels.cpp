@@ -492,8 +492,11 @@ TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
   // settled by its own order statistic. Every outcome of the bracket is
   // forced: it holds the median (smooth scores), ties fill it (few levels,
   // constant rows), the sample sees other scores than the rest of the row
-  // (both ways), infinities, and unaligned rows with the head-order sums.
-  enum class shape { smooth, few_levels, constant, sample_high, sample_low, ascending, heavy_tail };
+  // (both ways, in every head or in every other one, so that a head whose
+  // settle waits for the next head's pass meets a next head that misses and
+  // the other way round), infinities, and unaligned rows with the head-order
+  // sums.
+  enum class shape { smooth, few_levels, constant, sample_high, sample_low, odd_heads_missed, ascending, heavy_tail };
   kvcrush::workspace ws_scalar, ws_simd;
   const int isas = kvcrush_test::for_each_simd_isa([&](auto tag) {
     using Isa = decltype(tag);
@@ -501,7 +504,7 @@ TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
       for (index_t tokens : {2048, 2049, 2111, 4096, 5003, 16384, 16447, 40000}) {
         if (heads > 3 && tokens > 16447) continue;
         for (shape form : {shape::smooth, shape::few_levels, shape::constant, shape::sample_high, shape::sample_low,
-                           shape::ascending, shape::heavy_tail}) {
+                           shape::odd_heads_missed, shape::ascending, shape::heavy_tail}) {
           const index_t stride = tokens + 3;
           const index_t begin = 1, end = tokens;
           const index_t n = end - begin;
@@ -521,6 +524,7 @@ TEST(MedianSignatures, BracketedPassMatchesScalarOnLongRows) {
                 case shape::constant: row[t] = 0.25f; break;
                 case shape::sample_high: row[t] = sampled ? 100.0f + row[t] : row[t]; break;
                 case shape::sample_low: row[t] = sampled ? -100.0f + row[t] : row[t]; break;
+                case shape::odd_heads_missed: row[t] = sampled && h % 2 ? 100.0f + row[t] : row[t]; break;
                 case shape::ascending: row[t] = static_cast<float>(t % 977) * 0.5f; break;
                 case shape::heavy_tail: row[t] = std::exp(8.0f * row[t]) * 1e-3f; break;
                 default: break;

@@ -29,8 +29,10 @@ namespace impl {
 // bracket's bookkeeping cost more than a second pass over a short row.
 constexpr index_t bracketed_median_min_tokens = 2048;
 
-// uint64 words of scratch bracketed_median_bits needs for n tokens.
-constexpr index_t bracketed_median_words(index_t n) noexcept { return 2 * (n / 64) + 4; }
+// uint64 words of scratch bracketed_median_bits needs for n tokens: for a
+// head and for the one whose settle it defers, the inside marks and the ge
+// mask each.
+constexpr index_t bracketed_median_words(index_t n) noexcept { return 2 * (2 * (n / 64) + 4); }
 
 // Values at (about) ranks r_hi <= r_lo, largest first, of s[0, m): a
 // 64-value subsample brackets them, one partition keeps what lies between,
@@ -69,11 +71,14 @@ bool approximate_pair(const float* s, index_t m, index_t r_hi, index_t r_lo, flo
 // for scores >= it) and its share of the sums over heads, in one pass over
 // row[0, n) when the bracket holds; threshold and tie quota as
 // median_threshold. values and spare hold n + 64 floats each; words holds
-// bracketed_median_words(n). Returns true on NaN, as head_bits_row.
+// bracketed_median_words(n). The pass settles the head that `deferred`
+// names; the bits of this head's inside tokens are then deferred in turn
+// (deferred names it), or set at once when the bracket missed. After the
+// last head, settle_deferred finishes. Returns true on NaN, as head_bits_row.
 template <class Isa>
 bool bracketed_median_bits(const float* row, index_t n, index_t head, index_t heads, index_t stride,
                            std::uint16_t* bits, float* sums, float& threshold, index_t& ties, float* values,
-                           float* spare, std::uint64_t* words) noexcept {
+                           float* spare, std::uint64_t* words, simd::deferred_settle& deferred) noexcept {
   using kernel = simd::head_bits_kernel<Isa>;
   const index_t k = n / 2;
   // A sample of 64 runs of 16 consecutive scores (whole cache lines) spread
@@ -95,25 +100,28 @@ bool bracketed_median_bits(const float* row, index_t n, index_t head, index_t he
     lo = kth_largest<Isa>(sample, size, r_lo + 1, spare + size, spare + 2 * size, false).value;
   }
 
-  std::uint64_t* inside_words = words;
-  std::uint64_t* ge_words = words + (n + 63) / 64;
+  // Consecutive heads alternate between the two halves of words: the
+  // deferred head's marks stay intact while this head's pass writes its own.
+  std::uint64_t* inside_words = words + (head % 2) * (bracketed_median_words(n) / 2);
+  std::uint64_t* ge_words = inside_words + (n + 63) / 64;
   simd::bracket_counts c;
   if (!sums || heads == 1) {
     c = kernel::template bracket_pass<simd::head_sum_mode::none>(row, n, lo, hi, head, stride, bits, inside_words,
-                                                                 values, nullptr);
+                                                                 values, nullptr, deferred);
     if (sums) std::memcpy(sums, row, static_cast<std::size_t>(n) * sizeof(float));
   } else if (head == 0) {
     c = kernel::template bracket_pass<simd::head_sum_mode::first>(row, n, lo, hi, head, stride, bits, inside_words,
-                                                                  values, sums);
+                                                                  values, sums, deferred);
   } else if (head + 1 < heads) {
     c = kernel::template bracket_pass<simd::head_sum_mode::add>(row, n, lo, hi, head, stride, bits, inside_words,
-                                                                values, sums);
+                                                                values, sums, deferred);
   } else {
     c = kernel::template bracket_pass<simd::head_sum_mode::add_last>(row, n, lo, hi, head, stride, bits,
-                                                                     inside_words, values, sums);
+                                                                     inside_words, values, sums, deferred);
   }
   // The median lies inside the bracket, and the packed scores leave room for
   // the order statistic's two buffers: settle the inside tokens.
+  deferred = simd::deferred_settle{};
   const index_t half = (n + 64) / 2;
   if (!(lo != lo || hi != hi) && c.above < k && k <= c.above + c.inside && c.inside <= half) {
     const kth_result kth = kth_largest<Isa>(values, c.inside, k - c.above, spare, spare + half, false);
@@ -122,7 +130,8 @@ bool bracketed_median_bits(const float* row, index_t n, index_t head, index_t he
       const index_t above = c.above + kth.above;
       const index_t quota = k - above;
       ties = kth.equal > quota ? quota : -1;
-      kernel::settle_inside(values, c.inside, inside_words, n, threshold, head, stride, bits, ge_words);
+      kernel::mark_at_or_above(values, c.inside, threshold, ge_words);
+      deferred = simd::deferred_settle{inside_words, ge_words, head};
       return c.nan;
     }
   }

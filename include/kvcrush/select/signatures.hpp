@@ -143,10 +143,12 @@ bool median_head_bits(const score_rows& s, index_t begin, index_t end, float* th
     if (n >= bracketed_median_min_tokens) {
       // ws.order is free until the representatives are ranked.
       auto* words = reinterpret_cast<std::uint64_t*>(ws.order(static_cast<std::size_t>(bracketed_median_words(n))));
+      simd::deferred_settle deferred;
       for (index_t h = 0; h < s.rows; ++h) {
         nan |= bracketed_median_bits<Isa>(s.row(h) + begin, n, h, s.rows, stride, bits, sums, thresholds[h], ties[h],
-                                          buf_a, buf_b, words);
+                                          buf_a, buf_b, words, deferred);
       }
+      if (deferred.inside_words) kernel::settle_deferred(deferred, n, stride, bits);
       return nan;
     }
   }

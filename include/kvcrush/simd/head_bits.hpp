@@ -66,12 +66,24 @@ struct bracket_counts {
   bool nan = false;
 };
 
+// A head whose tokens inside its bracket still wait for their bits: which
+// tokens are inside (one word per 64 tokens), and for each of them in token
+// order whether its score is at or above the head's median. The next head's
+// bracket_pass sets those bits as it streams its own row (or
+// settle_deferred does, after the last head): the walk uses other execution
+// ports than the pass, which leaves it room while it waits on memory.
+struct deferred_settle {
+  const std::uint64_t* inside_words = nullptr;  // nullptr: no head waits
+  const std::uint64_t* ge_words = nullptr;
+  index_t head = 0;
+};
+
 // Whether the kernel decides a head's bits in the pass that brackets its
-// median (bracket_pass and settle_inside).
+// median (bracket_pass, mark_at_or_above and settle_deferred).
 template <class Kernel, class = void>
 struct has_bracket_pass_impl : std::false_type {};
 template <class Kernel>
-struct has_bracket_pass_impl<Kernel, std::void_t<decltype(&Kernel::settle_inside)>> : std::true_type {};
+struct has_bracket_pass_impl<Kernel, std::void_t<decltype(&Kernel::settle_deferred)>> : std::true_type {};
 template <class Isa>
 using has_bracket_pass = has_bracket_pass_impl<head_bits_kernel<Isa>>;
 

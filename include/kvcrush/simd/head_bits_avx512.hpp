@@ -224,10 +224,12 @@ struct head_bits_kernel<isa::avx512> {
   // marking the tokens inside [lo, hi]; and those tokens' scores, packed in
   // order into `inside` (room for n + 16 floats), whose exact order
   // statistic then settles their bits. Sums and NaN checks as row_pass.
+  // Along the way it settles the deferred head, if any (over the same n
+  // tokens), 64 tokens per step of its own.
   template <head_sum_mode Mode>
   static bracket_counts bracket_pass(const float* row, index_t n, float lo, float hi, index_t head, index_t stride,
-                                     std::uint16_t* bits, std::uint64_t* inside_words, float* inside,
-                                     float* sums) noexcept {
+                                     std::uint16_t* bits, std::uint64_t* inside_words, float* inside, float* sums,
+                                     const deferred_settle& deferred) noexcept {
     const __m512 vlo = _mm512_set1_ps(lo);
     const __m512 vhi = _mm512_set1_ps(hi);
     __mmask16 nan = 0;
@@ -250,8 +252,10 @@ struct head_bits_kernel<isa::avx512> {
       in = static_cast<__mmask16>(~up & _mm512_mask_cmp_ps_mask(lanes, v, vlo, _CMP_GE_OQ));
       return up;
     };
+    index_t cursor = 0;  // the deferred head's inside tokens settled so far
     index_t i = 0;
     for (; i + 64 <= n; i += 64) {
+      if (deferred.inside_words) settle_word(deferred, i / 64, stride, bits, cursor);
       __m512 v[4];
       __mmask16 up[4], in[4];
       for (int j = 0; j < 4; ++j) up[j] = group(i + 16 * j, 0xffff, v[j], in[j]);
@@ -264,6 +268,7 @@ struct head_bits_kernel<isa::avx512> {
       c.inside += avx512_util::compress_store4(v, in, in_word, inside + c.inside);
     }
     if (i < n) {
+      if (deferred.inside_words) settle_word(deferred, i / 64, stride, bits, cursor);
       std::uint64_t in_word = 0;
       for (; i < n; i += 16) {
         const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
@@ -291,14 +296,12 @@ struct head_bits_kernel<isa::avx512> {
     return c;
   }
 
-  // Sets, among the tokens marked in inside_words (n tokens), the bits of
-  // those whose packed score (inside, in token order) is >= threshold.
-  static void settle_inside(const float* inside, index_t count, const std::uint64_t* inside_words, index_t n,
-                            float threshold, index_t head, index_t stride, std::uint16_t* bits,
-                            std::uint64_t* ge_words) noexcept {
+  // Bit j of ge_words: whether inside[j] >= threshold, for j < count. ge_words
+  // holds count / 64 + 2 words; the settle's window may read the word after
+  // the last one in use, so both ends read as zero.
+  static void mark_at_or_above(const float* inside, index_t count, float threshold,
+                               std::uint64_t* ge_words) noexcept {
     const __m512 t = _mm512_set1_ps(threshold);
-    // ge_words holds count / 64 + 2 words; the window below may read the
-    // word after the last one in use, so both ends read as zero.
     ge_words[count / 64] = 0;
     ge_words[count / 64 + 1] = 0;
     auto* ge_bytes = reinterpret_cast<unsigned char*>(ge_words);
@@ -308,26 +311,35 @@ struct head_bits_kernel<isa::avx512> {
           _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, inside + j), t, _CMP_GE_OQ);
       std::memcpy(ge_bytes + j / 8, &ge, sizeof ge);
     }
-    // Token block b's inside tokens own the next popcount(word) bits of the
-    // ge mask; pdep spreads them onto the tokens.
+  }
+
+  // Settles the deferred head's n tokens on their own (after the last head).
+  static void settle_deferred(const deferred_settle& deferred, index_t n, index_t stride,
+                              std::uint16_t* bits) noexcept {
     index_t cursor = 0;
-    for (index_t b = 0; b * 64 < n; ++b) {
-      const std::uint64_t word = inside_words[b];
-      const index_t shift = cursor % 64;
-      const std::uint64_t low = ge_words[cursor / 64] >> shift;
-      const std::uint64_t high = shift ? ge_words[cursor / 64 + 1] << (64 - shift) : 0;
-      const std::uint64_t settled = _pdep_u64(low | high, word);
-      cursor += static_cast<index_t>(_mm_popcnt_u64(word));
-      const index_t g = 4 * b;
-      std::uint64_t current;
-      std::uint16_t* at = bits + ((g / 32) * stride + head) * 32 + g % 32;
-      std::memcpy(&current, at, sizeof current);
-      current |= settled;
-      std::memcpy(at, &current, sizeof current);
-    }
+    for (index_t b = 0; b * 64 < n; ++b) settle_word(deferred, b, stride, bits, cursor);
   }
 
  private:
+  // Tokens [64 b, 64 b + 64) of the deferred head: its inside tokens there
+  // own the next popcount(word) bits of the ge mask, from `cursor` on, and
+  // pdep spreads them onto the tokens.
+  KVCRUSH_ALWAYS_INLINE static void settle_word(const deferred_settle& deferred, index_t b, index_t stride,
+                                                std::uint16_t* bits, index_t& cursor) noexcept {
+    const std::uint64_t word = deferred.inside_words[b];
+    const index_t shift = cursor % 64;
+    const std::uint64_t low = deferred.ge_words[cursor / 64] >> shift;
+    const std::uint64_t high = shift ? deferred.ge_words[cursor / 64 + 1] << (64 - shift) : 0;
+    const std::uint64_t settled = _pdep_u64(low | high, word);
+    cursor += static_cast<index_t>(_mm_popcnt_u64(word));
+    const index_t g = 4 * b;
+    std::uint64_t current;
+    std::uint16_t* at = bits + ((g / 32) * stride + deferred.head) * 32 + g % 32;
+    std::memcpy(&current, at, sizeof current);
+    current |= settled;
+    std::memcpy(at, &current, sizeof current);
+  }
+
 
 #if KVCRUSH_HEAD_BITS_GFNI
   // 16 tokens' 32-bit words (heads 32 b .. 32 b + 31) from one group's 32
