@@ -3,13 +3,16 @@
 // The exact median needs every score once, and the bits need every score
 // compared with the finished median: done one after the other, that is two
 // passes over the row. Here a sample of the row first gives a bracket
-// [lo, hi] that almost surely holds the median. One pass then sets the bits
-// of the tokens above hi (they are in the top half whatever the median is),
-// marks the few tokens inside the bracket and packs their scores. The exact
-// median is an order statistic of the packed scores alone, and it settles
-// the inside tokens' bits. When the bracket misses (the sample misjudged,
-// or ties fill it), the head takes the two-pass route, so the bits are
-// always those of the exact median.
+// [lo, hi] that almost surely holds the median. One pass then packs the
+// scores of the few tokens inside the bracket, and the exact median is an
+// order statistic of those alone. The AVX-512 pass also sets the bits of
+// the tokens above hi (they are in the top half whatever the median is) and
+// marks the inside tokens, whose bits the median then settles; the AVX2
+// pass leaves the bits to a compare of the row with the median from L2.
+// Either way that last step runs inside the next head's pass, where it
+// overlaps the wait on memory (simd::deferred_settle). When the bracket
+// misses (the sample misjudged, or ties fill it), the head takes the
+// two-pass route, so the bits are always those of the exact median.
 #pragma once
 
 #include <cmath>
@@ -130,8 +133,7 @@ bool bracketed_median_bits(const float* row, index_t n, index_t head, index_t he
       const index_t above = c.above + kth.above;
       const index_t quota = k - above;
       ties = kth.equal > quota ? quota : -1;
-      kernel::mark_at_or_above(values, c.inside, threshold, ge_words);
-      deferred = simd::deferred_settle{inside_words, ge_words, head};
+      deferred = kernel::defer_settle(row, threshold, head, values, c.inside, inside_words, ge_words);
       return c.nan;
     }
   }

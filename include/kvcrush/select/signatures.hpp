@@ -148,7 +148,7 @@ bool median_head_bits(const score_rows& s, index_t begin, index_t end, float* th
         nan |= bracketed_median_bits<Isa>(s.row(h) + begin, n, h, s.rows, stride, bits, sums, thresholds[h], ties[h],
                                           buf_a, buf_b, words, deferred);
       }
-      if (deferred.inside_words) kernel::settle_deferred(deferred, n, stride, bits);
+      if (deferred.row) kernel::settle_deferred(deferred, n, stride, bits);
       return nan;
     }
   }

@@ -66,20 +66,24 @@ struct bracket_counts {
   bool nan = false;
 };
 
-// A head whose tokens inside its bracket still wait for their bits: which
-// tokens are inside (one word per 64 tokens), and for each of them in token
-// order whether its score is at or above the head's median. The next head's
-// bracket_pass sets those bits as it streams its own row (or
-// settle_deferred does, after the last head): the walk uses other execution
-// ports than the pass, which leaves it room while it waits on memory.
+// A head whose bits wait for the next head's bracket_pass, which sets them
+// as it streams its own row (or settle_deferred does, after the last head):
+// work that does not stream finds room in a pass that waits on memory.
+// The AVX-512 kernel has set the bits above the bracket already and settles
+// the tokens inside it from the packed scores' marks (one word per 64 tokens
+// of which tokens are inside, and for each of those in token order whether
+// it is at or above the median): a walk on other execution ports than the
+// pass's. The AVX2 kernel compares the row with the median again, from L2.
 struct deferred_settle {
-  const std::uint64_t* inside_words = nullptr;  // nullptr: no head waits
-  const std::uint64_t* ge_words = nullptr;
+  const float* row = nullptr;  // the head's scores; nullptr: no head waits
+  float threshold = 0.0f;      // its median: bits for scores >= it
   index_t head = 0;
+  const std::uint64_t* inside_words = nullptr;
+  const std::uint64_t* ge_words = nullptr;
 };
 
 // Whether the kernel decides a head's bits in the pass that brackets its
-// median (bracket_pass, mark_at_or_above and settle_deferred).
+// median (bracket_pass, defer_settle and settle_deferred).
 template <class Kernel, class = void>
 struct has_bracket_pass_impl : std::false_type {};
 template <class Kernel>

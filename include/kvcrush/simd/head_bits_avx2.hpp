@@ -1,6 +1,6 @@
 // AVX2 head-major bits: one compare and movemask per 8 tokens of a row (plus
-// the running sum over heads when asked), and a transpose per 512-token
-// tile. In the tile layout of head_bits.hpp a head's 64 bytes are byte j =
+// the running sum over heads when asked), the bracket pass of a head's
+// median (bracketed_median.hpp), and a transpose per 512-token tile. In the tile layout of head_bits.hpp a head's 64 bytes are byte j =
 // tokens 8 j .. 8 j + 7, so a block of 32 heads is two 32 x 32 byte
 // matrices, each transposed as four 16 x 16 ones, one per 128-bit lane
 // (AVX2 byte interleaves stay within lanes), whose lanes then pair up into
@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "kvcrush/simd/head_bits.hpp"
+#include "kvcrush/simd/partition_avx2.hpp"
 
 namespace kvcrush {
 inline namespace KVCRUSH_TARGET_NS {
@@ -160,6 +161,121 @@ struct head_bits_kernel<isa::avx2> {
     // The rest of the last tile reads as zero in the transpose.
     for (; i % head_bits_tile_tokens != 0; i += 8) *byte_at(i) = 0;
     return scalar_nan || _mm256_movemask_ps(nan) != 0;
+  }
+
+  // One head's pass around a bracket [lo, hi] that likely holds its median
+  // (bracketed_median.hpp): how many scores lie above hi, and the scores
+  // inside [lo, hi] packed in order into `inside` (room for n + 8 floats),
+  // whose exact order statistic gives the median. Sums and NaN checks as
+  // row_pass. The head's bits wait for the next head's pass (defer_settle):
+  // along the way this pass compares the deferred head's row, if any, with
+  // its median, 64 tokens per step of its own, and writes all of its bits.
+  // bits and inside_words are not written for this head.
+  template <head_sum_mode Mode>
+  static bracket_counts bracket_pass(const float* row, index_t n, float lo, float hi, index_t /*head*/,
+                                     index_t stride, std::uint16_t* bits, std::uint64_t* /*inside_words*/,
+                                     float* inside, float* sums, const deferred_settle& deferred) noexcept {
+    const __m256 vlo = _mm256_set1_ps(lo);
+    const __m256 vhi = _mm256_set1_ps(hi);
+    const __m256 median = _mm256_set1_ps(deferred.threshold);
+    __m256 nan = _mm256_setzero_ps();
+    __m256i above = _mm256_setzero_si256();  // lanes count -1 per score above hi
+    index_t packed = 0;
+    // One 8-token group: sums, NaN check, the above count, and the inside
+    // scores packed (writing all 8 lanes is safe: packed <= at).
+    auto group = [&](index_t at) {
+      const __m256 v = _mm256_loadu_ps(row + at);
+      if (Mode == head_sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      if (Mode == head_sum_mode::first) _mm256_storeu_ps(sums + at, v);
+      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
+        const __m256 total = _mm256_add_ps(_mm256_loadu_ps(sums + at), v);
+        _mm256_storeu_ps(sums + at, total);
+        if (Mode == head_sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
+      }
+      const __m256 over = _mm256_cmp_ps(v, vhi, _CMP_GT_OQ);
+      const __m256 in = _mm256_andnot_ps(over, _mm256_cmp_ps(v, vlo, _CMP_GE_OQ));
+      above = _mm256_sub_epi32(above, _mm256_castps_si256(over));
+      const auto mask = static_cast<unsigned>(_mm256_movemask_ps(in));
+      _mm256_storeu_ps(inside + packed,
+                       _mm256_permutevar8x32_ps(v, impl::partition_avx2::compress_permutation(mask)));
+      packed += _mm_popcnt_u32(mask);
+    };
+    index_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+      if (deferred.row) compare_word(deferred.row + i, median, byte_at(bits, stride, deferred.head, i));
+      for (int k = 0; k < 8; ++k) group(i + 8 * k);
+    }
+    if (deferred.row) compare_rest(deferred, i, n, stride, bits);
+    for (; i + 8 <= n; i += 8) group(i);
+    bracket_counts c;
+    bool scalar_nan = false;
+    for (; i < n; ++i) {
+      const float v = row[i];
+      float total = v;
+      if (Mode == head_sum_mode::first) sums[i] = v;
+      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) sums[i] = total = sums[i] + v;
+      if (Mode == head_sum_mode::none || Mode == head_sum_mode::add_last) scalar_nan |= total != total;
+      c.above += v > hi;
+      inside[packed] = v;  // overwritten unless v is inside
+      packed += v >= lo && v <= hi;
+    }
+    c.above += impl::partition_avx2::sum_lanes(above);
+    c.inside = packed;
+    c.nan = scalar_nan || _mm256_movemask_ps(nan) != 0;
+    return c;
+  }
+
+  // Defers the bits of a head whose bracket held: the next pass (or
+  // settle_deferred) compares its row with the median.
+  static deferred_settle defer_settle(const float* row, float threshold, index_t head, const float* /*inside*/,
+                                      index_t /*count*/, const std::uint64_t* /*inside_words*/,
+                                      std::uint64_t* /*ge_words*/) noexcept {
+    return deferred_settle{row, threshold, head, nullptr, nullptr};
+  }
+
+  // The deferred head's bits on their own (after the last head).
+  static void settle_deferred(const deferred_settle& deferred, index_t n, index_t stride,
+                              std::uint16_t* bits) noexcept {
+    const __m256 median = _mm256_set1_ps(deferred.threshold);
+    index_t i = 0;
+    for (; i + 64 <= n; i += 64) compare_word(deferred.row + i, median, byte_at(bits, stride, deferred.head, i));
+    compare_rest(deferred, i, n, stride, bits);
+  }
+
+ private:
+  // The byte of tokens [i, i + 8) of head `head` (i a multiple of 8).
+  static std::uint8_t* byte_at(std::uint16_t* bits, index_t stride, index_t head, index_t i) noexcept {
+    const index_t g = i / 16;
+    return reinterpret_cast<std::uint8_t*>(bits) + 2 * (((g / 32) * stride + head) * 32 + g % 32) + (i / 8) % 2;
+  }
+
+  // Bits of 64 tokens (scores >= median) into the 8 bytes at `out`.
+  static void compare_word(const float* scores, __m256 median, std::uint8_t* out) noexcept {
+    std::uint64_t word = 0;
+    for (int k = 0; k < 8; ++k) {
+      const __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(scores + 8 * k), median, _CMP_GE_OQ);
+      word |= static_cast<std::uint64_t>(static_cast<unsigned>(_mm256_movemask_ps(ge))) << (8 * k);
+    }
+    std::memcpy(out, &word, sizeof word);
+  }
+
+  // The deferred head's bits of tokens [from, n), from a multiple of 64, and
+  // zero for the rest of the last tile (which the transpose reads).
+  static void compare_rest(const deferred_settle& deferred, index_t from, index_t n, index_t stride,
+                           std::uint16_t* bits) noexcept {
+    const __m256 median = _mm256_set1_ps(deferred.threshold);
+    index_t i = from;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(deferred.row + i), median, _CMP_GE_OQ);
+      *byte_at(bits, stride, deferred.head, i) = static_cast<std::uint8_t>(_mm256_movemask_ps(ge));
+    }
+    if (i < n) {
+      unsigned last = 0;
+      for (index_t j = i; j < n; ++j) last |= static_cast<unsigned>(deferred.row[j] >= deferred.threshold) << (j - i);
+      *byte_at(bits, stride, deferred.head, i) = static_cast<std::uint8_t>(last);
+      i += 8;
+    }
+    for (; i % head_bits_tile_tokens != 0; i += 8) *byte_at(bits, stride, deferred.head, i) = 0;
   }
 };
 

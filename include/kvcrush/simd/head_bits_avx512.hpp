@@ -255,7 +255,7 @@ struct head_bits_kernel<isa::avx512> {
     index_t cursor = 0;  // the deferred head's inside tokens settled so far
     index_t i = 0;
     for (; i + 64 <= n; i += 64) {
-      if (deferred.inside_words) settle_word(deferred, i / 64, stride, bits, cursor);
+      if (deferred.row) settle_word(deferred, i / 64, stride, bits, cursor);
       __m512 v[4];
       __mmask16 up[4], in[4];
       for (int j = 0; j < 4; ++j) up[j] = group(i + 16 * j, 0xffff, v[j], in[j]);
@@ -268,7 +268,7 @@ struct head_bits_kernel<isa::avx512> {
       c.inside += avx512_util::compress_store4(v, in, in_word, inside + c.inside);
     }
     if (i < n) {
-      if (deferred.inside_words) settle_word(deferred, i / 64, stride, bits, cursor);
+      if (deferred.row) settle_word(deferred, i / 64, stride, bits, cursor);
       std::uint64_t in_word = 0;
       for (; i < n; i += 16) {
         const auto lanes = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
@@ -296,11 +296,14 @@ struct head_bits_kernel<isa::avx512> {
     return c;
   }
 
-  // Bit j of ge_words: whether inside[j] >= threshold, for j < count. ge_words
-  // holds count / 64 + 2 words; the settle's window may read the word after
-  // the last one in use, so both ends read as zero.
-  static void mark_at_or_above(const float* inside, index_t count, float threshold,
-                               std::uint64_t* ge_words) noexcept {
+  // Defers the settle of a head whose bracket held (bracket_pass set its bits
+  // above the bracket and marked the inside tokens in inside_words): bit j of
+  // ge_words <- inside[j] >= threshold, for j < count. ge_words holds
+  // count / 64 + 2 words; the settle's window may read the word after the
+  // last one in use, so both ends read as zero.
+  static deferred_settle defer_settle(const float* row, float threshold, index_t head, const float* inside,
+                                      index_t count, const std::uint64_t* inside_words,
+                                      std::uint64_t* ge_words) noexcept {
     const __m512 t = _mm512_set1_ps(threshold);
     ge_words[count / 64] = 0;
     ge_words[count / 64 + 1] = 0;
@@ -311,6 +314,7 @@ struct head_bits_kernel<isa::avx512> {
           _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, inside + j), t, _CMP_GE_OQ);
       std::memcpy(ge_bytes + j / 8, &ge, sizeof ge);
     }
+    return deferred_settle{row, threshold, head, inside_words, ge_words};
   }
 
   // Settles the deferred head's n tokens on their own (after the last head).
