@@ -344,7 +344,6 @@ struct head_bits_kernel<isa::avx512> {
     std::memcpy(at, &current, sizeof current);
   }
 
-
 #if KVCRUSH_HEAD_BITS_GFNI
   // 16 tokens' 32-bit words (heads 32 b .. 32 b + 31) from one group's 32
   // uint16 (byte 2 h + k: head h, tokens 8 k .. 8 k + 7): bytes gathered
