@@ -122,28 +122,17 @@ struct head_bits_kernel<isa::avx2> {
     __m256 nan = _mm256_setzero_ps();
     // One 8-token group: its bits, and the NaN check that this mode needs.
     auto group = [&](index_t at) {
-      const __m256 v = _mm256_loadu_ps(row + at);
-      if (Mode == head_sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      if (Mode == head_sum_mode::first) _mm256_storeu_ps(sums + at, v);
-      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
-        const __m256 total = _mm256_add_ps(_mm256_loadu_ps(sums + at), v);
-        _mm256_storeu_ps(sums + at, total);
-        if (Mode == head_sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
-      }
+      const __m256 v = load_and_sum<Mode>(row, sums, at, nan);
       return static_cast<std::uint64_t>(static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_GE_OQ))));
     };
-    auto* const head_bytes = reinterpret_cast<std::uint8_t*>(bits);
-    auto byte_at = [&](index_t i) -> std::uint8_t* {  // the byte of tokens [i, i + 8) of this head
-      const index_t g = i / 16;
-      return head_bytes + 2 * (((g / 32) * stride + head) * 32 + g % 32) + (i / 8) % 2;
-    };
+    auto byte_of = [&](index_t i) { return byte_at(bits, stride, head, i); };
     index_t i = 0;
     for (; i + 64 <= n; i += 64) {
       std::uint64_t word = 0;
       for (int k = 0; k < 8; ++k) word |= group(i + 8 * k) << (8 * k);
-      std::memcpy(byte_at(i), &word, sizeof word);
+      std::memcpy(byte_of(i), &word, sizeof word);
     }
-    for (; i + 8 <= n; i += 8) *byte_at(i) = static_cast<std::uint8_t>(group(i));
+    for (; i + 8 <= n; i += 8) *byte_of(i) = static_cast<std::uint8_t>(group(i));
     bool scalar_nan = false;
     if (i < n) {
       unsigned last = 0;
@@ -155,11 +144,11 @@ struct head_bits_kernel<isa::avx2> {
         if (Mode == head_sum_mode::none || Mode == head_sum_mode::add_last) scalar_nan |= total != total;
         last |= static_cast<unsigned>(v >= threshold) << (j - i);
       }
-      *byte_at(i) = static_cast<std::uint8_t>(last);
+      *byte_of(i) = static_cast<std::uint8_t>(last);
       i += 8;
     }
     // The rest of the last tile reads as zero in the transpose.
-    for (; i % head_bits_tile_tokens != 0; i += 8) *byte_at(i) = 0;
+    for (; i % head_bits_tile_tokens != 0; i += 8) *byte_of(i) = 0;
     return scalar_nan || _mm256_movemask_ps(nan) != 0;
   }
 
@@ -184,14 +173,7 @@ struct head_bits_kernel<isa::avx2> {
     // One 8-token group: sums, NaN check, the above count, and the inside
     // scores packed (writing all 8 lanes is safe: packed <= at).
     auto group = [&](index_t at) {
-      const __m256 v = _mm256_loadu_ps(row + at);
-      if (Mode == head_sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      if (Mode == head_sum_mode::first) _mm256_storeu_ps(sums + at, v);
-      if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
-        const __m256 total = _mm256_add_ps(_mm256_loadu_ps(sums + at), v);
-        _mm256_storeu_ps(sums + at, total);
-        if (Mode == head_sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
-      }
+      const __m256 v = load_and_sum<Mode>(row, sums, at, nan);
       const __m256 over = _mm256_cmp_ps(v, vhi, _CMP_GT_OQ);
       const __m256 in = _mm256_andnot_ps(over, _mm256_cmp_ps(v, vlo, _CMP_GE_OQ));
       above = _mm256_sub_epi32(above, _mm256_castps_si256(over));
@@ -243,6 +225,22 @@ struct head_bits_kernel<isa::avx2> {
   }
 
  private:
+  // Scores [at, at + 8) of a head's row, added into the sums over heads as
+  // Mode asks, with the NaN check that Mode needs (see head_bits_row)
+  // or-ed into `nan`.
+  template <head_sum_mode Mode>
+  static __m256 load_and_sum(const float* row, float* sums, index_t at, __m256& nan) noexcept {
+    const __m256 v = _mm256_loadu_ps(row + at);
+    if (Mode == head_sum_mode::none) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    if (Mode == head_sum_mode::first) _mm256_storeu_ps(sums + at, v);
+    if (Mode == head_sum_mode::add || Mode == head_sum_mode::add_last) {
+      const __m256 total = _mm256_add_ps(_mm256_loadu_ps(sums + at), v);
+      _mm256_storeu_ps(sums + at, total);
+      if (Mode == head_sum_mode::add_last) nan = _mm256_or_ps(nan, _mm256_cmp_ps(total, total, _CMP_UNORD_Q));
+    }
+    return v;
+  }
+
   // The byte of tokens [i, i + 8) of head `head` (i a multiple of 8).
   static std::uint8_t* byte_at(std::uint16_t* bits, index_t stride, index_t head, index_t i) noexcept {
     const index_t g = i / 16;
