@@ -1,12 +1,13 @@
 // AVX2 head-major bits: one compare and movemask per 8 tokens of a row (plus
 // the running sum over heads when asked), the bracket pass of a head's
-// median (bracketed_median.hpp), and a transpose per 512-token tile. In the tile layout of head_bits.hpp a head's 64 bytes are byte j =
-// tokens 8 j .. 8 j + 7, so a block of 32 heads is two 32 x 32 byte
-// matrices, each transposed as four 16 x 16 ones, one per 128-bit lane
-// (AVX2 byte interleaves stay within lanes), whose lanes then pair up into
-// 32-head columns. A transposed column holds one byte per
-// head; vpmovmskb then peels one token for 32 heads at a time, the top bit
-// first, doubling the bytes in between.
+// median (bracketed_median.hpp), and a transpose per 512-token tile. In the
+// tile layout of head_bits.hpp a head's 64 bytes are byte j = tokens
+// 8 j .. 8 j + 7, so a block of 32 heads is two 32 x 32 byte matrices, each
+// transposed as four 16 x 16 ones, one per 128-bit lane (AVX2 byte
+// interleaves stay within lanes), whose lanes then pair up into 32-head
+// columns. A transposed column holds one byte per head; vpmovmskb then
+// peels one token for 32 heads at a time, the top bit first, doubling the
+// bytes in between.
 #pragma once
 
 #include "kvcrush/config.hpp"
